@@ -1,0 +1,89 @@
+"""Greedy generation with a KV cache that also returns, per step, what the signals need.
+
+Mirrors mlx-lm's `generate_step`: the prompt is prefilled in chunks except its last token,
+then each step is one forward pass whose outputs are evaluated with `async_eval`, the next
+step being queued before the current one is read. Tokens and logprobs are computed with the
+same expressions as mlx-lm, so they are bit-identical to `mlx_lm.generate`.
+"""
+
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional
+
+import mlx.core as mx
+from mlx_lm.generate import generation_stream, wired_limit
+from mlx_lm.models.cache import make_prompt_cache
+
+from .loader import LoadedModel
+
+# reduce(logits (1, V), hidden (1, L, D), token (1,), prev_final (1, D) or None) -> (1, F)
+Reduce = Callable[[mx.array, mx.array, mx.array, Optional[mx.array]], mx.array]
+
+
+@dataclass
+class RawStep:
+    """One generation step as host values."""
+
+    token: int
+    logprob: float
+    values: list  # the F floats returned by `reduce`
+    top: list  # [(token, logprob)], most likely first; empty unless top_logprobs > 0
+
+
+def _to_host(out) -> RawStep:
+    token, logprob, values, top_ids, top_lps = out
+    top = []
+    if top_ids is not None:
+        top = sorted(zip(top_ids.tolist(), top_lps.tolist()), key=lambda t: (-t[1], t[0]))
+    return RawStep(token.item(), logprob.item(), values.tolist(), top)
+
+
+def generate_steps(
+    lm: LoadedModel,
+    prompt_ids: list,
+    max_tokens: int,
+    reduce: Reduce,
+    *,
+    top_logprobs: int = 0,
+    prefill_step_size: int = 2048,
+) -> Iterator[RawStep]:
+    """Yield up to `max_tokens` greedy steps for `prompt_ids`; the caller decides when to stop."""
+    if not prompt_ids:
+        raise ValueError("prompt_ids must not be empty")
+    model, taps = lm.model, lm.taps
+    cache = make_prompt_cache(model)
+    prev_final = None
+
+    def step(tokens: mx.array):
+        nonlocal prev_final
+        logits = model(tokens[None], cache=cache)[:, -1, :]
+        logprobs = logits - mx.logsumexp(logits, keepdims=True)
+        token = mx.argmax(logprobs, axis=-1)
+        hidden = taps.stacked()
+        values = reduce(logits, hidden, token, prev_final)[0]
+        prev_final = hidden[:, -1, :]
+        lp = logprobs[0]
+        top_ids = top_lps = None
+        if top_logprobs > 0:
+            top_ids = mx.argpartition(-lp, top_logprobs - 1)[:top_logprobs]
+            top_lps = lp[top_ids]
+        return token, lp[token], values, top_ids, top_lps
+
+    prompt = mx.array(prompt_ids)
+    with wired_limit(model, [generation_stream]), mx.stream(generation_stream):
+        while prompt.size > 1:
+            n = min(prefill_step_size, prompt.size - 1)
+            model(prompt[:n][None], cache=cache)
+            mx.eval([c.state for c in cache])
+            prompt = prompt[n:]
+            mx.clear_cache()
+        current = step(prompt)
+        mx.async_eval(current)
+        for n in range(max_tokens):
+            if n + 1 < max_tokens:
+                upcoming = step(current[0])
+                mx.async_eval(upcoming)
+            yield _to_host(current)
+            if n % 256 == 0:
+                mx.clear_cache()
+            if n + 1 < max_tokens:
+                current = upcoming

@@ -1,0 +1,181 @@
+"""The engine thread: the only thread that touches MLX.
+
+The model is loaded on the engine thread and every generation runs there, one at a time.
+Callers submit a `GenerationJob` with an `emit` callback; the engine calls it (from its own
+thread) with one `StepRecord` per step, then a `Finished`, or an exception. `bridge` turns
+that into an asyncio queue for HTTP handlers.
+"""
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+from adapters.generate import generate_steps
+from adapters.loader import LoadedModel, load
+from signals.step import STEP_FIELDS, step_signals
+
+log = logging.getLogger("halluwatch.engine")
+
+
+class EngineBusy(RuntimeError):
+    """The engine's queue is full."""
+
+
+@dataclass
+class GenerationJob:
+    prompt_ids: list
+    max_tokens: int
+    top_logprobs: int = 0
+    halt_cutoff: float | None = None  # stop when P_fail of a step exceeds it
+    emit: Callable = print  # called on the engine thread with StepRecord | Finished | Exception
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    submitted: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class StepRecord:
+    """One generated step: its token, text delta, logprobs and per-step signals."""
+
+    token_id: int
+    text: str
+    logprob: float
+    top_logprobs: list
+    delta_mu: float
+    delta_sigma: float
+    hbar_s: float
+    surprise: float
+    delta_h: float
+    pri: float
+    pfail: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Finished:
+    finish_reason: str  # eos | length | pfail | cancelled
+    prompt_tokens: int
+    ttft_s: float | None
+    tokens_per_s: float | None
+    stop_token_id: int | None = None
+    text_tail: str = ""  # text completed only when the detokenizer was flushed
+
+
+class Engine:
+    """Owns the model on one thread and runs submitted generation jobs in order."""
+
+    def __init__(self, model_ref: str = "default", *, precision: str = "auto", pfail_tau: float = 2.0,
+                 pfail_lambda: float = 5.0, queue_depth: int = 16, prefill_step_size: int = 2048):
+        self.model_ref = model_ref
+        self.precision = precision
+        self.pfail_tau = pfail_tau
+        self.pfail_lambda = pfail_lambda
+        self.prefill_step_size = prefill_step_size
+        self._jobs: queue.Queue = queue.Queue(maxsize=queue_depth)
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="halluwatch-engine", daemon=True)
+        self.lm: LoadedModel | None = None  # other threads may use its tokenizer and metadata only
+
+    def start(self) -> LoadedModel:
+        """Start the thread and wait until the model is loaded; re-raise a load error."""
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+        return self.lm
+
+    def stop(self) -> None:
+        """Finish the job in progress, then end the thread."""
+        if self._thread.is_alive():
+            self._jobs.put(None)
+            self._thread.join()
+
+    def submit(self, job: GenerationJob) -> None:
+        """Queue a job; raise EngineBusy at once when the queue is full."""
+        try:
+            self._jobs.put_nowait(job)
+        except queue.Full:
+            raise EngineBusy(f"engine queue is full ({self._jobs.maxsize} waiting)") from None
+
+    def _run(self) -> None:
+        try:
+            self.lm = load(self.model_ref, self.precision)
+        except BaseException as e:  # reported by start()
+            self._error = e
+            return
+        finally:
+            self._ready.set()
+        log.info("loaded %s (%s, %d blocks, %s, BLAS %s)", self.lm.model_id, self.lm.family.name,
+                 self.lm.n_layers, self.lm.dtype, self.lm.blas)
+        while (job := self._jobs.get()) is not None:
+            if job.cancelled.is_set():
+                job.emit(Finished("cancelled", len(job.prompt_ids), None, None))
+                continue
+            try:
+                self._generate(job)
+            except Exception as e:
+                log.exception("generation failed")
+                job.emit(e)
+
+    def _reduce(self, logits, hidden, token, prev_final):
+        return step_signals(logits, hidden, token, prev_final, self.pfail_tau, self.pfail_lambda)
+
+    def _top(self, top) -> list:
+        decode = self.lm.tokenizer.decode
+        return [{"token_id": t, "token": decode([t]), "logprob": lp} for t, lp in top]
+
+    def _generate(self, job: GenerationJob) -> None:
+        lm = self.lm
+        detok = lm.tokenizer.detokenizer
+        steps = generate_steps(lm, job.prompt_ids, job.max_tokens, self._reduce,
+                               top_logprobs=job.top_logprobs, prefill_step_size=self.prefill_step_size)
+        reason, stop_id, n, t_first, t_last = "length", None, 0, None, None
+        try:
+            for raw in steps:
+                t_last = time.perf_counter()
+                t_first = t_first or t_last
+                values = dict(zip(STEP_FIELDS, raw.values))
+                halted = job.halt_cutoff is not None and values["pfail"] > job.halt_cutoff
+                is_stop = raw.token in lm.stop_ids
+                text = ""
+                if not (halted or is_stop):
+                    detok.add_token(raw.token)
+                    text = detok.last_segment
+                n += 1
+                job.emit(StepRecord(raw.token, text, raw.logprob, self._top(raw.top), **values))
+                if halted:
+                    reason = "pfail"
+                    break
+                if is_stop:
+                    reason, stop_id = "eos", raw.token
+                    break
+                if job.cancelled.is_set():
+                    reason = "cancelled"
+                    break
+        finally:
+            steps.close()
+        detok.finalize()
+        rate = (n - 1) / (t_last - t_first) if n > 1 and t_last > t_first else None
+        ttft = t_first - job.submitted if t_first else None
+        job.emit(Finished(reason, len(job.prompt_ids), ttft, rate, stop_id, detok.last_segment))
+
+
+def bridge(job: GenerationJob) -> asyncio.Queue:
+    """Point `job.emit` at a new asyncio queue of the running loop and return the queue."""
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue = asyncio.Queue()
+
+    def emit(item) -> None:
+        try:
+            loop.call_soon_threadsafe(events.put_nowait, item)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            job.cancelled.set()
+
+    job.emit = emit
+    return events

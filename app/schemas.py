@@ -1,0 +1,89 @@
+"""Request and response bodies of the HTTP API."""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class GenerateRequest(BaseModel):
+    """POST /generate. Exactly one of `prompt` and `messages`."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: str | None = Field(None, min_length=1, description="raw prompt (no chat template unless chat_template)")
+    messages: list[ChatMessage] | None = Field(None, min_length=1, description="chat, rendered with the model's template")
+    max_tokens: int | None = Field(None, ge=1, description="default and upper limit are server settings")
+    chat_template: bool = Field(False, description="apply the chat template to `prompt` as one user message")
+    halt_on_pfail: bool = Field(False, description="stop before appending a token whose P_fail exceeds the cutoff")
+    pfail_cutoff: float | None = Field(None, gt=0, lt=1, description="cutoff for halt_on_pfail (server default 0.85)")
+    stream: bool = Field(False, description="answer with Server-Sent Events")
+    include_trace: bool = Field(False, description="add the per-step trace to the JSON response")
+    top_logprobs: int = Field(0, ge=0, le=20, description="alternatives per step in the trace")
+
+    @model_validator(mode="after")
+    def _one_input(self):
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'prompt' and 'messages'")
+        if self.messages is not None and self.chat_template:
+            raise ValueError("'chat_template' applies to 'prompt' only; 'messages' always use the template")
+        return self
+
+
+class TopLogprob(BaseModel):
+    token_id: int
+    token: str
+    logprob: float
+
+
+class TraceStep(BaseModel):
+    token_id: int
+    text: str
+    logprob: float
+    top_logprobs: list[TopLogprob]
+    delta_mu: float
+    delta_sigma: float
+    hbar_s: float
+    surprise: float
+    delta_h: float
+    pri: float
+    pfail: float
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class Scores(BaseModel):
+    hbar_s: float = Field(description="mean of the top-5 per-step ℏₛ")
+    pri: float = Field(description="mean of the top-5 per-step PRI")
+    pfail_max: float
+
+
+class Quadrant(BaseModel):
+    name: Literal["Q1", "Q2", "Q3", "Q4"]
+    label: str
+    tau_hbar: float
+    tau_pri: float
+    params: str
+
+
+class Timing(BaseModel):
+    ttft_s: float | None = Field(description="from request to first token")
+    tokens_per_s: float | None = Field(description="decode rate after the first token (null with one token)")
+
+
+class GenerateResponse(BaseModel):
+    text: str
+    finish_reason: Literal["eos", "length", "pfail"]
+    usage: Usage
+    scores: Scores
+    quadrant: Quadrant | None
+    quadrant_reason: str | None = Field(description="why `quadrant` is null")
+    timing: Timing
+    trace: list[TraceStep] | None = None

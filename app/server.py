@@ -1,0 +1,41 @@
+"""The FastAPI application."""
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from .engine import Engine
+from .params import Params, find_params, load_params
+from .routes import generate, info
+from .settings import Settings
+
+
+def resolve_params(settings: Settings, model_id: str) -> tuple[Params | None, str | None]:
+    """The params in effect (the --params file, else the newest match) and, if none, why."""
+    if settings.params is not None:
+        return load_params(settings.params), None
+    params = find_params(model_id, settings.params_dir)
+    if params is None:
+        return None, (f"no calibrated params for model {model_id!r} in {settings.params_dir}; "
+                      "run `halluwatch calibrate` or pass --params")
+    return params, None
+
+
+def create_app(settings: Settings, engine: Engine) -> FastAPI:
+    """The app over an engine that is already started (the caller owns and stops it)."""
+    app = FastAPI(title="halluwatch", version="0.1.0",
+                  description="Greedy generation with live hallucination-risk signals (ℏₛ, PRI).")
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.params, app.state.params_reason = resolve_params(settings, engine.lm.model_id)
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        size = request.headers.get("content-length")
+        if size is not None and size.isdigit() and int(size) > settings.max_body_bytes:
+            return JSONResponse({"detail": f"request body is larger than {settings.max_body_bytes} bytes"},
+                                status_code=413)
+        return await call_next(request)
+
+    app.include_router(generate.router)
+    app.include_router(info.router)
+    return app

@@ -1,0 +1,27 @@
+"""Server settings, from HALLUWATCH_* environment variables or the CLI."""
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HALLUWATCH_", extra="ignore")
+
+    model: str = Field("default", description="model reference: default, a .gguf file, an mlx-lm folder or a cached repo id")
+    params: Path | None = Field(None, description="calibrated params file to use instead of the newest match")
+    params_dir: Path = Field(REPO_ROOT / "calibrated_params", description="folder searched for calibrated params")
+    precision: str = Field("auto", description="auto (float32 on Linux with OpenBLAS, else as stored), float32 or native")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_tokens_limit: int = Field(2048, ge=1, description="largest max_tokens a request may ask for")
+    default_max_tokens: int = Field(256, ge=1)
+    queue_depth: int = Field(16, ge=1, description="requests waiting for the engine before 503")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="largest request body (413 beyond)")
+    prefill_step_size: int = Field(2048, ge=1)
+    pfail_tau: float = Field(2.0, description="τ of P_fail (prototype default)")
+    pfail_lambda: float = Field(5.0, description="λ of P_fail (prototype default)")
+    pfail_cutoff: float = Field(0.85, gt=0, lt=1, description="default cutoff for halt_on_pfail")

@@ -1,0 +1,86 @@
+"""Per-step signals of SIGNALS.md, as lazy MLX array expressions.
+
+Every function reduces over the last axis (vocabulary or hidden size) and keeps any leading
+batch axes, so the same code serves one sequence or a batch. All inputs are cast to float32
+first: the reductions must not run in the model's activation dtype.
+"""
+
+import mlx.core as mx
+
+GINI_EPS = 0.01
+NORM_EPS = 1e-8
+PROB_FLOOR = 1e-10
+PRI_ALPHA = 0.1
+PFAIL_CLIP = 50.0
+
+
+def unit_vectors(h: mx.array) -> mx.array:
+    """`h / sqrt(‖h‖² + 1e-8)` along the last axis."""
+    h = h.astype(mx.float32)
+    return h / mx.sqrt(mx.sum(h * h, axis=-1, keepdims=True) + NORM_EPS)
+
+
+def delta_mu(probs: mx.array) -> mx.array:
+    """Precision proxy Δμ = 1 / sqrt(Gini + 0.01), Gini = 1 − Σ p²."""
+    gini = 1.0 - mx.sum(probs * probs, axis=-1)
+    return mx.rsqrt(gini + GINI_EPS)
+
+
+def delta_sigma(hidden: mx.array) -> mx.array:
+    """Flexibility proxy Δσ: RMS distance of the per-block unit vectors from their mean.
+
+    `hidden` has shape (..., L, D): the last-position output of each of the L blocks.
+    """
+    u = unit_vectors(hidden)
+    dev = u - mx.mean(u, axis=-2, keepdims=True)
+    return mx.sqrt(mx.mean(mx.sum(dev * dev, axis=-1), axis=-1))
+
+
+def hbar_s(d_mu: mx.array, d_sigma: mx.array) -> mx.array:
+    """Semantic uncertainty ℏₛ = sqrt(Δμ · Δσ)."""
+    return mx.sqrt(d_mu * d_sigma)
+
+
+def surprise(probs: mx.array, token: mx.array) -> mx.array:
+    """S = −ln max(p[token], 1e-10); `token` has the leading shape of `probs`."""
+    p = mx.take_along_axis(probs, token[..., None], axis=-1)[..., 0]
+    return -mx.log(mx.maximum(p, PROB_FLOOR))
+
+
+def delta_h(h_last: mx.array, h_prev: mx.array) -> mx.array:
+    """Hidden jump Δh = 1 − clip(cos(h_t, h_{t−1}), −1, 1) of the final hidden states."""
+    cos = mx.sum(unit_vectors(h_last) * unit_vectors(h_prev), axis=-1)
+    return 1.0 - mx.clip(cos, -1.0, 1.0)
+
+
+def pri(s: mx.array, d_h: mx.array, alpha: float = PRI_ALPHA) -> mx.array:
+    """Predictive Rupture Index PRI = S · (1 + α · Δh)."""
+    return s * (1.0 + alpha * d_h)
+
+
+def pfail(hbar: mx.array, tau: float, lam: float) -> mx.array:
+    """Failure probability 1 / (1 + exp(−clip(λ(ℏₛ − τ), −50, 50)))."""
+    return mx.sigmoid(mx.clip(lam * (hbar - tau), -PFAIL_CLIP, PFAIL_CLIP))
+
+
+# Order of the values in the array returned by `step_signals`.
+STEP_FIELDS = ("delta_mu", "delta_sigma", "hbar_s", "surprise", "delta_h", "pri", "pfail")
+
+
+def step_signals(logits, hidden, token, prev_final, tau: float, lam: float) -> mx.array:
+    """All per-step signals of one step, stacked on a new last axis in STEP_FIELDS order.
+
+    logits: (..., V) that chose `token`; hidden: (..., L, D) block outputs at the last
+    position; prev_final: (..., D) final hidden state of the previous step, or None at
+    step 0 (Δh_0 = 0).
+    """
+    probs = mx.softmax(logits.astype(mx.float32), axis=-1)
+    d_mu = delta_mu(probs)
+    d_sigma = delta_sigma(hidden)
+    hbar = hbar_s(d_mu, d_sigma)
+    s = surprise(probs, token)
+    if prev_final is None:
+        d_h = mx.zeros_like(s)
+    else:
+        d_h = delta_h(hidden[..., -1, :], prev_final)
+    return mx.stack([d_mu, d_sigma, hbar, s, d_h, pri(s, d_h), pfail(hbar, tau, lam)], axis=-1)

@@ -1,0 +1,137 @@
+"""Generation with signals on tiny models of several architectures.
+
+1. Tokens and logprobs are bit-identical to mlx-lm's own generate_step (short and chunked prefill).
+2. Every per-step signal equals a reference that recomputes the whole prefix without a KV cache at
+   every step (the prototype's method) and applies the formulas in numpy, EOS step included.
+3. Response scores are top-5 means; P_fail halting stops before appending the token.
+"""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx_lm import load as mlx_load
+from mlx_lm.generate import generate_step
+from tiny_models import ARCHS
+
+from adapters.generate import generate_steps
+from adapters.loader import load
+from app.engine import Engine, GenerationJob
+from app.generation import run_job_sync
+from reference import reference
+from signals.response import top_k_mean
+from signals.step import STEP_FIELDS, step_signals
+
+N_TOKENS = 32
+TEXT = "The quick brown fox jumps over the lazy dog near the river in 1999, and the capital of France is"
+
+
+def _prompt(tokenizer, n: int) -> list:
+    ids = tokenizer.encode(TEXT * 3)
+    assert len(ids) >= n
+    return ids[:n]
+
+
+def _reduce(logits, hidden, token, prev):
+    return step_signals(logits, hidden, token, prev, 2.0, 5.0)
+
+
+@pytest.mark.parametrize("prompt_len,prefill_step", [(5, 2048), (45, 8)], ids=["short", "chunked"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_bit_identical_to_mlx_lm(tiny_model_path, arch, prompt_len, prefill_step):
+    path = str(tiny_model_path(arch))
+    plain, tok = mlx_load(path)  # no taps on this one
+    ids = _prompt(tok, prompt_len)
+    expected = [(int(t), lp) for t, lp in generate_step(mx.array(ids), plain, max_tokens=N_TOKENS,
+                                                          prefill_step_size=prefill_step)]
+    lm = load(path, precision="native")
+    got = list(generate_steps(lm, ids, N_TOKENS, _reduce, top_logprobs=5, prefill_step_size=prefill_step))
+    assert [s.token for s in got] == [t for t, _ in expected]
+    assert len(set(s.token for s in got)) > 3, "degenerate tiny model: the test would prove little"
+    for step, (token, lps) in zip(got, expected):
+        assert step.logprob == lps[token].item()  # bit-identical
+        lps = np.array(lps)
+        order = np.argsort(-lps, kind="stable")[:5]
+        assert [t for t, _ in step.top] == order.tolist()
+        assert [lp for _, lp in step.top] == lps[order].tolist()
+        assert step.top[0][0] == step.token
+
+
+@pytest.fixture(scope="module")
+def engines(tiny_model_path):
+    started = {}
+
+    def get(arch):
+        if arch not in started:
+            started[arch] = Engine(str(tiny_model_path(arch)), precision="native")
+            started[arch].start()
+        return started[arch]
+
+    yield get
+    for e in started.values():
+        e.stop()
+
+
+def _no_cache_reference(path, ids, tokens):
+    """Per-step signals recomputed from the whole prefix at every step, without a KV cache."""
+    lm = load(path, precision="native")
+    rows, prev = [], None
+    for t, token in enumerate(tokens):
+        logits = lm.model(mx.array(ids + tokens[:t])[None])[0, -1]
+        hidden = np.array(lm.taps.stacked()[0])
+        rows.append(reference(np.array(logits), hidden, token, prev))
+        prev = hidden[-1]
+    return np.array(rows)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_signals_equal_no_cache_reference_with_eos(tiny_model_path, engines, arch):
+    engine = engines(arch)
+    ids = _prompt(engine.lm.tokenizer, 20)
+    records, fin = run_job_sync(engine, GenerationJob(ids, N_TOKENS))
+    tokens = [r.token_id for r in records]
+    # Make a token that first appears late in the run the stop token, so the run ends on it.
+    k = next(i for i in range(len(tokens) - 1, 5, -1) if tokens[i] not in tokens[:i])
+    saved = engine.lm.stop_ids
+    engine.lm.stop_ids = frozenset({tokens[k]})
+    try:
+        records, fin = run_job_sync(engine, GenerationJob(ids, N_TOKENS))
+    finally:
+        engine.lm.stop_ids = saved
+    assert fin.finish_reason == "eos" and fin.stop_token_id == tokens[k]
+    assert [r.token_id for r in records] == tokens[: k + 1]
+    assert records[-1].text == ""  # the EOS step is scored, its token is not part of the text
+
+    got = np.array([[getattr(r, f) for f in STEP_FIELDS] for r in records])
+    ref = _no_cache_reference(str(tiny_model_path(arch)), ids, tokens[: k + 1])
+    # 1e-4 relative; the absolute 1e-6 only matters for Δh at step 0 (exactly 0) and tiny P_fail.
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-6)
+    assert got[0, STEP_FIELDS.index("delta_h")] == 0.0
+
+
+def test_response_scores_are_top5_means(tiny_model_path, engines):
+    from app.generation import response_body
+
+    engine = engines("llama")
+    records, fin = run_job_sync(engine, GenerationJob(_prompt(engine.lm.tokenizer, 12), 12))
+    body = response_body(records, fin, None, "none", include_trace=True)
+    assert body["scores"]["hbar_s"] == top_k_mean([r.hbar_s for r in records])
+    assert body["scores"]["pri"] == top_k_mean([r.pri for r in records])
+    assert body["scores"]["pfail_max"] == max(r.pfail for r in records)
+    assert body["text"] == "".join(r.text for r in records) + fin.text_tail
+    assert body["usage"]["completion_tokens"] == len(body["trace"]) == 12
+
+
+def test_pfail_halting_stops_before_appending(engines):
+    engine = engines("qwen2")
+    tok = engine.lm.tokenizer
+    ids = _prompt(tok, 16)
+    records, _ = run_job_sync(engine, GenerationJob(ids, N_TOKENS))
+    pf = [r.pfail for r in records]
+    j = next(i for i in range(2, len(pf)) if pf[i] > max(pf[:i]))
+    cutoff = (max(pf[:j]) + pf[j]) / 2
+    halted, fin = run_job_sync(engine, GenerationJob(ids, N_TOKENS, halt_cutoff=cutoff))
+    assert fin.finish_reason == "pfail"
+    assert len(halted) == j + 1  # the halting step is scored ...
+    assert halted[-1].text == ""  # ... but its token is not appended
+    text = "".join(r.text for r in halted) + fin.text_tail
+    assert text == tok.decode([r.token_id for r in records[:j]])

@@ -1,0 +1,78 @@
+"""The formulas of signals/ against direct numpy computations (float64 after a float32 softmax)."""
+
+import math
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from signals import step
+from signals.quadrant import Thresholds, quadrant
+from signals.response import response_scores, top_k_mean
+
+from reference import reference
+
+RNG = np.random.default_rng(7)
+
+
+@pytest.mark.parametrize("with_prev", [False, True])
+@pytest.mark.parametrize("scale", [1.0, 30.0])
+def test_step_signals_match_numpy(with_prev, scale):
+    logits = (RNG.standard_normal(1000) * scale).astype(np.float32)
+    hidden = (RNG.standard_normal((6, 48)) * np.linspace(1, 400, 6)[:, None]).astype(np.float32)
+    prev = RNG.standard_normal(48).astype(np.float32) if with_prev else None
+    token = int(np.argmax(logits))
+    got = step.step_signals(mx.array(logits)[None], mx.array(hidden)[None], mx.array([token]),
+                            None if prev is None else mx.array(prev)[None], 2.0, 5.0)
+    assert got.shape == (1, len(step.STEP_FIELDS))
+    np.testing.assert_allclose(np.array(got[0]), reference(logits, hidden, token, prev), rtol=1e-5)
+
+
+def test_reductions_run_in_float32():
+    # float16 would overflow: 400² · 48 > 65504, making the unit vectors zero.
+    hidden = mx.array(RNG.standard_normal((6, 48)) * 400, dtype=mx.float16)
+    d_sigma = step.delta_sigma(hidden)
+    assert d_sigma.dtype == mx.float32
+    ref = reference(np.zeros(4, np.float32), np.array(hidden.astype(mx.float32)), 0, None)[1]
+    assert float(d_sigma) == pytest.approx(ref, rel=1e-5)
+
+
+def test_surprise_floor_and_batch():
+    probs = mx.array([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0]])
+    s = step.surprise(probs, mx.array([2, 0]))
+    assert s.tolist() == pytest.approx([-math.log(1e-10), 0.0])
+
+
+def test_delta_h_extremes():
+    h = mx.array([[1.0, 2.0, 3.0]])
+    assert float(step.delta_h(h, h)[0]) == pytest.approx(0.0, abs=1e-6)
+    assert float(step.delta_h(h, -h)[0]) == pytest.approx(2.0, abs=1e-6)
+
+
+def test_pfail_clip():
+    assert float(step.pfail(mx.array(1e6), 2.0, 5.0)) == 1.0
+    assert float(step.pfail(mx.array(-1e6), 2.0, 5.0)) == pytest.approx(1 / (1 + math.exp(50)))
+    assert float(step.pfail(mx.array(2.0), 2.0, 5.0)) == 0.5
+
+
+def test_top_k_mean():
+    assert top_k_mean([1.0, 9.0, 3.0]) == pytest.approx(13 / 3)
+    assert top_k_mean([1, 2, 3, 4, 5, 6, 7]) == pytest.approx((3 + 4 + 5 + 6 + 7) / 5)
+    assert top_k_mean([2.0]) == 2.0
+    with pytest.raises(ValueError):
+        top_k_mean([])
+
+
+def test_response_scores():
+    s = response_scores([1, 2, 3, 4, 5, 6], [0.5] * 6, [0.1, 0.7, 0.2])
+    assert (s.hbar_s, s.pri, s.pfail_max) == (4.0, 0.5, 0.7)
+
+
+@pytest.mark.parametrize("hbar,pri,expected", [
+    (3.0, 0.5, "Q1"),  # ℏₛ above τ, PRI below τ
+    (2.0, 1.0, "Q2"),  # both on their thresholds: both flag
+    (3.0, 1.0, "Q3"),
+    (1.0, 0.5, "Q4"),
+])
+def test_quadrant(hbar, pri, expected):
+    assert quadrant(hbar, pri, Thresholds(tau_hbar=2.0, tau_pri=1.0)) == expected
