@@ -14,7 +14,7 @@ import mlx.nn as nn
 from . import BLAS
 from .blas import check_matmul
 from .families import Family, family_for, stop_token_ids
-from .taps import HiddenTaps, install_taps
+from .taps import HiddenTaps, install_taps, transformer_blocks
 
 PRECISIONS = ("auto", "float32", "native")
 
@@ -33,7 +33,7 @@ class LoadedModel:
     tokenizer: object  # mlx_lm.tokenizer_utils.TokenizerWrapper
     config: dict
     family: Family
-    taps: HiddenTaps
+    taps: HiddenTaps | None
     stop_ids: frozenset
     context_length: int | None
     dtype: str
@@ -41,7 +41,7 @@ class LoadedModel:
 
     @property
     def n_layers(self) -> int:
-        return len(self.taps.states)
+        return len(transformer_blocks(self.model))
 
 
 def use_float32(precision: str) -> bool:
@@ -96,8 +96,11 @@ def _to_float32(model: nn.Module) -> None:
     mx.eval(model.parameters())
 
 
-def load(ref: str = "default", precision: str = "auto") -> LoadedModel:
-    """Load `ref` and install the taps. Raises ModelNotFound when `ref` names nothing loadable."""
+def load(ref: str = "default", precision: str = "auto", with_taps: bool = True) -> LoadedModel:
+    """Load `ref` and install the taps (unless `with_taps` is False: a plain model for baselines).
+
+    Raises ModelNotFound when `ref` names nothing loadable.
+    """
     from mlx_lm.utils import load as mlx_load
 
     from .gguf import embedded_model_path, load_gguf
@@ -126,7 +129,7 @@ def load(ref: str = "default", precision: str = "auto") -> LoadedModel:
         tokenizer=tokenizer,
         config=config,
         family=family,
-        taps=install_taps(model),
+        taps=install_taps(model) if with_taps else None,
         stop_ids=stop_token_ids(family, tokenizer),
         context_length=config.get("max_position_embeddings"),
         dtype=describe_dtype(model),
