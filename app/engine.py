@@ -16,6 +16,7 @@ from typing import Callable
 
 from adapters.generate import generate_steps
 from adapters.loader import LoadedModel, load
+from adapters.text import TextDeltas
 from signals.step import STEP_FIELDS, step_signals
 
 log = logging.getLogger("halluwatch.engine")
@@ -63,7 +64,7 @@ class Finished:
     ttft_s: float | None
     tokens_per_s: float | None
     stop_token_id: int | None = None
-    text_tail: str = ""  # text completed only when the detokenizer was flushed
+    text_tail: str = ""  # an incomplete UTF-8 character held back at the end, if any
 
 
 class Engine:
@@ -132,7 +133,7 @@ class Engine:
 
     def _generate(self, job: GenerationJob) -> None:
         lm = self.lm
-        detok = lm.tokenizer.detokenizer
+        deltas = TextDeltas(lm.tokenizer)
         steps = generate_steps(lm, job.prompt_ids, job.max_tokens, self._reduce,
                                top_logprobs=job.top_logprobs, prefill_step_size=self.prefill_step_size)
         reason, stop_id, n, t_first, t_last = "length", None, 0, None, None
@@ -143,10 +144,7 @@ class Engine:
                 values = dict(zip(STEP_FIELDS, raw.values))
                 halted = job.halt_cutoff is not None and values["pfail"] > job.halt_cutoff
                 is_stop = raw.token in lm.stop_ids
-                text = ""
-                if not (halted or is_stop):
-                    detok.add_token(raw.token)
-                    text = detok.last_segment
+                text = "" if halted or is_stop else deltas.add(raw.token)
                 n += 1
                 job.emit(StepRecord(raw.token, text, raw.logprob, self._top(raw.top), **values))
                 if halted:
@@ -160,10 +158,9 @@ class Engine:
                     break
         finally:
             steps.close()
-        detok.finalize()
         rate = (n - 1) / (t_last - t_first) if n > 1 and t_last > t_first else None
         ttft = t_first - job.submitted if t_first else None
-        job.emit(Finished(reason, len(job.prompt_ids), ttft, rate, stop_id, detok.last_segment))
+        job.emit(Finished(reason, len(job.prompt_ids), ttft, rate, stop_id, deltas.flush()))
 
 
 def bridge(job: GenerationJob) -> asyncio.Queue:

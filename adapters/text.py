@@ -1,0 +1,30 @@
+"""Streaming text deltas that always add up to `tokenizer.decode(tokens)`.
+
+mlx-lm's streaming detokenizers drop the leading space of a response (fine for chat, wrong for
+continuing a raw prompt); here every delta is the growth of the full decode, so the deltas of a
+response concatenate to exactly what `decode` gives for its tokens.
+"""
+
+
+class TextDeltas:
+    def __init__(self, tokenizer):
+        self._decode = tokenizer.decode
+        self.tokens: list = []
+        self.text = ""
+
+    def add(self, token: int) -> str:
+        """Append a token; return the new text (empty while a UTF-8 character is incomplete)."""
+        self.tokens.append(token)
+        text = self._decode(self.tokens)
+        if text.endswith("\ufffd"):
+            return ""
+        return self._advance(text)
+
+    def flush(self) -> str:
+        """Whatever is still held back (an incomplete character decodes to U+FFFD)."""
+        return self._advance(self._decode(self.tokens))
+
+    def _advance(self, text: str) -> str:
+        delta = text[len(self.text):] if text.startswith(self.text) else ""
+        self.text = text
+        return delta
