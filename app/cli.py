@@ -48,8 +48,8 @@ def serve(settings: Settings) -> None:
 
 
 def generate(settings: Settings, args) -> None:
-    from .engine import GenerationJob
-    from .generation import InputError, encode_prompt, response_body, run_job_sync
+    from .engine import GenerationJob, run_blocking
+    from .generation import InputError, encode_prompt, response_body
 
     engine = _engine(settings)
     app = _app(settings, engine)
@@ -57,7 +57,7 @@ def generate(settings: Settings, args) -> None:
         ids = encode_prompt(engine.lm, args.prompt, None, not args.raw, args.max_tokens)
     except InputError as e:
         sys.exit(f"halluwatch: {e.field}: {e}")
-    records, fin = run_job_sync(engine, GenerationJob(ids, args.max_tokens))
+    records, fin = run_blocking(engine, GenerationJob(ids, args.max_tokens))
     engine.stop()
     body = response_body(records, fin, app.state.params, app.state.params_reason, args.trace)
     if args.json:

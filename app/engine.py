@@ -7,6 +7,7 @@ that into an asyncio queue for HTTP handlers.
 """
 
 import asyncio
+import itertools
 import logging
 import queue
 import threading
@@ -32,6 +33,7 @@ class GenerationJob:
     max_tokens: int
     top_logprobs: int = 0
     halt_cutoff: float | None = None  # stop when P_fail of a step exceeds it
+    priority: int = 0  # lower runs first: interactive requests 0, calibration samples 1
     emit: Callable = print  # called on the engine thread with StepRecord | Finished | Exception
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.perf_counter)
@@ -77,7 +79,8 @@ class Engine:
         self.pfail_tau = pfail_tau
         self.pfail_lambda = pfail_lambda
         self.prefill_step_size = prefill_step_size
-        self._jobs: queue.Queue = queue.Queue(maxsize=queue_depth)
+        self._jobs: queue.PriorityQueue = queue.PriorityQueue(maxsize=queue_depth)
+        self._order = itertools.count()  # FIFO within a priority
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="halluwatch-engine", daemon=True)
@@ -92,17 +95,21 @@ class Engine:
         return self.lm
 
     def stop(self) -> None:
-        """Finish the job in progress, then end the thread."""
+        """Finish the job in progress, cancel the waiting ones, then end the thread."""
         if self._thread.is_alive():
-            self._jobs.put(None)
+            self._jobs.put((-1, next(self._order), None))
             self._thread.join()
 
     def submit(self, job: GenerationJob) -> None:
         """Queue a job; raise EngineBusy at once when the queue is full."""
         try:
-            self._jobs.put_nowait(job)
+            self._jobs.put_nowait((job.priority, next(self._order), job))
         except queue.Full:
             raise EngineBusy(f"engine queue is full ({self._jobs.maxsize} waiting)") from None
+
+    @property
+    def queue_depth(self) -> int:
+        return self._jobs.qsize()
 
     def _run(self) -> None:
         try:
@@ -114,7 +121,7 @@ class Engine:
             self._ready.set()
         log.info("loaded %s (%s, %d blocks, %s, BLAS %s)", self.lm.model_id, self.lm.family.name,
                  self.lm.n_layers, self.lm.dtype, self.lm.blas)
-        while (job := self._jobs.get()) is not None:
+        while (job := self._jobs.get()[2]) is not None:
             if job.cancelled.is_set():
                 job.emit(Finished("cancelled", len(job.prompt_ids), None, None))
                 continue
@@ -123,6 +130,9 @@ class Engine:
             except Exception as e:
                 log.exception("generation failed")
                 job.emit(e)
+        while not self._jobs.empty():  # stopped: nobody will run what is still waiting
+            if (job := self._jobs.get_nowait()[2]) is not None:
+                job.emit(Finished("cancelled", len(job.prompt_ids), None, None))
 
     def _reduce(self, logits, hidden, token, prev_final):
         return step_signals(logits, hidden, token, prev_final, self.pfail_tau, self.pfail_lambda)
@@ -161,6 +171,19 @@ class Engine:
         rate = (n - 1) / (t_last - t_first) if n > 1 and t_last > t_first else None
         ttft = t_first - job.submitted if t_first else None
         job.emit(Finished(reason, len(job.prompt_ids), ttft, rate, stop_id, deltas.flush()))
+
+
+def run_blocking(engine: Engine, job: GenerationJob) -> tuple:
+    """Submit `job` and wait for it on this (non-event-loop) thread: (records, Finished)."""
+    events: queue.Queue = queue.Queue()
+    job.emit = events.put
+    engine.submit(job)
+    records = []
+    while not isinstance(item := events.get(), Finished):
+        if not isinstance(item, StepRecord):
+            raise item
+        records.append(item)
+    return records, item
 
 
 def bridge(job: GenerationJob) -> asyncio.Queue:

@@ -1,7 +1,5 @@
 """Shared by the HTTP routes and the CLI: prompt encoding, running a job, the response body."""
 
-import asyncio
-
 from signals.response import response_scores
 
 from .engine import Engine, Finished, GenerationJob, StepRecord, bridge
@@ -77,8 +75,3 @@ async def run_job(engine: Engine, job: GenerationJob) -> tuple:
                 raise item
     finally:
         job.cancelled.set()
-
-
-def run_job_sync(engine: Engine, job: GenerationJob) -> tuple:
-    """`run_job` for callers without an event loop (CLI, benchmarks)."""
-    return asyncio.run(run_job(engine, job))

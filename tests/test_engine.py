@@ -15,8 +15,7 @@ from tiny_models import ARCHS
 
 from adapters.generate import generate_steps
 from adapters.loader import load
-from app.engine import Engine, GenerationJob
-from app.generation import run_job_sync
+from app.engine import Engine, GenerationJob, run_blocking
 from reference import reference
 from signals.response import top_k_mean
 from signals.step import STEP_FIELDS, step_signals
@@ -87,14 +86,14 @@ def _no_cache_reference(path, ids, tokens):
 def test_signals_equal_no_cache_reference_with_eos(tiny_model_path, engines, arch):
     engine = engines(arch)
     ids = _prompt(engine.lm.tokenizer, 20)
-    records, fin = run_job_sync(engine, GenerationJob(ids, N_TOKENS))
+    records, fin = run_blocking(engine, GenerationJob(ids, N_TOKENS))
     tokens = [r.token_id for r in records]
     # Make a token that first appears late in the run the stop token, so the run ends on it.
     k = next(i for i in range(len(tokens) - 1, 5, -1) if tokens[i] not in tokens[:i])
     saved = engine.lm.stop_ids
     engine.lm.stop_ids = frozenset({tokens[k]})
     try:
-        records, fin = run_job_sync(engine, GenerationJob(ids, N_TOKENS))
+        records, fin = run_blocking(engine, GenerationJob(ids, N_TOKENS))
     finally:
         engine.lm.stop_ids = saved
     assert fin.finish_reason == "eos" and fin.stop_token_id == tokens[k]
@@ -112,7 +111,7 @@ def test_response_scores_are_top5_means(tiny_model_path, engines):
     from app.generation import response_body
 
     engine = engines("llama")
-    records, fin = run_job_sync(engine, GenerationJob(_prompt(engine.lm.tokenizer, 12), 12))
+    records, fin = run_blocking(engine, GenerationJob(_prompt(engine.lm.tokenizer, 12), 12))
     body = response_body(records, fin, None, "none", include_trace=True)
     assert body["scores"]["hbar_s"] == top_k_mean([r.hbar_s for r in records])
     assert body["scores"]["pri"] == top_k_mean([r.pri for r in records])
@@ -125,11 +124,11 @@ def test_pfail_halting_stops_before_appending(engines):
     engine = engines("qwen2")
     tok = engine.lm.tokenizer
     ids = _prompt(tok, 16)
-    records, _ = run_job_sync(engine, GenerationJob(ids, N_TOKENS))
+    records, _ = run_blocking(engine, GenerationJob(ids, N_TOKENS))
     pf = [r.pfail for r in records]
     j = next(i for i in range(2, len(pf)) if pf[i] > max(pf[:i]))
     cutoff = (max(pf[:j]) + pf[j]) / 2
-    halted, fin = run_job_sync(engine, GenerationJob(ids, N_TOKENS, halt_cutoff=cutoff))
+    halted, fin = run_blocking(engine, GenerationJob(ids, N_TOKENS, halt_cutoff=cutoff))
     assert fin.finish_reason == "pfail"
     assert len(halted) == j + 1  # the halting step is scored ...
     assert halted[-1].text == ""  # ... but its token is not appended
