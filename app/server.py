@@ -4,8 +4,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from .engine import Engine
+from .jobs import JobRunner, JobStore
 from .params import Params, find_params, load_params
-from .routes import generate, info
+from .routes import calibrate, generate, info
 from .settings import Settings
 
 
@@ -28,6 +29,13 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     app.state.engine = engine
     app.state.params, app.state.params_reason = resolve_params(settings, engine.lm.model_id)
 
+    def activate(result: dict, path) -> None:  # one attribute swap: the next request sees the new params
+        app.state.params, app.state.params_reason = load_params(path), None
+
+    store = JobStore(settings.state_dir / "jobs.sqlite3")
+    store.mark_interrupted()
+    app.state.jobs = JobRunner(store, engine, settings.params_dir, settings.reports_dir, activate)
+
     @app.middleware("http")
     async def limit_body(request: Request, call_next):
         size = request.headers.get("content-length")
@@ -38,4 +46,5 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
 
     app.include_router(generate.router)
     app.include_router(info.router)
+    app.include_router(calibrate.router)
     return app

@@ -14,6 +14,9 @@ class Settings(BaseSettings):
     model: str = Field("default", description="model reference: default, a .gguf file, an mlx-lm folder or a cached repo id")
     params: Path | None = Field(None, description="calibrated params file to use instead of the newest match")
     params_dir: Path = Field(REPO_ROOT / "calibrated_params", description="folder searched for calibrated params")
+    reports_dir: Path = Field(REPO_ROOT / "reports", description="scores checkpoints, splits and reports")
+    state_dir: Path = Field(REPO_ROOT / "state", description="server state (the calibration jobs database)")
+    data_dir: Path = Field(REPO_ROOT / "data", description="the only folder /calibrate may read datasets from")
     precision: str = Field("auto", description="auto (float32 on Linux with OpenBLAS, else as stored), float32 or native")
     host: str = "127.0.0.1"
     port: int = 8000

@@ -21,7 +21,7 @@ def _sse(event: str, data: dict) -> str:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n"
 
 
-async def _stream(events, job, state):
+async def _stream(events, job, params, params_reason):
     records = []
     try:
         while True:
@@ -33,7 +33,7 @@ async def _stream(events, job, state):
                 if item.finish_reason == "cancelled":
                     yield _sse("error", {"error": "generation was cancelled"})
                 else:
-                    yield _sse("done", response_body(records, item, state.params, state.params_reason, False))
+                    yield _sse("done", response_body(records, item, params, params_reason, False))
                 return
             else:
                 yield _sse("error", {"error": str(item)})
@@ -48,6 +48,7 @@ async def generate(req: GenerateRequest, request: Request):
     """Generate greedily; JSON body, or Server-Sent Events (`token`…, then `done`) with `stream`."""
     state = request.app.state
     settings = state.settings
+    params, params_reason = state.params, state.params_reason  # fixed for this request
     max_tokens = req.max_tokens or settings.default_max_tokens
     if max_tokens > settings.max_tokens_limit:
         raise unprocessable("max_tokens", f"max_tokens must be at most {settings.max_tokens_limit}")
@@ -62,11 +63,11 @@ async def generate(req: GenerateRequest, request: Request):
         if req.stream:
             events = bridge(job)
             state.engine.submit(job)
-            return StreamingResponse(_stream(events, job, state), media_type="text/event-stream",
+            return StreamingResponse(_stream(events, job, params, params_reason), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
         records, fin = await run_job(state.engine, job)
     except EngineBusy as e:
         raise HTTPException(503, str(e), headers={"Retry-After": "1"}) from None
     if fin.finish_reason == "cancelled":
         raise HTTPException(503, "generation was cancelled")
-    return response_body(records, fin, state.params, state.params_reason, req.include_trace)
+    return response_body(records, fin, params, params_reason, req.include_trace)

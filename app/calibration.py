@@ -1,0 +1,177 @@
+"""Calibration and validation runs: score HaluEval samples with the engine, then fit or check.
+
+Scoring reuses the engine's generation and signals (greedy, raw `tokenizer.encode` prompts by
+default, as in the reference protocol). Each scored sample is appended to a JSONL checkpoint and
+fsynced, so an interrupted run loses nothing and a re-run resumes where it stopped.
+"""
+
+import json
+import os
+import re
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata as pkg_metadata
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from signals import calibration as stats
+
+from .engine import Engine, GenerationJob, run_blocking
+from .generation import encode_prompt, response_body
+from .halueval import Sample, load_samples
+from .storage import write_atomic, write_json_atomic
+
+PROMPT_FORMATS = ("raw", "chat")
+
+
+class Cancelled(RuntimeError):
+    """The run was cancelled; its checkpoint is kept."""
+
+
+@dataclass
+class RunSpec:
+    """What to score: model, task, split, size and protocol options."""
+
+    model_ref: str
+    task: str = "qa"
+    n: int = 200
+    max_tokens: int = 20
+    seed: int = 42
+    prompt_format: str = "raw"
+    dataset: str | None = None
+    n_boot: int = 1000
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a model id."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text.rsplit("/", 1)[-1]).strip("-").lower() or "model"
+
+
+def checkpoint_path(reports_dir: Path, model_id: str, spec: RunSpec, split: str) -> Path:
+    """Where the scores of this model/task/split/protocol go; the same run always finds it again."""
+    name = f"{slug(model_id)}_{spec.task}_{split}_seed{spec.seed}_mt{spec.max_tokens}_{spec.prompt_format}.jsonl"
+    return Path(reports_dir) / "scores" / name
+
+
+def read_checkpoint(path: Path) -> dict:
+    """Scored records by sample key; a torn last line (a crash mid-write) is ignored."""
+    done = {}
+    if Path(path).exists():
+        for line in Path(path).read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            done[rec["key"]] = rec
+    return done
+
+
+def score_sample(engine: Engine, sample: Sample, spec: RunSpec) -> dict:
+    """Generate for one sample and return its score record (response scores + per-step trajectories)."""
+    ids = encode_prompt(engine.lm, sample.prompt, None, spec.prompt_format == "chat", spec.max_tokens)
+    records, fin = run_blocking(engine, GenerationJob(ids, spec.max_tokens, priority=1))
+    if fin.finish_reason == "cancelled":
+        raise Cancelled("the engine stopped")
+    body = response_body(records, fin, None, None, include_trace=False)
+    return {
+        "key": sample.key, "task": sample.task, "item": sample.item, "label": sample.label,
+        **body["scores"],
+        "tokens": len(records), "finish_reason": fin.finish_reason, "text": body["text"],
+        "steps": {"hbar_s": [r.hbar_s for r in records], "pri": [r.pri for r in records]},
+    }
+
+
+def score_all(engine: Engine, samples: list, spec: RunSpec, checkpoint: Path,
+              progress: Callable[[int, int], None] = lambda done, total: None,
+              cancelled: threading.Event | None = None) -> list:
+    """Score every sample not yet in `checkpoint`, appending each record as it comes."""
+    done = read_checkpoint(checkpoint)
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    n_done = sum(s.key in done for s in samples)
+    progress(n_done, len(samples))
+    with open(checkpoint, "a") as f:
+        for s in samples:
+            if s.key in done:
+                continue
+            if cancelled is not None and cancelled.is_set():
+                raise Cancelled(f"cancelled after {n_done} of {len(samples)} samples")
+            rec = score_sample(engine, s, spec)
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+            done[s.key] = rec
+            n_done += 1
+            progress(n_done, len(samples))
+    return [done[s.key] for s in samples]
+
+
+def _arrays(records: list) -> tuple:
+    return (np.array([r["hbar_s"] for r in records]), np.array([r["pri"] for r in records]),
+            np.array([r["label"] for r in records]))
+
+
+def _versions() -> dict:
+    out = {}
+    for pkg in ("halluwatch", "mlx", "mlx-lm", "numpy", "scikit-learn"):
+        try:
+            out[pkg] = pkg_metadata.version(pkg)
+        except pkg_metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc).replace(microsecond=0)
+
+
+def calibrate(engine: Engine, spec: RunSpec, out_dir: Path, reports_dir: Path, **hooks) -> Path:
+    """Score the train split, fit thresholds and the joint model, write the params file; return its path.
+
+    `hooks` go to `score_all` (progress, cancelled).
+    """
+    samples, split = load_samples(spec.task, "train", spec.n, spec.seed, spec.dataset, Path(reports_dir) / "data")
+    ckpt = checkpoint_path(reports_dir, engine.lm.model_id, spec, "train")
+    records = score_all(engine, samples, spec, ckpt, **hooks)
+    result = stats.calibrate(*_arrays(records), seed=spec.seed, n_boot=spec.n_boot)
+    now = _utc_now()
+    stem = f"{slug(engine.lm.model_id)}_{now:%Y%m%dT%H%M%SZ}_n{spec.n}"
+    split_path = write_json_atomic(Path(reports_dir) / f"{stem}_split.json", split)
+    params = {
+        "model": engine.lm.model_id,
+        **result,
+        "model_ref": spec.model_ref,
+        "source": "halluwatch calibrate",
+        "created_utc": now.isoformat().replace("+00:00", "Z"),
+        "task": spec.task,
+        "n": spec.n,
+        "protocol": {"dataset": "HaluEval", "task": spec.task, "split": "train", "split_seed": spec.seed,
+                     "max_tokens": spec.max_tokens, "prompt_format": spec.prompt_format,
+                     "greedy": True, "reductions": "float32", "dtype": engine.lm.dtype},
+        "versions": _versions(),
+        "scores_file": str(ckpt),
+        "split_file": str(split_path),
+    }
+    return write_json_atomic(Path(out_dir) / f"{stem}.json", params)
+
+
+def evaluate(engine: Engine, params_path: Path, spec: RunSpec, out_dir: Path, reports_dir: Path,
+             **hooks) -> Path:
+    """Score the test split, check the saved thresholds on it, write the report (JSON, Markdown, figures)."""
+    from . import report
+
+    params = json.loads(Path(params_path).read_text())
+    samples, split = load_samples(spec.task, "test", spec.n, spec.seed, spec.dataset, Path(reports_dir) / "data")
+    ckpt = checkpoint_path(reports_dir, engine.lm.model_id, spec, "test")
+    records = score_all(engine, samples, spec, ckpt, **hooks)
+    metrics = stats.evaluate(*_arrays(records), params, seed=spec.seed, n_boot=spec.n_boot)
+    stem = f"{Path(params_path).stem}_eval_{spec.task}_n{spec.n}"
+    figures = report.write_figures(records, params, metrics, out_dir, stem)
+    meta = {"model": engine.lm.model_id, "params": Path(params_path).name, "task": spec.task, "n": spec.n,
+            "seed": spec.seed, "max_tokens": spec.max_tokens, "prompt_format": spec.prompt_format,
+            "scores_file": str(ckpt), "created_utc": _utc_now().isoformat().replace("+00:00", "Z")}
+    body = {**meta, "split": split, "metrics": metrics, "figures": [p.name for p in figures]}
+    write_atomic(Path(out_dir) / f"{stem}.md", report.markdown(metrics, params, meta, [p.name for p in figures]))
+    return write_json_atomic(Path(out_dir) / f"{stem}.json", body)

@@ -1,0 +1,93 @@
+"""Calibration jobs over HTTP: POST /calibrate, GET /calibrate[/{id}], DELETE /calibrate/{id}."""
+
+from pathlib import Path
+from typing import Literal
+
+from fastapi import APIRouter, HTTPException, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..halueval import DatasetError, load_samples
+from ..jobs import JobConflict
+
+router = APIRouter(prefix="/calibrate")
+PACKAGED = "halueval"
+
+
+class CalibrateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    task: Literal["qa", "dialogue", "summarization"] = "qa"
+    n: int = Field(200, ge=10, description="samples to score (even; two per HaluEval item)")
+    max_tokens: int = Field(20, ge=1, le=512)
+    seed: int = 42
+    dataset: str = Field(PACKAGED, description="'halueval' (the packaged copy) or a file name inside the "
+                                               "server's data folder")
+    activate: bool = Field(False, description="serve the new thresholds as soon as the job succeeds")
+
+
+def _dataset_path(data_dir: Path, name: str) -> str | None:
+    """The dataset file, which must resolve inside `data_dir` (no `..`, absolute paths or symlink escapes)."""
+    if name == PACKAGED:
+        return None
+    root = Path(data_dir).resolve()
+    path = (root / name).resolve()
+    if not path.is_relative_to(root) or not path.is_file():
+        raise HTTPException(400, f"dataset: {name!r} is not a file inside the server's data folder")
+    return str(path)
+
+
+@router.post("", status_code=202)
+async def start(req: CalibrateRequest, request: Request) -> dict:
+    """Validate the request and its data, then queue the job: 202 {job_id}; 409 if one is active."""
+    state = request.app.state
+    body = req.model_dump()
+    body["dataset_path"] = _dataset_path(state.settings.data_dir, req.dataset)
+    try:
+        load_samples(req.task, "train", req.n, req.seed, body["dataset_path"], state.settings.reports_dir / "data")
+    except DatasetError as e:
+        raise HTTPException(422, detail=[{"loc": ["body", e.field], "msg": str(e), "type": "value_error"}]) from None
+    try:
+        return {"job_id": state.jobs.start(body)}
+    except JobConflict as e:
+        raise HTTPException(409, str(e)) from None
+
+
+@router.get("")
+async def list_jobs(request: Request) -> list:
+    """All jobs, oldest first."""
+    return request.app.state.jobs.store.all()
+
+
+def _job(request: Request, job_id: str) -> dict:
+    job = request.app.state.jobs.store.get(job_id)
+    if job is None:
+        raise HTTPException(404, f"no calibration job {job_id!r}")
+    return job
+
+
+@router.get("/{job_id}")
+async def get_job(job_id: str, request: Request) -> dict:
+    """Status, progress {done, total, eta_s}, result (metrics and params path) and error of a job."""
+    return _job(request, job_id)
+
+
+@router.delete("/{job_id}")
+async def cancel_job(job_id: str, request: Request) -> dict:
+    """Cancel a queued or running job (a running one stops after its current sample)."""
+    job = _job(request, job_id)
+    if job["status"] not in ("queued", "running"):
+        raise HTTPException(409, f"job {job_id} is {job['status']}, not queued or running")
+    request.app.state.jobs.cancel(job_id)
+    return {"job_id": job_id, "status": "cancelling"}
+
+
+@router.post("/{job_id}/resume", status_code=202)
+async def resume_job(job_id: str, request: Request) -> dict:
+    """Run an interrupted, failed or cancelled job again; scores already checkpointed are reused."""
+    job = _job(request, job_id)
+    if job["status"] not in ("interrupted", "failed", "cancelled"):
+        raise HTTPException(409, f"job {job_id} is {job['status']}; only interrupted, failed or cancelled "
+                                 "jobs can be resumed")
+    try:
+        return {"job_id": request.app.state.jobs.start(job["request"], job_id)}
+    except JobConflict as e:
+        raise HTTPException(409, str(e)) from None

@@ -1,0 +1,28 @@
+"""Files that are never left half-written: write a temp file, fsync, rename."""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_atomic(path: Path, text: str) -> Path:
+    """Replace `path` with `text` atomically (the old file stays intact until the rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json_atomic(path: Path, data) -> Path:
+    """`write_atomic` for JSON (indented, UTF-8 kept readable)."""
+    return write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
