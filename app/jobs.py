@@ -131,7 +131,7 @@ class JobRunner:
 
         spec = calibration.RunSpec(model_ref=self.engine.model_ref, task=request["task"], n=request["n"],
                                    max_tokens=request["max_tokens"], seed=request["seed"],
-                                   dataset=request.get("dataset_path"))
+                                   dataset=request.get("dataset_path"), batch_size=request.get("batch_size", 1))
         self.store.update(job_id, status="running")
         try:
             path = calibration.calibrate(self.engine, spec, self.params_dir, self.reports_dir,

@@ -16,6 +16,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import auc, roc_curve  # noqa: E402
 
+from signals.calibration import joint_probability  # noqa: E402
 from signals.quadrant import LABELS  # noqa: E402
 
 DETECTORS = {"hbar": "ℏₛ (flag if ℏₛ ≤ τ)", "pri": "PRI (flag if PRI ≥ τ)", "joint": "joint (logistic)"}
@@ -35,12 +36,6 @@ def _figure(path: Path, **subplots):
         plt.close(fig)
 
 
-def _joint_probability(hbar_s, pri, weights: dict) -> np.ndarray:
-    """Probability of hallucination from the joint logistic model."""
-    z = weights["w_hbar"] * np.asarray(hbar_s, float) + weights["w_pri"] * np.asarray(pri, float) + weights["intercept"]
-    return 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
-
-
 def roc_figure(records: list[dict], params: dict, path: Path) -> None:
     """ROC curves of −ℏₛ, PRI and the joint probability on one plot, AUROC in the legend."""
     labels = np.array([r["label"] for r in records])
@@ -49,7 +44,7 @@ def roc_figure(records: list[dict], params: dict, path: Path) -> None:
     scores = {
         "ℏₛ (inverted)": -hbar,
         "PRI": pri,
-        "joint": _joint_probability(hbar, pri, params["joint_model_weights"]),
+        "joint": joint_probability(hbar, pri, params["joint_model_weights"]),
     }
     with _figure(path, figsize=(5.5, 5)) as (fig, ax):
         for name, score in scores.items():
@@ -122,7 +117,7 @@ def _num(x, spec: str = ".3f") -> str:
 
 
 def _detector_row(name: str, d: dict) -> str:
-    at = d["at_calibrated_threshold"]
+    at = d.get("at_calibrated_threshold") or {"threshold": None, "precision": None, "recall": None}
     lo, hi = d["auroc_ci"]
     return (f"| {DETECTORS.get(name, name)} | {_num(d['auroc'])} [{_num(lo)}, {_num(hi)}] | {_num(d['pr_auc'])} "
             f"| {_num(d['precision_at_recall_0_9'])} | {_num(at['threshold'], '.4g')} "
@@ -159,7 +154,7 @@ def markdown(metrics: dict, params: dict, meta: dict, figures: list[str]) -> str
         "|---|---|---:|---:|---:|---:|---:|",
         *(_detector_row(name, d) for name, d in detectors.items()),
         "", "## Confusion matrices at the calibrated thresholds", "",
-        *(line for name, d in detectors.items()
+        *(line for name, d in detectors.items() if "at_calibrated_threshold" in d
           for line in _confusion(name, d["at_calibrated_threshold"]["confusion"])),
         "## Quadrants", "",
         "| quadrant | meaning | count | share | hallucination rate |", "|---|---|---:|---:|---:|",

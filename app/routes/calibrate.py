@@ -22,6 +22,8 @@ class CalibrateRequest(BaseModel):
     dataset: str = Field(PACKAGED, description="'halueval' (the packaged copy) or a file name inside the "
                                                "server's data folder")
     activate: bool = Field(False, description="serve the new thresholds as soon as the job succeeds")
+    batch_size: int = Field(1, ge=1, le=32, description="samples per engine job: 1 keeps /generate waits to one "
+                                                          "sample; more is faster but delays interactive requests")
 
 
 def _dataset_path(data_dir: Path, name: str) -> str | None:

@@ -1,0 +1,84 @@
+"""The scoring pass: batched equals one at a time, and a resumed run equals an uninterrupted one."""
+
+import json
+import threading
+
+import numpy as np
+import pytest
+
+from app.calibration import Cancelled, RunSpec, checkpoint_path, read_checkpoint, score_all
+from app.engine import Engine
+from app.halueval import load_samples
+
+FIELDS = ("hbar_s", "pri", "pfail_max")
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_path):
+    e = Engine(str(tiny_model_path("llama_sliding")), precision="native")
+    e.start()
+    yield e
+    e.stop()
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "qa.jsonl"
+    path.write_text("\n".join(json.dumps({
+        "knowledge": f"Item {i} is about the year {1900 + 7 * i} and the river {i}." + " More text." * (i % 5),
+        "question": f"What happened in {1900 + 7 * i}?",
+        "right_answer": f"The river {i} flooded.", "hallucinated_answer": f"The city {i} burned.",
+    }) for i in range(24)))
+    return load_samples("qa", "train", 12, seed=7, dataset=path)[0]
+
+
+def _spec(**kw):
+    return RunSpec(**{"model_ref": "tiny", "task": "qa", "n": 12, "max_tokens": 10, **kw})
+
+
+def test_batched_scores_equal_one_at_a_time(engine, samples, tmp_path):
+    saved = engine.lm.stop_ids
+    # make a token that several outputs emit at different steps a stop token, so that sequences
+    # end at different steps and leave the batch
+    first = score_all(engine, samples, _spec(), tmp_path / "first.jsonl")
+    where = {}
+    for r in first:
+        for i, t in enumerate(r["token_ids"][1:], 1):
+            where.setdefault(t, set()).add(i)
+    stop = max(where, key=lambda t: len(where[t]))
+    engine.lm.stop_ids = frozenset({stop, *saved})
+    try:
+        one = score_all(engine, samples, _spec(), tmp_path / "one.jsonl")
+        batched = score_all(engine, samples, _spec(batch_size=5), tmp_path / "batch.jsonl")
+    finally:
+        engine.lm.stop_ids = saved
+    assert len({r["tokens"] for r in one}) > 1, "all sequences ran equally long: filtering untested"
+    for a, b in zip(one, batched):
+        assert (a["key"], a["tokens"], a["finish_reason"], a["text"]) == (b["key"], b["tokens"], b["finish_reason"], b["text"])
+        np.testing.assert_allclose([a[f] for f in FIELDS], [b[f] for f in FIELDS], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(a["steps"]["pri"], b["steps"]["pri"], rtol=1e-4, atol=1e-6)
+
+
+def test_resume_after_interruption_equals_uninterrupted(engine, samples, tmp_path):
+    full = score_all(engine, samples, _spec(batch_size=2), tmp_path / "full.jsonl")
+    ckpt = tmp_path / "part.jsonl"
+    stop = threading.Event()
+
+    def progress(done, total):
+        if done >= 5:
+            stop.set()
+
+    with pytest.raises(Cancelled):
+        score_all(engine, samples, _spec(batch_size=2), ckpt, progress=progress, cancelled=stop)
+    kept = read_checkpoint(ckpt)
+    assert 5 <= len(kept) < len(samples)
+    with open(ckpt, "a") as f:
+        f.write('{"key": "qa:torn')  # a crash in the middle of a write
+    resumed = score_all(engine, samples, _spec(batch_size=2), ckpt)
+    assert resumed == full
+
+
+def test_checkpoint_path_is_stable():
+    a = checkpoint_path("r", "mlx-community/Some Model", _spec(), "train")
+    assert a == checkpoint_path("r", "mlx-community/Some Model", _spec(n=400), "train")  # n grows, file stays
+    assert a.name == "some-model_qa_train_seed42_mt10_raw.jsonl"
