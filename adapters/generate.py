@@ -57,8 +57,12 @@ def generate_steps(
     *,
     top_logprobs: int = 0,
     prefill_step_size: int = 2048,
+    sampler: Optional[Callable[[mx.array], mx.array]] = None,
 ) -> Iterator[RawStep]:
-    """Yield up to `max_tokens` greedy steps for `prompt_ids`; the caller decides when to stop."""
+    """Yield up to `max_tokens` steps for `prompt_ids`; the caller decides when to stop.
+
+    Greedy unless `sampler` (an mlx-lm sampler over log-probabilities) is given.
+    """
     if not prompt_ids:
         raise ValueError("prompt_ids must not be empty")
     model, taps = lm.model, lm.taps
@@ -69,7 +73,7 @@ def generate_steps(
         nonlocal prev_final
         logits = model(tokens[None], cache=cache)[:, -1, :]
         logprobs = logits - mx.logsumexp(logits, keepdims=True)
-        token = mx.argmax(logprobs, axis=-1)
+        token = sampler(logprobs) if sampler else mx.argmax(logprobs, axis=-1)
         hidden = taps.stacked()
         values = reduce(logits, hidden, token, prev_final)[0]
         prev_final = hidden[:, -1, :]

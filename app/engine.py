@@ -15,6 +15,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
+import mlx.core as mx
+from mlx_lm.sample_utils import make_sampler
+
 from adapters.generate import generate_batch, generate_steps
 from adapters.loader import LoadedModel, load
 from adapters.text import TextDeltas
@@ -34,6 +37,9 @@ class GenerationJob:
     top_logprobs: int = 0
     halt_cutoff: float | None = None  # stop when P_fail of a step exceeds it
     priority: int = 0  # lower runs first: interactive requests 0, calibration samples 1
+    temperature: float = 0.0  # > 0 samples with mlx-lm's sampler (the signals stay at temperature 1)
+    top_p: float = 1.0
+    seed: int | None = None  # seeds MLX's random state for this job when sampling
     emit: Callable = print  # called on the engine thread with StepRecord | Finished | Exception
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.perf_counter)
@@ -97,6 +103,7 @@ class Engine:
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="halluwatch-engine", daemon=True)
         self.lm: LoadedModel | None = None  # other threads may use its tokenizer and metadata only
+        self.busy = False  # a job is running
 
     def start(self) -> LoadedModel:
         """Start the thread and wait until the model is loaded; re-raise a load error."""
@@ -137,11 +144,14 @@ class Engine:
             if job.cancelled.is_set():
                 job.emit(_cancelled(job))
                 continue
+            self.busy = True
             try:
                 self._generate_batch(job) if isinstance(job, BatchJob) else self._generate(job)
             except Exception as e:
                 log.exception("generation failed")
                 job.emit(e)
+            finally:
+                self.busy = False
         while not self._jobs.empty():  # stopped: nobody will run what is still waiting
             if (job := self._jobs.get_nowait()[2]) is not None:
                 job.emit(_cancelled(job))
@@ -171,8 +181,13 @@ class Engine:
     def _generate(self, job: GenerationJob) -> None:
         lm = self.lm
         deltas = TextDeltas(lm.tokenizer)
-        steps = generate_steps(lm, job.prompt_ids, job.max_tokens, self._reduce,
-                               top_logprobs=job.top_logprobs, prefill_step_size=self.prefill_step_size)
+        sampler = None
+        if job.temperature > 0:
+            if job.seed is not None:
+                mx.random.seed(job.seed)
+            sampler = make_sampler(temp=job.temperature, top_p=job.top_p)
+        steps = generate_steps(lm, job.prompt_ids, job.max_tokens, self._reduce, top_logprobs=job.top_logprobs,
+                               prefill_step_size=self.prefill_step_size, sampler=sampler)
         reason, stop_id, n, t_first, t_last = "length", None, 0, None, None
         try:
             for raw in steps:

@@ -134,3 +134,15 @@ def test_pfail_halting_stops_before_appending(engines):
     assert halted[-1].text == ""  # ... but its token is not appended
     text = "".join(r.text for r in halted) + fin.text_tail
     assert text == tok.decode([r.token_id for r in records[:j]])
+
+
+def test_sampling_is_seeded_and_signals_use_the_sampled_token(engines):
+    engine = engines("llama")
+    ids = _prompt(engine.lm.tokenizer, 10)
+    greedy, _ = run_blocking(engine, GenerationJob(ids, 16))
+    runs = [run_blocking(engine, GenerationJob(ids, 16, temperature=1.5, seed=s))[0] for s in (1, 1, 2)]
+    tokens = [[r.token_id for r in recs] for recs in runs]
+    assert tokens[0] == tokens[1] and tokens[0] != tokens[2]
+    assert tokens[0] != [r.token_id for r in greedy]
+    for r in runs[0]:  # surprise is −log p(sampled token) at temperature 1, equal to −logprob
+        assert r.surprise == pytest.approx(-r.logprob, rel=1e-4, abs=1e-5)
