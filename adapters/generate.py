@@ -149,3 +149,47 @@ def generate_batch(
                 active = [active[r] for r in keep]
             inputs = token[:, None]
     return steps
+
+
+def teacher_forced_steps(
+    lm: LoadedModel,
+    prompt_ids: list,
+    response_ids: list,
+    reduce: Reduce,
+    *,
+    top_logprobs: int = 0,
+    prefill_step_size: int = 2048,
+) -> list:
+    """The steps generation would have recorded had it produced `response_ids`, in one forward pass.
+
+    The prompt is prefilled as in `generate_steps`; then its last token and all response tokens
+    but the last go through the model at once, and the taps keep every position.
+    """
+    if not prompt_ids or not response_ids:
+        raise ValueError("prompt_ids and response_ids must not be empty")
+    model, taps = lm.model, lm.taps
+    cache = make_prompt_cache(model)
+    with wired_limit(model, [generation_stream]), mx.stream(generation_stream):
+        last = _prefill(model, cache, prompt_ids, prefill_step_size)
+        taps.all_positions = True
+        try:
+            logits = model(mx.concatenate([last, mx.array(response_ids[:-1], dtype=last.dtype)])[None],
+                           cache=cache)[0]
+            hidden = taps.stacked()[0]  # (R, L, D)
+        finally:
+            taps.all_positions = False
+        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        token = mx.array(response_ids)
+        values = reduce(logits[:1], hidden[:1], token[:1], None)  # Δh_0 = 0
+        if len(response_ids) > 1:
+            values = mx.concatenate([values, reduce(logits[1:], hidden[1:], token[1:], hidden[:-1, -1, :])])
+        chosen = mx.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
+        out = [chosen, values]
+        if top_logprobs > 0:
+            top_ids = mx.argpartition(-logprobs, top_logprobs - 1, axis=-1)[:, :top_logprobs]
+            out += [top_ids, mx.take_along_axis(logprobs, top_ids, axis=-1)]
+        mx.eval(out)
+    tops = [[]] * len(response_ids)
+    if top_logprobs > 0:
+        tops = [sorted(zip(i, lp), key=lambda t: (-t[1], t[0])) for i, lp in zip(out[2].tolist(), out[3].tolist())]
+    return [RawStep(t, lp, v, top) for t, lp, v, top in zip(response_ids, chosen.tolist(), values.tolist(), tops)]

@@ -10,13 +10,15 @@ import mlx.nn as nn
 
 
 class HiddenTaps:
-    """The recorded block outputs of the latest forward call, one (B, D) array per block."""
+    """The recorded block outputs of the latest forward call: per block (B, D) at the last
+    position, or (B, T, D) at every position while `all_positions` is set."""
 
     def __init__(self, n_blocks: int):
         self.states: list = [None] * n_blocks
+        self.all_positions = False
 
     def stacked(self) -> mx.array:
-        """Block outputs at the last position, shape (B, L, D)."""
+        """Block outputs stacked on a new second-to-last axis: (B, L, D) or (B, T, L, D)."""
         return mx.stack(self.states, axis=-2)
 
 
@@ -32,7 +34,7 @@ def _recording_class(base: type, taps: HiddenTaps, index: int) -> type:
     def __call__(self, *args, **kwargs):
         out = base.__call__(self, *args, **kwargs)
         h = out[0] if isinstance(out, tuple) else out
-        taps.states[index] = h[:, -1, :]
+        taps.states[index] = h if taps.all_positions else h[:, -1, :]
         return out
 
     return type(base.__name__, (base,), {"__call__": __call__, "_halluwatch_tap": index})

@@ -18,7 +18,7 @@ from typing import Callable
 import mlx.core as mx
 from mlx_lm.sample_utils import make_sampler
 
-from adapters.generate import generate_batch, generate_steps
+from adapters.generate import generate_batch, generate_steps, teacher_forced_steps
 from adapters.loader import LoadedModel, load
 from adapters.text import TextDeltas
 from signals.step import STEP_FIELDS, step_signals
@@ -52,6 +52,19 @@ class BatchJob:
     prompts: list
     max_tokens: int
     priority: int = 1
+    emit: Callable = print
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    submitted: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class ScoreJob:
+    """Score a given response to a prompt (teacher forcing); emits (records, Finished)."""
+
+    prompt_ids: list
+    response_ids: list
+    top_logprobs: int = 0
+    priority: int = 0
     emit: Callable = print
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.perf_counter)
@@ -146,7 +159,12 @@ class Engine:
                 continue
             self.busy = True
             try:
-                self._generate_batch(job) if isinstance(job, BatchJob) else self._generate(job)
+                if isinstance(job, BatchJob):
+                    self._generate_batch(job)
+                elif isinstance(job, ScoreJob):
+                    self._score(job)
+                else:
+                    self._generate(job)
             except Exception as e:
                 log.exception("generation failed")
                 job.emit(e)
@@ -177,6 +195,16 @@ class Engine:
             reason = "eos" if stop_id is not None else "length"
             results.append((records, Finished(reason, len(ids), None, None, stop_id, deltas.flush())))
         job.emit(results)
+
+    def _score(self, job: ScoreJob) -> None:
+        lm = self.lm
+        steps = teacher_forced_steps(lm, job.prompt_ids, job.response_ids, self._reduce,
+                                     top_logprobs=job.top_logprobs, prefill_step_size=self.prefill_step_size)
+        deltas = TextDeltas(lm.tokenizer)
+        stop_id = steps[-1].token if steps[-1].token in lm.stop_ids else None
+        records = [self._record(raw, "" if raw.token == stop_id else deltas.add(raw.token)) for raw in steps]
+        reason = "eos" if stop_id is not None else "length"
+        job.emit((records, Finished(reason, len(job.prompt_ids), None, None, stop_id, deltas.flush())))
 
     def _generate(self, job: GenerationJob) -> None:
         lm = self.lm
@@ -215,9 +243,11 @@ class Engine:
         job.emit(Finished(reason, len(job.prompt_ids), ttft, rate, stop_id, deltas.flush()))
 
 
-def _cancelled(job) -> Finished | list:
+def _cancelled(job) -> Finished | list | tuple:
     if isinstance(job, BatchJob):
         return [([], Finished("cancelled", len(ids), None, None)) for ids in job.prompts]
+    if isinstance(job, ScoreJob):
+        return [], Finished("cancelled", len(job.prompt_ids), None, None)
     return Finished("cancelled", len(job.prompt_ids), None, None)
 
 

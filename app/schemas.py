@@ -11,17 +11,13 @@ class ChatMessage(BaseModel):
     content: str
 
 
-class GenerateRequest(BaseModel):
-    """POST /generate. Exactly one of `prompt` and `messages`."""
+class PromptInput(BaseModel):
+    """Exactly one of `prompt` and `messages`."""
 
     model_config = ConfigDict(extra="forbid")
     prompt: str | None = Field(None, min_length=1, description="raw prompt (no chat template unless chat_template)")
     messages: list[ChatMessage] | None = Field(None, min_length=1, description="chat, rendered with the model's template")
-    max_tokens: int | None = Field(None, ge=1, description="default and upper limit are server settings")
     chat_template: bool = Field(False, description="apply the chat template to `prompt` as one user message")
-    halt_on_pfail: bool = Field(False, description="stop before appending a token whose P_fail exceeds the cutoff")
-    pfail_cutoff: float | None = Field(None, gt=0, lt=1, description="cutoff for halt_on_pfail (server default 0.85)")
-    stream: bool = Field(False, description="answer with Server-Sent Events")
     include_trace: bool = Field(False, description="add the per-step trace to the JSON response")
     top_logprobs: int = Field(0, ge=0, le=20, description="alternatives per step in the trace")
 
@@ -32,6 +28,26 @@ class GenerateRequest(BaseModel):
         if self.messages is not None and self.chat_template:
             raise ValueError("'chat_template' applies to 'prompt' only; 'messages' always use the template")
         return self
+
+    def chat(self) -> list | None:
+        return [m.model_dump() for m in self.messages] if self.messages else None
+
+
+class GenerateRequest(PromptInput):
+    """POST /generate."""
+
+    max_tokens: int | None = Field(None, ge=1, description="default and upper limit are server settings")
+    halt_on_pfail: bool = Field(False, description="stop before appending a token whose P_fail exceeds the cutoff")
+    pfail_cutoff: float | None = Field(None, gt=0, lt=1, description="cutoff for halt_on_pfail (server default 0.85)")
+    stream: bool = Field(False, description="answer with Server-Sent Events")
+
+
+class ScoreRequest(PromptInput):
+    """POST /score: a response produced elsewhere, scored as if the model had generated it."""
+
+    response: str = Field(min_length=1, description="the response text to score")
+    end_with_eos: bool = Field(True, description="also score the model's EOS token after the response, as "
+                                                  "/generate scores the step that ends a response")
 
 
 class TopLogprob(BaseModel):
@@ -86,4 +102,18 @@ class GenerateResponse(BaseModel):
     quadrant: Quadrant | None
     quadrant_reason: str | None = Field(description="why `quadrant` is null")
     timing: Timing
+    trace: list[TraceStep] | None = None
+
+
+class ScoreUsage(BaseModel):
+    prompt_tokens: int
+    response_tokens: int = Field(description="scored steps (the EOS step included with end_with_eos)")
+
+
+class ScoreResponse(BaseModel):
+    text: str
+    usage: ScoreUsage
+    scores: Scores
+    quadrant: Quadrant | None
+    quadrant_reason: str | None
     trace: list[TraceStep] | None = None

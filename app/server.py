@@ -6,7 +6,7 @@ from fastapi.responses import JSONResponse
 from .engine import Engine
 from .jobs import JobRunner, JobStore
 from .params import Params, find_params, load_params
-from .routes import calibrate, generate, info
+from .routes import calibrate, generate, info, score
 from .settings import Settings
 
 
@@ -45,6 +45,7 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
         return await call_next(request)
 
     app.include_router(generate.router)
+    app.include_router(score.router)
     app.include_router(info.router)
     app.include_router(calibrate.router)
     return app

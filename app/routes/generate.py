@@ -52,9 +52,8 @@ async def generate(req: GenerateRequest, request: Request):
     max_tokens = req.max_tokens or settings.default_max_tokens
     if max_tokens > settings.max_tokens_limit:
         raise unprocessable("max_tokens", f"max_tokens must be at most {settings.max_tokens_limit}")
-    messages = [m.model_dump() for m in req.messages] if req.messages else None
     try:
-        ids = encode_prompt(state.engine.lm, req.prompt, messages, req.chat_template, max_tokens)
+        ids = encode_prompt(state.engine.lm, req.prompt, req.chat(), req.chat_template, max_tokens)
     except InputError as e:
         raise unprocessable(e.field, str(e)) from None
     cutoff = (req.pfail_cutoff or settings.pfail_cutoff) if req.halt_on_pfail else None
