@@ -19,7 +19,7 @@ import numpy as np
 
 from signals import calibration as stats
 
-from .engine import BatchJob, Engine, GenerationJob, run_batch, run_blocking
+from .engine import BatchJob, Engine, GenerationJob, run_once, run_blocking
 from .generation import encode_prompt, response_body
 from .halueval import Sample, load_samples
 from .storage import write_atomic, write_json_atomic
@@ -96,7 +96,7 @@ def score_batch(engine: Engine, samples: list, spec: RunSpec) -> list:
     if len(samples) == 1:
         results = [run_blocking(engine, GenerationJob(prompts[0], spec.max_tokens, priority=1))]
     else:
-        results = run_batch(engine, BatchJob(prompts, spec.max_tokens))
+        results = run_once(engine, BatchJob(prompts, spec.max_tokens))
     return [_score_record(s, records, fin) for s, (records, fin) in zip(samples, results)]
 
 

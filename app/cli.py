@@ -1,4 +1,4 @@
-"""Command line: `halluwatch serve`, `generate`, `calibrate` and `evaluate`."""
+"""Command line: `halluwatch serve`, `generate`, `score`, `calibrate` and `evaluate`."""
 
 import argparse
 import json
@@ -60,8 +60,28 @@ def generate(settings: Settings, args) -> None:
         sys.exit(f"halluwatch: {e.field}: {e}")
     records, fin = run_blocking(engine, GenerationJob(ids, args.max_tokens))
     engine.stop()
-    body = response_body(records, fin, app.state.params, app.state.params_reason, args.trace)
-    if args.json:
+    _print(response_body(records, fin, app.state.params, app.state.params_reason, args.trace), args.json)
+
+
+def score(settings: Settings, args) -> None:
+    from .engine import ScoreJob, run_once
+    from .generation import InputError, encode_prompt, response_body
+
+    engine = _engine(settings)
+    app = _app(settings, engine)
+    tok = engine.lm.tokenizer
+    response_ids = tok.encode(args.response, add_special_tokens=False) + ([] if args.no_eos else [tok.eos_token_id])
+    try:
+        ids = encode_prompt(engine.lm, args.prompt, None, not args.raw, len(response_ids))
+    except InputError as e:
+        sys.exit(f"halluwatch: {e.field}: {e}")
+    records, fin = run_once(engine, ScoreJob(ids, response_ids))
+    engine.stop()
+    _print(response_body(records, fin, app.state.params, app.state.params_reason, args.trace), args.json)
+
+
+def _print(body: dict, as_json: bool) -> None:
+    if as_json:
         print(json.dumps(body, indent=2, ensure_ascii=False))
         return
     s, q = body["scores"], body["quadrant"]
@@ -149,6 +169,14 @@ def main(argv=None) -> None:
     p.add_argument("--raw", action="store_true", help="encode the prompt as is, without the chat template")
     p.add_argument("--trace", action="store_true", help="with --json, include the per-step trace")
     p.add_argument("--json", action="store_true", help="print the full JSON response")
+    p = sub.add_parser("score", help="score a given response to a prompt (one teacher-forced pass)")
+    common(p)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--response", required=True)
+    p.add_argument("--raw", action="store_true", help="encode the prompt as is, without the chat template")
+    p.add_argument("--no-eos", action="store_true", help="do not score an EOS step after the response")
+    p.add_argument("--trace", action="store_true", help="with --json, include the per-step trace")
+    p.add_argument("--json", action="store_true", help="print the full JSON response")
 
     def run_options(p, n_default):
         p.add_argument("--task", default="qa", choices=["qa", "dialogue", "summarization"])
@@ -183,6 +211,8 @@ def main(argv=None) -> None:
         serve(settings)
     elif args.command == "generate":
         generate(settings, args)
+    elif args.command == "score":
+        score(settings, args)
     else:
         calibrate_or_evaluate(settings, args)
 

@@ -251,8 +251,8 @@ def _cancelled(job) -> Finished | list | tuple:
     return Finished("cancelled", len(job.prompt_ids), None, None)
 
 
-def run_batch(engine: Engine, job: BatchJob) -> list:
-    """Submit a batch job and wait for it on this thread: [(records, Finished)] in prompt order."""
+def run_once(engine: Engine, job: BatchJob | ScoreJob):
+    """Submit a job that emits a single result (batch, score) and wait for it on this thread."""
     events: queue.Queue = queue.Queue()
     job.emit = events.put
     engine.submit(job)

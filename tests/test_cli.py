@@ -27,3 +27,12 @@ def test_unknown_model_exits_nonzero_with_one_line(command, tmp_path):
 def test_help_lists_commands():
     r = subprocess.run([sys.executable, "-m", "app.cli", "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "serve" in r.stdout and "generate" in r.stdout
+
+
+def test_score_command_flags_the_wrong_answer(capsys):
+    pri = {}
+    for answer in ("Paris", "Berlin"):
+        main(["score", "--prompt", "What is the capital of France?", "--response",
+              f"The capital of France is {answer}.", "--json"])
+        pri[answer] = __import__("json").loads(capsys.readouterr().out)["scores"]["pri"]
+    assert pri["Berlin"] > 2 * pri["Paris"]
