@@ -37,13 +37,17 @@ def _app(settings: Settings, engine):
 def serve(settings: Settings) -> None:
     import uvicorn
 
+    from .security import warn_if_exposed
+
+    warn_if_exposed(settings.host, settings.api_key)
     engine = _engine(settings)
     app = _app(settings, engine)
     params = app.state.params
     logging.getLogger("halluwatch").info(
         "params: %s", params.path if params else app.state.params_reason)
     try:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level="info",
+                    timeout_graceful_shutdown=settings.shutdown_grace_s)
     finally:
         engine.stop()
 

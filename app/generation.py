@@ -1,8 +1,11 @@
 """Shared by the HTTP routes and the CLI: prompt encoding, running a job, the response body."""
 
+import asyncio
+from typing import AsyncIterator, Awaitable, Callable
+
 from signals.response import response_scores
 
-from .engine import Engine, Finished, GenerationJob, StepRecord, bridge
+from .engine import Engine, Finished, GenerationJob, bridge
 from .params import Params, quadrant_of
 
 
@@ -59,19 +62,43 @@ def response_body(records: list, fin: Finished, params: Params | None, params_re
     return body
 
 
-async def run_job(engine: Engine, job: GenerationJob) -> tuple:
-    """Submit `job`, wait for it and return (records, Finished); cancels it if we are cancelled."""
-    events = bridge(job)
-    engine.submit(job)
-    records = []
+async def job_events(events: asyncio.Queue, job, timeout_s: float | None = None) -> AsyncIterator:
+    """Yield a job's StepRecords and then its Finished; re-raise an engine error; raise TimeoutError
+    once `timeout_s` has passed. The job is cancelled when the iteration ends, however it ends."""
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout_s is None else loop.time() + timeout_s
     try:
         while True:
-            item = await events.get()
-            if isinstance(item, StepRecord):
-                records.append(item)
-            elif isinstance(item, Finished):
-                return records, item
-            else:
+            wait = None if deadline is None else max(0.0, deadline - loop.time())
+            item = await asyncio.wait_for(events.get(), wait)
+            if isinstance(item, Exception):
                 raise item
+            yield item
+            if isinstance(item, Finished):
+                return
     finally:
         job.cancelled.set()
+
+
+async def _cancel_when(disconnected: Callable[[], Awaitable[bool]], job) -> None:
+    while not job.cancelled.is_set():
+        if await disconnected():
+            job.cancelled.set()
+            return
+        await asyncio.sleep(0.1)
+
+
+async def run_job(engine: Engine, job: GenerationJob, timeout_s: float | None = None,
+                  disconnected: Callable[[], Awaitable[bool]] | None = None) -> tuple:
+    """Submit `job` and wait for it: (records, Finished). Cancels it if we are cancelled, on
+    timeout (TimeoutError) and, with `disconnected` (e.g. `request.is_disconnected`), when the
+    client goes away."""
+    events = bridge(job)
+    engine.submit(job)
+    watcher = asyncio.create_task(_cancel_when(disconnected, job)) if disconnected else None
+    try:
+        items = [item async for item in job_events(events, job, timeout_s)]
+    finally:
+        if watcher:
+            watcher.cancel()
+    return items[:-1], items[-1]

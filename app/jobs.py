@@ -99,10 +99,13 @@ class JobRunner:
         self.on_success = on_success
         self._lock = threading.Lock()
         self._cancel: dict = {}  # job id -> Event, for the job in hand
+        self._stopping = False
 
     def start(self, request: dict, job_id: str | None = None) -> str:
         """Queue a new job (or resume `job_id`); raise JobConflict if one is active."""
         with self._lock:
+            if self._stopping:
+                raise JobConflict("the server is shutting down")
             if any(j["status"] in ACTIVE for j in self.store.all()):
                 raise JobConflict("a calibration job is already queued or running")
             if job_id is None:
@@ -112,6 +115,14 @@ class JobRunner:
             self._cancel[job_id] = threading.Event()
         threading.Thread(target=self._run, args=(job_id, request), name=f"calibrate-{job_id}", daemon=True).start()
         return job_id
+
+    def shutdown(self) -> None:
+        """Server stopping: the job in hand stops after its current sample and is marked interrupted."""
+        with self._lock:
+            self._stopping = True
+            for event in self._cancel.values():
+                event.set()
+            self.store.mark_interrupted()
 
     def cancel(self, job_id: str) -> None:
         """Ask the job to stop after the sample in progress (its checkpoint is kept)."""
@@ -143,7 +154,7 @@ class JobRunner:
                 self.on_success(result, path)
             self.store.update(job_id, status="succeeded", result=result, eta_s=0)
         except calibration.Cancelled:
-            self.store.update(job_id, status="cancelled")
+            self.store.update(job_id, status="interrupted" if self._stopping else "cancelled")
         except Exception as e:  # the job fails; served thresholds and params files are untouched
             self.store.update(job_id, status="failed", error=f"{type(e).__name__}: {e}")
         finally:

@@ -1,5 +1,7 @@
 """The FastAPI application."""
 
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -7,6 +9,7 @@ from .engine import Engine
 from .jobs import JobRunner, JobStore
 from .params import Params, find_params, load_params
 from .routes import calibrate, generate, info, score
+from .security import require_key
 from .settings import Settings
 
 
@@ -23,10 +26,17 @@ def resolve_params(settings: Settings, model_id: str) -> tuple[Params | None, st
 
 def create_app(settings: Settings, engine: Engine) -> FastAPI:
     """The app over an engine that is already started (the caller owns and stops it)."""
-    app = FastAPI(title="halluwatch", version="0.1.0",
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        app.state.jobs.shutdown()  # a running calibration job stops and is marked interrupted
+
+    app = FastAPI(title="halluwatch", version="0.1.0", lifespan=lifespan,
                   description="Greedy generation with live hallucination-risk signals (ℏₛ, PRI).")
     app.state.settings = settings
     app.state.engine = engine
+    app.state.streams = 0  # streaming responses in progress
     app.state.params, app.state.params_reason = resolve_params(settings, engine.lm.model_id)
 
     def activate(result: dict, path) -> None:  # one attribute swap: the next request sees the new params
@@ -44,6 +54,8 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
                                 status_code=413)
         return await call_next(request)
 
+    if settings.api_key:
+        app.middleware("http")(require_key(settings.api_key, settings.metrics_public))
     app.include_router(generate.router)
     app.include_router(score.router)
     app.include_router(info.router)

@@ -1,0 +1,180 @@
+"""Backpressure, timeouts, disconnects, auth on every route, path escapes, durable writes, SIGTERM."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from live_server import free_port, live_server
+
+from app.engine import Engine, GenerationJob
+from app.server import create_app
+from app.settings import REPO_ROOT, Settings
+
+KEY = "s3cret-key"
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_path):
+    e = Engine(str(tiny_model_path("llama")), precision="native", queue_depth=2)
+    e.start()
+    yield e
+    e.stop()
+
+
+def _settings(tmp_path, **kw):
+    return Settings(params_dir=tmp_path / "params", reports_dir=tmp_path / "reports", state_dir=tmp_path / "state",
+                    data_dir=tmp_path / "data", **kw)
+
+
+def _wait(cond, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+def test_every_route_requires_the_key(engine, tmp_path):
+    app = create_app(_settings(tmp_path, api_key=KEY), engine)
+    public = {"/health", "/", "/metrics"} - {"/metrics"}
+    with TestClient(app) as c:
+        routes = [(m.upper(), path) for path, ops in app.openapi()["paths"].items() for m in ops]
+        assert len(routes) >= 8
+        for method, path in routes:
+            url = path.replace("{job_id}", "nope")
+            if path in public:
+                assert c.request(method, url).status_code != 401
+                continue
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+                r = c.request(method, url, headers=headers, json={"no_such_field": 1})
+                assert r.status_code == 401, (method, path, headers)
+                assert "API key" in r.json()["detail"] and r.headers["www-authenticate"] == "Bearer"
+            # accepted: past auth, the (deliberately invalid) body is what gets rejected; nothing starts
+            r = c.request(method, url, headers={"Authorization": f"Bearer {KEY}"}, json={"no_such_field": 1})
+            assert r.status_code in (200, 404, 422), (method, path, r.status_code)
+        assert c.get("/openapi.json", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+        assert c.get("/openapi.json").status_code == 401
+
+
+def test_queue_full_is_503_at_once(engine, tmp_path):
+    blockers = [GenerationJob([5, 6, 7], 400, emit=lambda item: None) for _ in range(3)]
+    with TestClient(create_app(_settings(tmp_path), engine)) as c:
+        engine.submit(blockers[0])
+        _wait(lambda: engine.busy)
+        engine.submit(blockers[1])
+        engine.submit(blockers[2])  # the queue (depth 2) is now full
+        t = time.monotonic()
+        r = c.post("/generate", json={"prompt": "hi", "max_tokens": 2})
+        assert r.status_code == 503 and r.headers["retry-after"] == "1" and "full" in r.json()["detail"]
+        assert time.monotonic() - t < 1.0
+        for job in blockers:
+            job.cancelled.set()
+        _wait(lambda: not engine.busy and engine.queue_depth == 0)
+
+
+def test_timeout_is_504_and_an_error_event(engine, tmp_path):
+    with TestClient(create_app(_settings(tmp_path, request_timeout_s=0.05), engine)) as c:
+        r = c.post("/generate", json={"prompt": "hi", "max_tokens": 400})
+        assert r.status_code == 504 and "request_timeout_s" in r.json()["detail"]
+        r = c.post("/generate", json={"prompt": "hi", "max_tokens": 400, "stream": True})
+        assert "event: error" in r.text and "request_timeout_s" in r.text
+    _wait(lambda: not engine.busy)
+
+
+def test_too_many_streams_is_429(engine, tmp_path):
+    app = create_app(_settings(tmp_path, max_streams=1), engine)
+    with TestClient(app) as c:
+        app.state.streams = 1
+        r = c.post("/generate", json={"prompt": "hi", "max_tokens": 2, "stream": True})
+        assert r.status_code == 429 and "max_streams" in r.json()["detail"]
+
+
+def test_disconnect_mid_stream_frees_the_engine(engine, tmp_path):
+    with live_server(create_app(_settings(tmp_path), engine)) as url, httpx.Client(base_url=url, timeout=30) as c:
+        with c.stream("POST", "/generate", json={"prompt": "hello", "max_tokens": 400, "stream": True}) as r:
+            for line in r.iter_lines():
+                if line.startswith("event: token"):
+                    break
+        t = time.monotonic()
+        _wait(lambda: not engine.busy, timeout=5)
+        freed = time.monotonic() - t
+        body = c.post("/generate", json={"prompt": "hello", "max_tokens": 3}).json()
+        # the abandoned 400-token generation was stopped, not run to the end
+        assert freed < 2.0 and body["timing"]["ttft_s"] < 2.0
+
+
+def test_symlink_escape_of_the_data_folder_is_rejected(engine, tmp_path):
+    settings = _settings(tmp_path)
+    settings.data_dir.mkdir()
+    outside = tmp_path / "secret.jsonl"
+    outside.write_text("{}\n")
+    (settings.data_dir / "link.jsonl").symlink_to(outside)
+    with TestClient(create_app(settings, engine)) as c:
+        r = c.post("/calibrate", json={"n": 10, "dataset": "link.jsonl"})
+        assert r.status_code == 400 and "data folder" in r.json()["detail"]
+
+
+WRITER = """
+import sys, itertools
+sys.path.insert(0, {root!r})
+from app.storage import write_json_atomic
+for i in itertools.count():
+    write_json_atomic({path!r}, {{"model": "m", "tau_hbar": 1.0, "tau_pri": float(i), "pad": "x" * 200000}})
+"""
+
+
+def test_sigkill_during_params_writes_leaves_a_loadable_file(tmp_path):
+    from app.params import load_params
+    from app.storage import write_json_atomic
+
+    path = tmp_path / "p.json"
+    write_json_atomic(path, {"model": "m", "tau_hbar": 1.0, "tau_pri": -1.0})
+    for delay in (0.3, 0.45, 0.6, 0.75):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER.format(root=str(REPO_ROOT), path=str(path))])
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        p = load_params(path)  # never half-written
+        assert p.data["model"] == "m"
+    assert not [f for f in tmp_path.iterdir() if f.name != "p.json" and not f.name.startswith(".p.json.")]
+
+
+def test_sigterm_marks_a_running_job_interrupted(tiny_model_path, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "qa.jsonl").write_text("\n".join(json.dumps({
+        "knowledge": f"Fact {i}.", "question": f"Q {i}?", "right_answer": f"A {i}", "hallucinated_answer": f"B {i}",
+    }) for i in range(200)))
+    port = free_port()
+    env = {**os.environ, "HALLUWATCH_STATE_DIR": str(tmp_path / "state"), "HALLUWATCH_DATA_DIR": str(data),
+           "HALLUWATCH_REPORTS_DIR": str(tmp_path / "reports"), "HALLUWATCH_PARAMS_DIR": str(tmp_path / "params"),
+           "HALLUWATCH_SHUTDOWN_GRACE_S": "2"}
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--model", str(tiny_model_path("llama")),
+                             "--precision", "native", "--port", str(port)], env=env, cwd=REPO_ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait(lambda: _up(url), timeout=60)
+        job_id = httpx.post(f"{url}/calibrate", json={"n": 200, "max_tokens": 16, "dataset": "qa.jsonl"}).json()["job_id"]
+        _wait(lambda: httpx.get(f"{url}/calibrate/{job_id}").json()["status"] == "running")
+        proc.send_signal(signal.SIGTERM)
+        # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status tells the signal
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+    finally:
+        proc.kill()
+    from app.jobs import JobStore
+
+    job = JobStore(tmp_path / "state" / "jobs.sqlite3").get(job_id)
+    assert job["status"] == "interrupted" and job["progress"]["done"] < 200
+
+
+def _up(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
