@@ -28,3 +28,14 @@ class TextDeltas:
         delta = text[len(self.text):] if text.startswith(self.text) else ""
         self.text = text
         return delta
+
+
+VERDICTS = {"yes": ("Yes", " Yes", "yes", " yes", "YES", " YES"), "no": ("No", " No", "no", " no", "NO", " NO")}
+
+
+def verdict_token_ids(tokenizer) -> tuple:
+    """(yes ids, no ids): the spellings of "Yes"/"No" that the tokenizer encodes as one token."""
+    def ids(words):
+        found = {t[0] for w in words if len(t := tokenizer.encode(w, add_special_tokens=False)) == 1}
+        return sorted(found) or [tokenizer.eos_token_id]  # never empty: a mass of an unused id is harmless
+    return ids(VERDICTS["yes"]), ids(VERDICTS["no"])

@@ -83,6 +83,7 @@ def _score_record(sample: Sample, records: list, fin) -> dict:
         **body["scores"],
         "tokens": len(records), "finish_reason": fin.finish_reason, "text": body["text"],
         "token_ids": [r.token_id for r in records],
+        "verdict": records[0].verdict,  # step-0 mass on "Yes"/"No": the model's own judgment
         "steps": {"hbar_s": [r.hbar_s for r in records], "pri": [r.pri for r in records]},
     }
 

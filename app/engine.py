@@ -20,8 +20,8 @@ from mlx_lm.sample_utils import make_sampler
 
 from adapters.generate import generate_batch, generate_steps, teacher_forced_steps
 from adapters.loader import LoadedModel, load
-from adapters.text import TextDeltas
-from signals.step import STEP_FIELDS, step_signals
+from adapters.text import TextDeltas, verdict_token_ids
+from signals.step import STEP_FIELDS, VERDICT_FIELDS, step_signals
 
 log = logging.getLogger("halluwatch.engine")
 
@@ -85,9 +85,14 @@ class StepRecord:
     delta_h: float
     pri: float
     pfail: float
+    entropy: float
+    prob: float
+    verdict: dict | None = None  # p_yes / p_no at this step (kept for calibration; not in the trace)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        del d["verdict"]
+        return d
 
 
 @dataclass
@@ -146,6 +151,7 @@ class Engine:
     def _run(self) -> None:
         try:
             self.lm = load(self.model_ref, self.precision)
+            self._verdict = tuple(mx.array(ids) for ids in verdict_token_ids(self.lm.tokenizer))
         except BaseException as e:  # reported by start()
             self._error = e
             return
@@ -175,14 +181,16 @@ class Engine:
                 job.emit(_cancelled(job))
 
     def _reduce(self, logits, hidden, token, prev_final):
-        return step_signals(logits, hidden, token, prev_final, self.pfail_tau, self.pfail_lambda)
+        return step_signals(logits, hidden, token, prev_final, self.pfail_tau, self.pfail_lambda, self._verdict)
 
     def _top(self, top) -> list:
         decode = self.lm.tokenizer.decode
         return [{"token_id": t, "token": decode([t]), "logprob": lp} for t, lp in top]
 
     def _record(self, raw, text: str) -> StepRecord:
-        return StepRecord(raw.token, text, raw.logprob, self._top(raw.top), **dict(zip(STEP_FIELDS, raw.values)))
+        n = len(STEP_FIELDS)
+        return StepRecord(raw.token, text, raw.logprob, self._top(raw.top), **dict(zip(STEP_FIELDS, raw.values)),
+                          verdict=dict(zip(VERDICT_FIELDS, raw.values[n:])) or None)
 
     def _generate_batch(self, job: BatchJob) -> None:
         lm = self.lm

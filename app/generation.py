@@ -42,8 +42,7 @@ def encode_prompt(lm, prompt: str | None, messages: list | None, chat_template: 
 def response_body(records: list, fin: Finished, params: Params | None, params_reason: str | None,
                   include_trace: bool) -> dict:
     """The JSON body of a finished generation (also the SSE `done` event, without trace)."""
-    scores = response_scores([r.hbar_s for r in records], [r.pri for r in records],
-                             [r.pfail for r in records])
+    scores = response_scores(records)
     body = {
         "text": "".join(r.text for r in records) + fin.text_tail,
         "finish_reason": fin.finish_reason,

@@ -68,6 +68,8 @@ class TraceStep(BaseModel):
     delta_h: float
     pri: float
     pfail: float
+    entropy: float = Field(description="token entropy −Σ p ln p (nats)")
+    prob: float = Field(description="probability of the chosen token")
 
 
 class Usage(BaseModel):
@@ -79,6 +81,11 @@ class Scores(BaseModel):
     hbar_s: float = Field(description="mean of the top-5 per-step ℏₛ")
     pri: float = Field(description="mean of the top-5 per-step PRI")
     pfail_max: float
+    surprise_mean: float = Field(description="mean per-step surprise (log-perplexity)")
+    surprise_max: float
+    entropy_mean: float
+    entropy_max: float
+    prob_min: float = Field(description="smallest chosen-token probability")
 
 
 class Quadrant(BaseModel):

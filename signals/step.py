@@ -36,6 +36,16 @@ def delta_sigma(hidden: mx.array) -> mx.array:
     return mx.sqrt(mx.mean(mx.sum(dev * dev, axis=-1), axis=-1))
 
 
+def entropy(probs: mx.array) -> mx.array:
+    """Token entropy −Σ p ln p (0 · ln 0 = 0)."""
+    return -mx.sum(mx.where(probs > 0, probs * mx.log(mx.maximum(probs, PROB_FLOOR)), 0.0), axis=-1)
+
+
+def mass(probs: mx.array, ids: mx.array) -> mx.array:
+    """Probability mass on the token ids `ids`."""
+    return mx.sum(mx.take(probs, ids, axis=-1), axis=-1)
+
+
 def hbar_s(d_mu: mx.array, d_sigma: mx.array) -> mx.array:
     """Semantic uncertainty ℏₛ = sqrt(Δμ · Δσ)."""
     return mx.sqrt(d_mu * d_sigma)
@@ -63,16 +73,19 @@ def pfail(hbar: mx.array, tau: float, lam: float) -> mx.array:
     return mx.sigmoid(mx.clip(lam * (hbar - tau), -PFAIL_CLIP, PFAIL_CLIP))
 
 
-# Order of the values in the array returned by `step_signals`.
-STEP_FIELDS = ("delta_mu", "delta_sigma", "hbar_s", "surprise", "delta_h", "pri", "pfail")
+# Order of the values in the array returned by `step_signals`: the prototype's signals, then
+# baselines (token entropy, probability of the chosen token), then optionally VERDICT_FIELDS.
+STEP_FIELDS = ("delta_mu", "delta_sigma", "hbar_s", "surprise", "delta_h", "pri", "pfail", "entropy", "prob")
+VERDICT_FIELDS = ("p_yes", "p_no")
 
 
-def step_signals(logits, hidden, token, prev_final, tau: float, lam: float) -> mx.array:
+def step_signals(logits, hidden, token, prev_final, tau: float, lam: float, verdict_ids=None) -> mx.array:
     """All per-step signals of one step, stacked on a new last axis in STEP_FIELDS order.
 
     logits: (..., V) that chose `token`; hidden: (..., L, D) block outputs at the last
     position; prev_final: (..., D) final hidden state of the previous step, or None at
-    step 0 (Δh_0 = 0).
+    step 0 (Δh_0 = 0); verdict_ids: optional (yes ids, no ids) whose probability masses are
+    appended (VERDICT_FIELDS).
     """
     probs = mx.softmax(logits.astype(mx.float32), axis=-1)
     d_mu = delta_mu(probs)
@@ -83,4 +96,8 @@ def step_signals(logits, hidden, token, prev_final, tau: float, lam: float) -> m
         d_h = mx.zeros_like(s)
     else:
         d_h = delta_h(hidden[..., -1, :], prev_final)
-    return mx.stack([d_mu, d_sigma, hbar, s, d_h, pri(s, d_h), pfail(hbar, tau, lam)], axis=-1)
+    chosen = mx.take_along_axis(probs, token[..., None], axis=-1)[..., 0]
+    values = [d_mu, d_sigma, hbar, s, d_h, pri(s, d_h), pfail(hbar, tau, lam), entropy(probs), chosen]
+    if verdict_ids is not None:
+        values += [mass(probs, ids) for ids in verdict_ids]
+    return mx.stack(values, axis=-1)

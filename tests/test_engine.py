@@ -15,8 +15,9 @@ from tiny_models import ARCHS
 
 from adapters.generate import generate_steps
 from adapters.loader import load
+from adapters.text import verdict_token_ids
 from app.engine import Engine, GenerationJob, run_blocking
-from reference import reference
+from reference import probs, reference
 from signals.response import top_k_mean
 from signals.step import STEP_FIELDS, step_signals
 
@@ -105,6 +106,11 @@ def test_signals_equal_no_cache_reference_with_eos(tiny_model_path, engines, arc
     # 1e-4 relative; the absolute 1e-6 only matters for Δh at step 0 (exactly 0) and tiny P_fail.
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-6)
     assert got[0, STEP_FIELDS.index("delta_h")] == 0.0
+    # the step-0 probability mass on the "Yes"/"No" spellings, against numpy
+    yes_ids, no_ids = verdict_token_ids(engine.lm.tokenizer)
+    p0 = probs(np.array(load(str(tiny_model_path(arch)), precision="native").model(mx.array(ids)[None])[0, -1]))
+    assert records[0].verdict["p_yes"] == pytest.approx(p0[yes_ids].sum(), rel=1e-4)
+    assert records[0].verdict["p_no"] == pytest.approx(p0[no_ids].sum(), rel=1e-4)
 
 
 def test_response_scores_are_top5_means(tiny_model_path, engines):
@@ -116,6 +122,8 @@ def test_response_scores_are_top5_means(tiny_model_path, engines):
     assert body["scores"]["hbar_s"] == top_k_mean([r.hbar_s for r in records])
     assert body["scores"]["pri"] == top_k_mean([r.pri for r in records])
     assert body["scores"]["pfail_max"] == max(r.pfail for r in records)
+    assert body["scores"]["surprise_mean"] == pytest.approx(np.mean([r.surprise for r in records]))
+    assert body["scores"]["prob_min"] == min(r.prob for r in records)
     assert body["text"] == "".join(r.text for r in records) + fin.text_tail
     assert body["usage"]["completion_tokens"] == len(body["trace"]) == 12
 

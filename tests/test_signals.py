@@ -25,7 +25,7 @@ def test_step_signals_match_numpy(with_prev, scale):
     got = step.step_signals(mx.array(logits)[None], mx.array(hidden)[None], mx.array([token]),
                             None if prev is None else mx.array(prev)[None], 2.0, 5.0)
     assert got.shape == (1, len(step.STEP_FIELDS))
-    np.testing.assert_allclose(np.array(got[0]), reference(logits, hidden, token, prev), rtol=1e-5)
+    np.testing.assert_allclose(np.array(got[0]), reference(logits, hidden, token, prev), rtol=1e-5, atol=1e-12)
 
 
 def test_reductions_run_in_float32():
@@ -64,8 +64,22 @@ def test_top_k_mean():
 
 
 def test_response_scores():
-    s = response_scores([1, 2, 3, 4, 5, 6], [0.5] * 6, [0.1, 0.7, 0.2])
+    from types import SimpleNamespace as Step
+
+    steps = [Step(hbar_s=h, pri=0.5, pfail=f, surprise=u, entropy=e, prob=p)
+             for h, f, u, e, p in zip([1, 2, 3, 4, 5, 6], [0.1, 0.7, 0.2, 0, 0, 0], [1, 3, 2, 0, 0, 0],
+                                      [0.5, 1.5, 1, 1, 1, 1], [0.9, 0.2, 0.5, 1, 1, 1])]
+    s = response_scores(steps)
     assert (s.hbar_s, s.pri, s.pfail_max) == (4.0, 0.5, 0.7)
+    assert (s.surprise_mean, s.surprise_max, s.entropy_mean, s.entropy_max, s.prob_min) == (1.0, 3, 1.0, 1.5, 0.2)
+    with pytest.raises(ValueError):
+        response_scores([])
+
+
+def test_entropy_and_mass():
+    p = mx.array([[0.5, 0.25, 0.25, 0.0]])
+    assert float(step.entropy(p)[0]) == pytest.approx(1.5 * math.log(2))
+    assert float(step.mass(p, mx.array([1, 3]))[0]) == 0.25
 
 
 @pytest.mark.parametrize("hbar,pri,expected", [
