@@ -1,0 +1,171 @@
+"""Linear probe on one transformer block's last-token hidden state.
+
+Calibration holds, per sample, the last-position output of every block at one moment
+(``"prompt_end"``: step 0, or ``"last_step"``: the last generated step), shape
+(n_samples, n_layers, hidden), and binary labels (1 = hallucinated). ``fit_probe`` picks the layer
+whose StandardScaler + L2 logistic regression has the best cross-validated AUROC and refits it on
+all the data; ``Probe.risk`` then scores captured states with plain numpy (no scikit-learn at
+serving time). Probes are stored as ``.npz`` files, checked against a SHA-256 digest on load.
+"""
+
+import hashlib
+import io
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedKFold
+from sklearn.preprocessing import StandardScaler
+
+POSITIONS = ("prompt_end", "last_step")
+DEFAULT_CS = (0.001, 0.01, 0.1, 1.0)
+
+
+class ProbeError(ValueError):
+    """A probe file is missing, malformed, or does not match its checksum."""
+
+
+@dataclass
+class Probe:
+    """Standardise one layer's hidden state, then a logistic score: P(hallucinated)."""
+
+    layer: int
+    position: str
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray
+    intercept: float
+    cv_auroc: float
+
+    def risk(self, hidden_layers: np.ndarray) -> np.ndarray:
+        """Probability of hallucination for states of shape (n, n_layers, hidden) → (n,),
+        or (n_layers, hidden) → shape ()."""
+        h = np.asarray(hidden_layers, dtype=np.float64)
+        if h.ndim not in (2, 3) or h.shape[-2] <= self.layer or h.shape[-1] != self.coef.size:
+            raise ValueError(f"hidden states of shape {h.shape} do not fit a probe on layer "
+                             f"{self.layer} with hidden size {self.coef.size}")
+        z = ((h[..., self.layer, :] - self.mean) / self.scale) @ self.coef + self.intercept
+        return np.exp(-np.logaddexp(0.0, -z))  # sigmoid, without overflow for large |z|
+
+
+def _logreg(c: float) -> LogisticRegression:
+    return LogisticRegression(C=c, solver="lbfgs", max_iter=2000)
+
+
+def _check_inputs(states, labels, cv_folds: int) -> tuple[np.ndarray, np.ndarray]:
+    states, labels = np.asarray(states), np.asarray(labels).ravel()
+    if states.ndim != 3:
+        raise ValueError(f"states must be (n_samples, n_layers, hidden), got shape {states.shape}")
+    if len(labels) != len(states):
+        raise ValueError(f"{len(states)} states but {len(labels)} labels")
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError("labels must be 0 (correct) or 1 (hallucinated)")
+    minority = min(np.count_nonzero(labels == 0), np.count_nonzero(labels == 1))
+    if minority < cv_folds:
+        raise ValueError(f"need at least {cv_folds} samples of each class for {cv_folds}-fold CV, "
+                         f"the smaller class has {minority}")
+    return states, labels.astype(int)
+
+
+def fit_layer_probes(states: np.ndarray, labels, seed: int = 42, cv_folds: int = 5,
+                     Cs=DEFAULT_CS) -> dict:
+    """Cross-validated AUROC of a scaled L2 logistic probe on every layer.
+
+    For each layer, C is chosen from ``Cs`` by stratified ``cv_folds``-fold CV (shuffled with
+    ``seed``, the same folds for every layer and C) on mean fold AUROC; exact ties go to the
+    smaller C. The scaler is fitted on each fold's training part only, as in a CV'd pipeline,
+    once per fold and shared by the Cs. Returns {"layer_auroc": [CV AUROC at the chosen C],
+    "layer_C": [chosen C], "best_layer": highest CV AUROC, ties to the earlier layer}.
+    """
+    states, labels = _check_inputs(states, labels, cv_folds)
+    folds = list(StratifiedKFold(cv_folds, shuffle=True, random_state=seed)
+                 .split(np.zeros(len(labels)), labels))
+    layer_auroc, layer_c = [], []
+    for layer in range(states.shape[1]):
+        x = states[:, layer, :].astype(np.float64)
+        auroc = np.empty((len(Cs), len(folds)))
+        for k, (train, test) in enumerate(folds):
+            scaler = StandardScaler().fit(x[train])
+            x_train, x_test = scaler.transform(x[train]), scaler.transform(x[test])
+            for j, c in enumerate(Cs):
+                model = _logreg(c).fit(x_train, labels[train])
+                auroc[j, k] = roc_auc_score(labels[test], model.decision_function(x_test))
+        mean = auroc.mean(axis=1)
+        best = int(np.argmax(mean))
+        layer_auroc.append(float(mean[best]))
+        layer_c.append(float(Cs[best]))
+    return {"layer_auroc": layer_auroc, "layer_C": layer_c,
+            "best_layer": int(np.argmax(layer_auroc))}
+
+
+def fit_probe(states: np.ndarray, labels, position: str, seed: int = 42, cv_folds: int = 5,
+              Cs=DEFAULT_CS) -> tuple[Probe, dict]:
+    """Pick the best layer with ``fit_layer_probes``, refit it on all the data at its chosen C.
+
+    Returns the Probe and the per-layer CV curve (``fit_layer_probes``' dict) for the report.
+    """
+    if position not in POSITIONS:
+        raise ValueError(f"position must be one of {POSITIONS}, got {position!r}")
+    curve = fit_layer_probes(states, labels, seed=seed, cv_folds=cv_folds, Cs=Cs)
+    layer = curve["best_layer"]
+    x = np.asarray(states)[:, layer, :].astype(np.float64)
+    scaler = StandardScaler().fit(x)
+    logreg = _logreg(curve["layer_C"][layer]).fit(scaler.transform(x), np.asarray(labels).ravel())
+    probe = Probe(layer=layer, position=position, mean=scaler.mean_.copy(),
+                  scale=scaler.scale_.copy(), coef=logreg.coef_[0].copy(),
+                  intercept=float(logreg.intercept_[0]), cv_auroc=curve["layer_auroc"][layer])
+    return probe, curve
+
+
+def save_probe(probe: Probe, path) -> str:
+    """Write ``probe`` to ``path`` (.npz) atomically; return the file's SHA-256 hex digest."""
+    path = Path(path)
+    buf = io.BytesIO()
+    np.savez(buf, layer=np.int64(probe.layer), position=np.str_(probe.position),
+             mean=np.asarray(probe.mean, dtype=np.float64),
+             scale=np.asarray(probe.scale, dtype=np.float64),
+             coef=np.asarray(probe.coef, dtype=np.float64),
+             intercept=np.float64(probe.intercept), cv_auroc=np.float64(probe.cv_auroc))
+    data = buf.getvalue()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_probe(path, sha256: str) -> Probe:
+    """Read a probe written by ``save_probe``; raise ProbeError if the file is missing,
+    malformed, or its SHA-256 is not ``sha256``."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ProbeError(f"probe file {path}: cannot read ({e.strerror or e})") from e
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != str(sha256).strip().lower():
+        raise ProbeError(f"probe file {path}: SHA-256 {digest} does not match expected {sha256}")
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as f:
+            probe = Probe(layer=int(f["layer"]), position=str(f["position"]), mean=f["mean"],
+                          scale=f["scale"], coef=f["coef"], intercept=float(f["intercept"]),
+                          cv_auroc=float(f["cv_auroc"]))
+    except (KeyError, ValueError, TypeError, OSError, zipfile.BadZipFile) as e:
+        raise ProbeError(f"probe file {path}: malformed ({e})") from e
+    hidden = probe.coef.size
+    if (probe.position not in POSITIONS or probe.layer < 0 or probe.coef.ndim != 1
+            or probe.mean.shape != (hidden,) or probe.scale.shape != (hidden,)):
+        raise ProbeError(f"probe file {path}: malformed (inconsistent fields)")
+    return probe
