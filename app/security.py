@@ -9,8 +9,8 @@ import hmac
 import ipaddress
 import logging
 
-from fastapi import Request
 from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
 
 log = logging.getLogger("halluwatch.security")
 
@@ -26,17 +26,60 @@ def key_matches(header: str | None, key: str) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), key.encode())
 
 
-def require_key(key: str, metrics_public: bool):
-    """An HTTP middleware that answers 401 (JSON) without the right bearer key."""
+class ApiKeyMiddleware:
+    """Pure ASGI: answers 401 (JSON) without the right bearer key (disconnect detection keeps working)."""
 
-    async def middleware(request: Request, call_next):
-        if not is_public(request.url.path, metrics_public) and not key_matches(
-                request.headers.get("authorization"), key):
-            return JSONResponse({"detail": "missing or wrong API key: send 'Authorization: Bearer <key>'"},
-                                status_code=401, headers={"WWW-Authenticate": "Bearer"})
-        return await call_next(request)
+    def __init__(self, app, key: str, metrics_public: bool):
+        self.app, self.key, self.metrics_public = app, key, metrics_public
 
-    return middleware
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and not is_public(scope["path"], self.metrics_public) and not key_matches(
+                Headers(scope=scope).get("authorization"), self.key):
+            response = JSONResponse({"detail": "missing or wrong API key: send 'Authorization: Bearer <key>'"},
+                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            return await response(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+class BodyLimitMiddleware:
+    """Pure ASGI: 413 for a body over `limit` bytes, by Content-Length or, for a chunked body without
+    one, after buffering at most `limit` bytes of it."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        size = Headers(scope=scope).get("content-length")
+        if size is not None:
+            if size.isdigit() and int(size) > self.limit:
+                return await self._reject(scope, receive, send)
+            return await self.app(scope, receive, send)
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.limit:
+                return await self._reject(scope, receive, send)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _reject(self, scope, receive, send):
+        response = JSONResponse({"detail": f"request body is larger than max_body_bytes ({self.limit} bytes)"},
+                                status_code=413)
+        await response(scope, receive, send)
 
 
 def warn_if_exposed(host: str, api_key: str | None) -> None:

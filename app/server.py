@@ -2,14 +2,15 @@
 
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
 from .engine import Engine
 from .jobs import JobRunner, JobStore
 from .params import Params, find_params, load_params
-from .routes import calibrate, generate, info, score
-from .security import require_key
+from .metrics import install_metrics
+from .routes import calibrate, generate, info, openai, score
+from .routes.ui import mount_ui
+from .security import ApiKeyMiddleware, BodyLimitMiddleware
 from .settings import Settings
 
 
@@ -46,18 +47,14 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     store.mark_interrupted()
     app.state.jobs = JobRunner(store, engine, settings.params_dir, settings.reports_dir, activate)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > settings.max_body_bytes:
-            return JSONResponse({"detail": f"request body is larger than {settings.max_body_bytes} bytes"},
-                                status_code=413)
-        return await call_next(request)
-
-    if settings.api_key:
-        app.middleware("http")(require_key(settings.api_key, settings.metrics_public))
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    if settings.api_key:  # added after the body limit, so it runs first
+        app.add_middleware(ApiKeyMiddleware, key=settings.api_key, metrics_public=settings.metrics_public)
     app.include_router(generate.router)
     app.include_router(score.router)
     app.include_router(info.router)
     app.include_router(calibrate.router)
+    app.include_router(openai.router)
+    mount_ui(app)
+    install_metrics(app)  # last, so its middleware is outermost and also counts 401/413
     return app

@@ -1,0 +1,191 @@
+"""Prometheus metrics: GET /metrics.
+
+`install_metrics(app)` gives the app its own `CollectorRegistry` (so several apps in one process,
+as in the tests, never share or collide), a pure-ASGI middleware that counts requests and times
+them by route *template* (`/calibrate/{job_id}`, never the raw path), and the `/metrics` route.
+`observe_response(app, body)` records one finished generation; call it with the /generate-shaped
+body (`app.generation.response_body`'s dict) of every finished /generate or /v1 response.
+Engine and calibration-job gauges are read when /metrics is scraped.
+"""
+
+import logging
+import time
+
+from fastapi import FastAPI
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+log = logging.getLogger("halluwatch.metrics")
+
+QUADRANT_LABELS = ("Q1", "Q2", "Q3", "Q4", "none")
+JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
+UNMATCHED = "unmatched"  # route label of requests no route matched (404s): one series, not one per path
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60)
+HBAR_BUCKETS = (0.25, 0.5, 0.75, 1, 1.25, 1.5, 1.75, 2, 2.25, 2.5, 2.75, 3, 3.5, 4, 5, 7.5, 10)
+PRI_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 5, 7.5, 10, 15, 20, 30, 50)
+
+
+class Metrics:
+    """The metric objects of one app, in the app's own registry."""
+
+    def __init__(self, app: FastAPI):
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter("halluwatch_http_requests", "HTTP requests by method, route template and status",
+                                ["method", "route", "status"], registry=r)
+        self.latency = Histogram("halluwatch_http_request_duration_seconds",
+                                 "Time from request to the end of the response (whole stream for SSE), by route",
+                                 ["route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram("halluwatch_time_to_first_token_seconds",
+                              "Time from submission to the first generated token", buckets=TTFT_BUCKETS, registry=r)
+        self.tokens = Counter("halluwatch_generated_tokens", "Completion tokens of finished responses", registry=r)
+        self.responses = Counter("halluwatch_responses", "Finished responses by risk quadrant (none: no params)",
+                                 ["quadrant"], registry=r)
+        self.hbar_s = Histogram("halluwatch_response_hbar_s", "Response-level ℏₛ (mean of the top-5 steps)",
+                                buckets=HBAR_BUCKETS, registry=r)
+        self.pri = Histogram("halluwatch_response_pri", "Response-level PRI (mean of the top-5 steps)",
+                             buckets=PRI_BUCKETS, registry=r)
+        for q in QUADRANT_LABELS:
+            self.responses.labels(q)  # every quadrant is exported from the start, at 0
+        r.register(_StateCollector(app))
+
+    def observe(self, body: dict) -> None:
+        usage, scores = body.get("usage") or {}, body.get("scores") or {}
+        self.tokens.inc(usage.get("completion_tokens") or 0)
+        if (ttft := (body.get("timing") or {}).get("ttft_s")) is not None:
+            self.ttft.observe(ttft)
+        if scores.get("hbar_s") is not None:
+            self.hbar_s.observe(scores["hbar_s"])
+        if scores.get("pri") is not None:
+            self.pri.observe(scores["pri"])
+        quadrant = body.get("quadrant")
+        self.responses.labels(quadrant["name"] if quadrant else "none").inc()
+
+
+class _StateCollector:
+    """Gauges read at scrape time: engine queue and busy flag, params loaded, calibration jobs by state."""
+
+    def __init__(self, app: FastAPI):
+        self.app = app
+
+    def describe(self):  # static descriptions, so registering never touches the app's state
+        yield GaugeMetricFamily("halluwatch_engine_queue_depth", "Jobs waiting for the engine")
+        yield GaugeMetricFamily("halluwatch_engine_busy", "1 while the engine runs a job")
+        yield GaugeMetricFamily("halluwatch_params_loaded", "1 when calibrated params are in effect")
+        yield GaugeMetricFamily("halluwatch_calibration_jobs", "Calibration jobs by state", labels=["state"])
+
+    def collect(self):
+        state = self.app.state
+        engine = getattr(state, "engine", None)
+        if engine is not None:
+            yield GaugeMetricFamily("halluwatch_engine_queue_depth", "Jobs waiting for the engine",
+                                    value=engine.queue_depth)
+            yield GaugeMetricFamily("halluwatch_engine_busy", "1 while the engine runs a job",
+                                    value=1.0 if engine.busy else 0.0)
+        yield GaugeMetricFamily("halluwatch_params_loaded", "1 when calibrated params are in effect",
+                                value=1.0 if getattr(state, "params", None) is not None else 0.0)
+        jobs = getattr(state, "jobs", None)
+        if jobs is not None:
+            counts = dict.fromkeys(JOB_STATES, 0)
+            try:
+                for job in jobs.store.all():
+                    counts[job["status"]] = counts.get(job["status"], 0) + 1
+            except Exception:  # a scrape must not fail because the jobs database is busy
+                log.exception("reading calibration jobs for /metrics failed")
+            family = GaugeMetricFamily("halluwatch_calibration_jobs", "Calibration jobs by state", labels=["state"])
+            for name, n in counts.items():
+                family.add_metric([name], n)
+            yield family
+
+
+def route_template(scope, root_path: str = "") -> str:
+    """The template of the route that handled the request (`/calibrate/{job_id}`, `/static/{path}` for a
+    mount), or UNMATCHED. `root_path`: the scope's root_path before routing (a mount extends it)."""
+    route = scope.get("route")
+    template = getattr(route, "path_format", None) or getattr(route, "path", None)
+    if template:
+        return template
+    mounted = scope.get("root_path", "")
+    if mounted != root_path and mounted.startswith(root_path):
+        return mounted[len(root_path):] + "/{path}"
+    return UNMATCHED
+
+
+class MetricsMiddleware:
+    """Pure ASGI (streams pass through untouched): requests by route/status and their duration."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        root_path = scope.get("root_path", "")
+        status = 500  # an exception before the response starts becomes a 500 outside us
+
+        async def send_with_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            route = route_template(scope, root_path)
+            self.metrics.requests.labels(scope.get("method", ""), route, str(status)).inc()
+            self.metrics.latency.labels(route).observe(time.perf_counter() - start)
+
+
+def install_metrics(app: FastAPI) -> Metrics:
+    """Give `app` its registry, the request middleware and GET /metrics (call before the app starts)."""
+    metrics = Metrics(app)
+    app.state.metrics = metrics
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+    def scrape() -> Response:  # sync: runs in the threadpool (the jobs gauge reads SQLite)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_api_route("/metrics", scrape, methods=["GET"], include_in_schema=False,
+                      summary="Prometheus metrics")
+    return metrics
+
+
+def observe_response(app: FastAPI, body: dict) -> dict:
+    """Record one finished response (its /generate-shaped body); returns `body`. No-op without metrics."""
+    metrics = getattr(app.state, "metrics", None)
+    if metrics is not None:
+        try:
+            metrics.observe(body)
+        except Exception:  # metrics never break a response
+            log.exception("recording response metrics failed")
+    return body
+
+
+class _ObservedEvents:
+    """A job's event queue that records the finished response as it passes (for SSE handlers)."""
+
+    def __init__(self, app: FastAPI, events, params, params_reason):
+        self._app, self._events = app, events
+        self._params, self._params_reason = params, params_reason
+        self._records: list = []
+
+    async def get(self):
+        from .engine import Finished, StepRecord
+        from .generation import response_body
+
+        item = await self._events.get()
+        if isinstance(item, StepRecord):
+            self._records.append(item)
+        elif isinstance(item, Finished) and item.finish_reason != "cancelled":
+            observe_response(self._app, response_body(self._records, item, self._params, self._params_reason, False))
+        return item
+
+
+def observe_events(app: FastAPI, events, params, params_reason):
+    """Wrap the queue from `bridge(job)` so that a streamed /generate response is recorded when it finishes."""
+    return _ObservedEvents(app, events, params, params_reason)

@@ -1,0 +1,478 @@
+"""The OpenAI-compatible endpoints on a real uvicorn server, driven by the official `openai` client.
+
+Logprobs, text and `risk` are checked against /generate's own trace for the same prompt.
+"""
+
+import dataclasses
+import json
+import socket
+import threading
+import time
+from contextlib import contextmanager
+
+import httpx
+import openai
+import pytest
+import uvicorn
+from openai import OpenAI
+
+from app.engine import Engine, EngineBusy, Finished, GenerationJob, StepRecord
+from app.metrics import install_metrics
+from app.routes import openai as openai_routes
+from app.server import create_app
+from app.settings import Settings
+
+PROMPT = "The capital of France is"
+CHAT = [{"role": "user", "content": "What is the capital of France?"}]
+TOP = 3
+
+
+# --- a real server over the app, wired as create_app will be -------------------------------------------
+
+def wire(app) -> None:
+    """The wiring create_app should do (skipped for the parts it already does)."""
+    try:
+        app.url_path_for("list_models")
+    except Exception:
+        app.include_router(openai_routes.router)
+    if not hasattr(app.state, "metrics"):
+        install_metrics(app)
+
+
+def build_app(engine, tmp_path_factory, **settings):
+    params_dir = tmp_path_factory.mktemp("params")
+    (params_dir / "p.json").write_text(json.dumps({"model": engine.lm.model_id, "tau_hbar": 1.0, "tau_pri": 4.0,
+                                                   "source": "test", "created_utc": "2026-01-01T00:00:00Z"}))
+    state = tmp_path_factory.mktemp("state")
+    app = create_app(Settings(params_dir=params_dir, state_dir=state, reports_dir=state / "reports",
+                              max_tokens_limit=256, default_max_tokens=16, **settings), engine)
+    wire(app)
+    return app
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serve(app):
+    """Serve `app` with uvicorn on 127.0.0.1 in a background thread; yield its base URL."""
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_path):
+    e = Engine(str(tiny_model_path("llama")), precision="native")
+    e.start()
+    yield e
+    e.stop()
+
+
+@pytest.fixture(scope="module")
+def app(engine, tmp_path_factory):
+    return build_app(engine, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def base(app):
+    with serve(app) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(base):
+    return OpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def http(base):
+    with httpx.Client(base_url=base, timeout=60) as c:
+        yield c
+
+
+def generate(http, **body) -> dict:
+    r = http.post("/generate", json={"include_trace": True, "top_logprobs": TOP, **body})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def content_steps(gen: dict) -> list:
+    """The trace steps that are content tokens (not the EOS step)."""
+    return gen["trace"][:-1] if gen["finish_reason"] == "eos" else gen["trace"]
+
+
+def risk_of(obj) -> dict:
+    return obj.model_extra["risk"]
+
+
+FINISH = {"eos": "stop", "length": "length", "pfail": "stop"}
+
+
+# --- stop strings and held-back text, step by step (no model) -----------------------------------------
+
+def _rec(token_id: int, text: str) -> StepRecord:
+    values = {f.name: 0.0 for f in dataclasses.fields(StepRecord)}
+    return StepRecord(**{**values, "token_id": token_id, "text": text, "logprob": -1.0, "top_logprobs": []})
+
+
+@pytest.mark.parametrize("texts,stops,reason,want", [
+    # "lo" could start "o wo": held back, then cut inside it; " wor" and later tokens never go out
+    (["Hel", "lo", " wor", "ld"], ["o wo"], "length", [("Hel", 1), ("l", 1)]),
+    # a held-back start that never completes goes out at the end
+    (["ab", "c"], ["cd"], "length", [("ab", 1), ("c", 1)]),
+    # the stop string inside one token: the text before it, and the token with it
+    (["xSTOPy", "z"], ["STOP", "zz"], "length", [("x", 1)]),
+    # the stop string first: nothing at all
+    (["STOP", "a"], ["STOP"], "length", []),
+    # the EOS step (id 2) is scored but not a content token
+    (["a", ""], [], "eos", [("a", 1)]),
+    # an incomplete character at the end (text_tail) goes out, with no token of its own
+    (["a", ""], [], "length", [("a", 1), ("", 1), ("\ufffd", 0)]),
+])
+def test_run_releases_text_at_token_boundaries(texts, stops, reason, want):
+    job = GenerationJob([1], 10)
+    run = openai_routes.Run(job, frozenset({2}), stops, None, "no params", False)
+    pieces = []
+    for i, text in enumerate(texts):
+        token = 2 if reason == "eos" and i == len(texts) - 1 else 10 + i
+        if (p := run.add(_rec(token, text))) is not None:
+            pieces.append(p)
+    tail = "\ufffd" if want and want[-1] == ("\ufffd", 0) else ""
+    if (p := run.finish(Finished(reason, 1, 0.1, None, text_tail=tail))) is not None:
+        pieces.append(p)
+    assert [(p.text, len(p.spans)) for p in pieces] == want
+    text = "".join(p.text for p in pieces)
+    assert not any(s in text for s in stops)
+    assert run.finish_reason == ("length" if reason == "length" and not run.stopped else "stop")
+    if run.stopped:  # steps after the one that completed the stop string are not part of the response
+        assert run.risk(run.body())["finish_reason"] == "stop_sequence"
+
+
+# --- /v1/models ----------------------------------------------------------------------------------------
+
+def test_models(client, engine):
+    models = client.models.list().data
+    assert [(m.id, m.object, m.owned_by) for m in models] == [(engine.lm.model_id, "model", "halluwatch")]
+    assert client.models.retrieve(engine.lm.model_id).id == engine.lm.model_id
+    with pytest.raises(openai.NotFoundError) as e:
+        client.models.retrieve("no-such-model")
+    assert e.value.body["code"] == "model_not_found"
+
+
+# --- chat ----------------------------------------------------------------------------------------------
+
+def _check_chat_logprobs(content: list, steps: list) -> None:
+    assert len(content) == len(steps)
+    for entry, step in zip(content, steps):
+        assert entry.logprob == step["logprob"]
+        tops = entry.top_logprobs
+        assert [(t.token, t.logprob) for t in tops] == [(t["token"], t["logprob"]) for t in step["top_logprobs"]]
+        assert len(tops) == TOP
+        assert [t.logprob for t in tops] == sorted((t.logprob for t in tops), reverse=True)
+        if step["top_logprobs"][0]["token_id"] == step["token_id"]:  # greedy: the sampled token is the top one
+            assert (tops[0].token, tops[0].logprob, tops[0].bytes) == (entry.token, entry.logprob, entry.bytes)
+
+
+def test_chat_matches_generate(client, http):
+    gen = generate(http, messages=CHAT, max_tokens=12)
+    r = client.chat.completions.create(model="anything", messages=CHAT, max_tokens=12, logprobs=True,
+                                       top_logprobs=TOP, user="u", frequency_penalty=0, presence_penalty=0,
+                                       extra_body={"some_future_field": 1})
+    choice = r.choices[0]
+    assert r.object == "chat.completion" and r.id.startswith("chatcmpl-")
+    assert choice.message.role == "assistant" and choice.message.content == gen["text"]
+    assert choice.finish_reason == FINISH[gen["finish_reason"]]
+    steps = content_steps(gen)
+    _check_chat_logprobs(choice.logprobs.content, steps)
+    # the bytes of the tokens join up to the text (tokens may hold part of a UTF-8 character)
+    raw = bytes(b for entry in choice.logprobs.content for b in entry.bytes)
+    assert raw.decode("utf-8", errors="replace") == gen["text"]
+    u = gen["usage"]
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.total_tokens) == (
+        u["prompt_tokens"], u["completion_tokens"], u["prompt_tokens"] + u["completion_tokens"])
+    risk = risk_of(r)
+    assert risk["scores"] == gen["scores"] and risk["quadrant"] == gen["quadrant"] and risk["quadrant"] is not None
+    assert risk["quadrant_reason"] is None and risk["calibrated"] is True
+    assert risk["finish_reason"] == gen["finish_reason"]
+
+
+def test_chat_without_logprobs_has_null_logprobs(client):
+    r = client.chat.completions.create(model="m", messages=CHAT, max_completion_tokens=3)
+    assert r.choices[0].logprobs is None
+    assert r.usage.completion_tokens <= 3
+
+
+def test_chat_stream_matches_generate(client, http):
+    gen = generate(http, messages=CHAT, max_tokens=12)
+    chunks = list(client.chat.completions.create(model="m", messages=CHAT, max_tokens=12, logprobs=True,
+                                                 top_logprobs=TOP, stream=True,
+                                                 stream_options={"include_usage": True}))
+    usage_chunk, final, first = chunks[-1], chunks[-2], chunks[0]
+    assert all(c.object == "chat.completion.chunk" and c.id == first.id for c in chunks)
+    assert first.choices[0].delta.role == "assistant"
+    # include_usage: a last chunk with usage and no choices; the others carry usage null
+    assert usage_chunk.choices == [] and usage_chunk.usage.completion_tokens == gen["usage"]["completion_tokens"]
+    assert usage_chunk.usage.prompt_tokens == gen["usage"]["prompt_tokens"]
+    assert all(c.usage is None for c in chunks[:-1])
+    body = chunks[1:-2]
+    assert all(c.choices[0].finish_reason is None for c in body)
+    assert final.choices[0].finish_reason == FINISH[gen["finish_reason"]] and not final.choices[0].delta.content
+    assert "".join(c.choices[0].delta.content for c in body) == gen["text"]
+    # every chunk carries the logprobs and per-token risk of its own tokens
+    content, hbar, pri = [], [], []
+    for c in body:
+        lp = c.choices[0].logprobs.content
+        risk = risk_of(c)
+        assert len(risk["hbar_s"]) == len(risk["pri"]) == len(lp) >= 1
+        content += lp
+        hbar += risk["hbar_s"]
+        pri += risk["pri"]
+    steps = content_steps(gen)
+    _check_chat_logprobs(content, steps)
+    assert hbar == [s["hbar_s"] for s in steps] and pri == [s["pri"] for s in steps]
+    # the last chunks carry the response-level risk, identical to /generate's
+    for c in (final, usage_chunk):
+        risk = risk_of(c)
+        assert risk["scores"] == gen["scores"] and risk["quadrant"] == gen["quadrant"]
+        assert risk["calibrated"] is True
+
+
+# --- completions (legacy) ------------------------------------------------------------------------------
+
+def _check_legacy(lp: dict, steps: list, text: str) -> None:
+    assert lp["tokens"] == [s["top_logprobs"][0]["token"] for s in steps]  # greedy: token = top one
+    assert lp["token_logprobs"] == [s["logprob"] for s in steps]
+    for top, s in zip(lp["top_logprobs"], steps):
+        want = {}
+        for t in s["top_logprobs"]:
+            want.setdefault(t["token"], t["logprob"])
+        assert top == want and len(top) <= TOP
+    offsets = [0]
+    for s in steps[:-1]:
+        offsets.append(offsets[-1] + len(s["text"]))
+    assert lp["text_offset"] == offsets
+    assert "".join(s["text"] for s in steps) == text
+
+
+def test_completions_match_generate(client, http):
+    gen = generate(http, prompt=PROMPT, max_tokens=12)
+    r = client.completions.create(model="m", prompt=[PROMPT], max_tokens=12, logprobs=TOP)
+    choice = r.choices[0]
+    assert r.object == "text_completion" and choice.text == gen["text"]
+    assert choice.finish_reason == FINISH[gen["finish_reason"]]
+    _check_legacy(choice.logprobs.model_dump(), content_steps(gen), gen["text"])
+    assert r.usage.completion_tokens == gen["usage"]["completion_tokens"]
+    risk = risk_of(r)
+    assert risk["scores"] == gen["scores"] and risk["quadrant"] == gen["quadrant"]
+
+
+def test_completions_stream(client, http):
+    gen = generate(http, prompt=PROMPT, max_tokens=12)
+    chunks = list(client.completions.create(model="m", prompt=PROMPT, max_tokens=12, logprobs=TOP, stream=True))
+    final, body = chunks[-1], chunks[:-1]
+    assert final.choices[0].finish_reason == FINISH[gen["finish_reason"]] and final.choices[0].text == ""
+    assert "".join(c.choices[0].text for c in body) == gen["text"]
+    merged = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    for c in body:
+        lp = c.choices[0].logprobs.model_dump()
+        assert len(risk_of(c)["hbar_s"]) == len(lp["tokens"])
+        for k in merged:
+            merged[k] += lp[k]
+    _check_legacy(merged, content_steps(gen), gen["text"])
+    assert risk_of(final)["scores"] == gen["scores"] and risk_of(final)["quadrant"] == gen["quadrant"]
+
+
+# --- stop strings --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def full(http):
+    gen = generate(http, prompt=PROMPT, max_tokens=16)
+    assert len(gen["text"]) >= 8, gen["text"]
+    return gen
+
+
+def _completion(client, stream: bool, **kw):
+    """(text, finish_reason, final risk) of a completion, streamed or not."""
+    if not stream:
+        r = client.completions.create(model="m", prompt=PROMPT, max_tokens=16, **kw)
+        return r.choices[0].text, r.choices[0].finish_reason, risk_of(r)
+    chunks = list(client.completions.create(model="m", prompt=PROMPT, max_tokens=16, stream=True, **kw))
+    return "".join(c.choices[0].text for c in chunks), chunks[-1].choices[0].finish_reason, risk_of(chunks[-1])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_stop_string_ends_the_text_and_is_never_sent(client, full, stream):
+    full_text = full["text"]
+    k = len(full_text) // 2
+    stop = full_text[k:k + 3]
+    cut = full_text.find(stop)
+    text, finish, risk = _completion(client, stream, stop=[stop, "\x00never"])
+    # the streamed deltas add up to exactly the text before the stop string: no part of it was sent
+    assert text == full_text[:cut] and stop not in text
+    assert finish == "stop" and risk["finish_reason"] == "stop_sequence"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_held_back_prefix_of_a_stop_string_is_released_at_the_end(client, full, stream):
+    stop = full["text"][-2:] + "\x00"  # the text ends with its start, but it never completes
+    text, finish, risk = _completion(client, stream, stop=stop)
+    assert text == full["text"] and finish == FINISH[full["finish_reason"]]
+    assert risk["finish_reason"] == full["finish_reason"] and risk["scores"] == full["scores"]
+
+
+def test_chat_stream_stop_string(client, http):
+    full = generate(http, messages=CHAT, max_tokens=16)["text"]
+    assert len(full) >= 6, full
+    stop = full[len(full) // 2:len(full) // 2 + 2]
+    chunks = list(client.chat.completions.create(model="m", messages=CHAT, max_tokens=16, stop=stop, stream=True,
+                                                 logprobs=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == full[:full.find(stop)]
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+# --- sampling, limits, P_fail --------------------------------------------------------------------------
+
+def test_temperature_with_seed_is_deterministic_and_uncalibrated(client):
+    def sample(seed):
+        return client.chat.completions.create(model="m", messages=CHAT, max_tokens=10, temperature=1.5,
+                                              top_p=0.95, seed=seed)
+    a, b = sample(7), sample(7)
+    assert a.choices[0].message.content == b.choices[0].message.content
+    assert risk_of(a)["scores"] == risk_of(b)["scores"]
+    assert risk_of(a)["calibrated"] is False and "greedy" in risk_of(a)["calibrated_reason"]
+    greedy = client.chat.completions.create(model="m", messages=CHAT, max_tokens=10, temperature=0)
+    assert risk_of(greedy)["calibrated"] is True
+
+
+def test_pfail_halt_is_stop_and_said_in_risk(client):
+    r = client.chat.completions.create(model="m", messages=CHAT, max_tokens=8,
+                                       extra_body={"halt_on_pfail": True, "pfail_cutoff": 1e-9})
+    assert r.choices[0].finish_reason == "stop" and r.choices[0].message.content == ""
+    assert risk_of(r)["finish_reason"] == "pfail" and r.usage.completion_tokens == 0
+
+
+# --- errors in OpenAI's shape --------------------------------------------------------------------------
+
+def _error(e) -> dict:
+    body = e.response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    return body["error"]
+
+
+@pytest.mark.parametrize("kwargs,param", [
+    ({"n": 2}, "n"),
+    ({"frequency_penalty": 0.5}, "frequency_penalty"),
+    ({"logit_bias": {"5": 10}}, "logit_bias"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+    ({"top_logprobs": 2}, "top_logprobs"),  # without logprobs: true
+    ({"top_logprobs": 21, "logprobs": True}, "top_logprobs"),
+    ({"max_tokens": 257}, "max_tokens"),
+    ({"max_completion_tokens": 0}, "max_completion_tokens"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"temperature": 3}, "temperature"),
+    ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
+])
+def test_bad_chat_requests_are_400_naming_the_param(client, kwargs, param):
+    kwargs = {"model": "m", "messages": CHAT, **kwargs}
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(**kwargs)
+    err = _error(e.value)
+    assert e.value.status_code == 400 and err["type"] == "invalid_request_error" and err["param"] == param
+    assert param.split("[")[0] in err["message"]
+
+
+def test_bad_completion_requests(client, http):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="m", prompt=["one", "two"])
+    assert _error(e.value)["param"] == "prompt"
+    r = http.post("/v1/completions", content=b"{nope", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    r = http.post("/v1/completions", json={"model": "m"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+    r = http.post("/v1/completions", json={"prompt": "word " * 600, "max_tokens": 8})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+    # /generate keeps FastAPI's own shape
+    assert "detail" in http.post("/generate", json={"prompt": ""}).json()
+
+
+def test_queue_full_is_503_in_openai_shape(client, engine, monkeypatch):
+    def busy(job):
+        raise EngineBusy("engine queue is full (16 waiting)")
+    monkeypatch.setattr(engine, "submit", busy)
+    for stream in (False, True):
+        with pytest.raises(openai.InternalServerError) as e:
+            client.chat.completions.create(model="m", messages=CHAT, max_tokens=2, stream=stream)
+        assert e.value.status_code == 503 and e.value.response.headers["retry-after"] == "1"
+        assert _error(e.value)["type"] == "server_error"
+
+
+def test_too_many_streams_is_429_in_openai_shape(client, app, monkeypatch):
+    monkeypatch.setattr(app.state, "streams", app.state.settings.max_streams)
+    with pytest.raises(openai.RateLimitError) as e:
+        client.chat.completions.create(model="m", messages=CHAT, max_tokens=2, stream=True)
+    assert e.value.status_code == 429 and _error(e.value)["code"] == "rate_limit_exceeded"
+    assert client.chat.completions.create(model="m", messages=CHAT, max_tokens=2).usage.completion_tokens <= 2
+
+
+def test_request_timeout(engine, tmp_path_factory):
+    with serve(build_app(engine, tmp_path_factory, request_timeout_s=0.05)) as url:
+        slow = OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+        kwargs = {"model": "m", "prompt": PROMPT, "max_tokens": 256, "stop": "\x00never"}
+        with pytest.raises(openai.APIStatusError) as e:
+            slow.completions.create(**kwargs)
+        assert e.value.status_code == 504 and _error(e.value)["code"] == "timeout"
+        with pytest.raises(openai.APIError) as e:  # mid-stream: a `data: {"error": …}` line
+            list(slow.completions.create(**kwargs, stream=True))
+        assert "request_timeout_s" in e.value.message
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/v1/completions", {"prompt": PROMPT, "stream": True}),
+    ("/v1/chat/completions", {"messages": CHAT, "stream": True}),
+    ("/v1/chat/completions", {"messages": CHAT}),
+])
+def test_client_disconnect_cancels_the_job(base, engine, monkeypatch, path, body):
+    finished = []
+    submit = engine.submit
+
+    def spy(job):  # taps what the engine emits for this job
+        emit = job.emit
+        job.emit = lambda item: (finished.append(item) if isinstance(item, Finished) else None, emit(item))
+        submit(job)
+    monkeypatch.setattr(engine, "submit", spy)
+    body = {"model": "m", "max_tokens": 256, "stop": "\x00never", **body}  # ~2.5 s of generation
+    with httpx.Client(base_url=base, timeout=httpx.Timeout(30, read=0.3)) as c:
+        if body.get("stream"):
+            with c.stream("POST", path, json=body) as r:
+                assert r.status_code == 200
+                next(r.iter_lines())  # the stream has started; now hang up
+        else:
+            with pytest.raises(httpx.ReadTimeout):  # give up waiting, and hang up
+                c.post(path, json=body)
+    deadline = time.monotonic() + 10
+    while not finished:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert finished[0].finish_reason == "cancelled", "the engine kept generating for a client that went away"
