@@ -11,7 +11,7 @@ from typing import Callable, Iterator, Optional
 
 import mlx.core as mx
 from mlx_lm.generate import generation_stream, wired_limit
-from mlx_lm.models.cache import make_prompt_cache
+from mlx_lm.models.cache import KVCache, make_prompt_cache
 
 from .loader import LoadedModel
 
@@ -47,6 +47,26 @@ def _prefill(model, cache, prompt_ids: list, step_size: int) -> mx.array:
         prompt = prompt[n:]
         mx.clear_cache()
     return prompt
+
+
+MIN_SHARED_PREFIX = 16
+
+
+def _copy_prefix(cache: list, prev_cache: list, prev_ids: list, ids: list) -> int:
+    """Fill `cache` with the KV entries of the prefix `ids` shares with `prev_ids`; return its length.
+
+    `prev_cache` holds all of `prev_ids` but its last token. Only plain KVCaches are shared (a
+    rotating cache may have dropped the prefix); short prefixes are not worth it (returns 0).
+    """
+    n = 0
+    limit = min(len(prev_ids), len(ids)) - 1
+    while n < limit and prev_ids[n] == ids[n]:
+        n += 1
+    if n < MIN_SHARED_PREFIX or not all(type(c) is KVCache for c in cache + prev_cache):
+        return 0
+    for c, p in zip(cache, prev_cache):
+        c.keys, c.values, c.offset = p.keys[..., :n, :], p.values[..., :n, :], n
+    return n
 
 
 def generate_steps(
@@ -109,18 +129,22 @@ def generate_batch(
 ) -> list:
     """Greedy steps for several prompts at once: one list of RawStep per prompt.
 
-    Each prompt is prefilled alone, exactly as in `generate_steps`; the caches are then merged
-    into mlx-lm's batch caches (left padding) and every decode step is one forward pass over the
-    unfinished sequences. A sequence ends after a stop token (`lm.stop_ids`) or `max_tokens`
-    steps and leaves the batch. Values match one-at-a-time generation up to float rounding.
+    Each prompt is prefilled alone as in `generate_steps`, except that a prefix it shares with
+    the previous prompt (HaluEval's right and hallucinated answers share their whole context) is
+    copied from that prompt's cache instead of recomputed (plain KV caches only). The caches are
+    then merged into mlx-lm's batch caches (left padding) and every decode step is one forward
+    pass over the unfinished sequences. A sequence ends after a stop token (`lm.stop_ids`) or
+    `max_tokens` steps and leaves the batch. Values match one-at-a-time generation up to float
+    rounding.
     """
     model, taps = lm.model, lm.taps
     steps = [[] for _ in prompts]
     with wired_limit(model, [generation_stream]), mx.stream(generation_stream):
         caches, last = [], []
-        for ids in prompts:
+        for i, ids in enumerate(prompts):
             cache = make_prompt_cache(model)
-            last.append(_prefill(model, cache, ids, prefill_step_size))
+            shared = _copy_prefix(cache, caches[-1], prompts[i - 1], ids) if i else 0
+            last.append(_prefill(model, cache, ids[shared:], prefill_step_size))
             caches.append(cache)
         cache = [type(layer[0]).merge(list(layer)) for layer in zip(*caches)]
         active = list(range(len(prompts)))

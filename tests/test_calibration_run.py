@@ -13,9 +13,9 @@ from app.halueval import load_samples
 FIELDS = ("hbar_s", "pri", "pfail_max")
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_model_path):
-    e = Engine(str(tiny_model_path("llama_sliding")), precision="native")
+@pytest.fixture(scope="module", params=["llama", "llama_sliding"])  # shared-prefix KV copies; rotating caches
+def engine(tiny_model_path, request):
+    e = Engine(str(tiny_model_path(request.param)), precision="native")
     e.start()
     yield e
     e.stop()
