@@ -69,7 +69,7 @@ def main() -> None:
     engine.start()
     ref = load("default")  # a second copy on this thread for (a) and (b)
     samples, _ = load_samples("qa", "test", 2 * args.groups * args.batch, seed=42)
-    samples = samples[::2] + samples[1::2]  # mix labels into every group
+    # in calibration order: each item's right and hallucinated samples side by side (shared prefix)
     one, batched = RunSpec("default", max_tokens=MAX_TOKENS), RunSpec("default", max_tokens=MAX_TOKENS,
                                                                      batch_size=args.batch)
     secs = {k: [] for k in "abcd"}
