@@ -213,6 +213,8 @@ def load_samples(
     _check_task(task)
     if split not in ("train", "test"):
         raise DatasetError(f"unknown split {split!r}; expected 'train' or 'test'")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise DatasetError(f"seed must be a non-negative integer, got {seed!r}", "seed")
     if isinstance(n, bool) or not isinstance(n, int) or n < 10 or n % 2:
         raise DatasetError(f"n must be an even integer >= 10 (two samples per item), got {n!r}", "n")
     source = locate(task, dataset, cache_dir)

@@ -111,7 +111,7 @@ class JobRunner:
             if job_id is None:
                 job_id = self.store.create(request)
             else:
-                self.store.update(job_id, status="queued", error=None)
+                self.store.update(job_id, status="queued", error=None, done=0, total=None, eta_s=None)
             self._cancel[job_id] = threading.Event()
         threading.Thread(target=self._run, args=(job_id, request), name=f"calibrate-{job_id}", daemon=True).start()
         return job_id

@@ -34,6 +34,9 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
         app.state.jobs.shutdown()  # a running calibration job stops and is marked interrupted
 
     app = FastAPI(title="halluwatch", version="0.1.0", lifespan=lifespan,
+                  responses={400: {"description": "malformed request body"},
+                             401: {"description": "missing or wrong API key (when one is set)"},
+                             413: {"description": "request body too large"}},
                   description="Greedy generation with live hallucination-risk signals (ℏₛ, PRI).")
     app.state.settings = settings
     app.state.engine = engine

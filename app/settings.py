@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -33,3 +33,9 @@ class Settings(BaseSettings):
     pfail_tau: float = Field(2.0, description="τ of P_fail (prototype default)")
     pfail_lambda: float = Field(5.0, description="λ of P_fail (prototype default)")
     pfail_cutoff: float = Field(0.85, gt=0, lt=1, description="default cutoff for halt_on_pfail")
+
+    @model_validator(mode="after")
+    def _default_within_limit(self):
+        # a smaller limit lowers the default too, so a request without max_tokens is never refused
+        self.default_max_tokens = min(self.default_max_tokens, self.max_tokens_limit)
+        return self

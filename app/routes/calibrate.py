@@ -18,7 +18,7 @@ class CalibrateRequest(BaseModel):
     task: Literal["qa", "dialogue", "summarization"] = "qa"
     n: int = Field(200, ge=10, description="samples to score (even; two per HaluEval item)")
     max_tokens: int = Field(20, ge=1, le=512)
-    seed: int = 42
+    seed: int = Field(42, ge=0)
     dataset: str = Field(PACKAGED, description="'halueval' (the packaged copy) or a file name inside the "
                                                "server's data folder")
     activate: bool = Field(False, description="serve the new thresholds as soon as the job succeeds")
@@ -31,13 +31,17 @@ def _dataset_path(data_dir: Path, name: str) -> str | None:
     if name == PACKAGED:
         return None
     root = Path(data_dir).resolve()
-    path = (root / name).resolve()
-    if not path.is_relative_to(root) or not path.is_file():
+    try:
+        path = (root / name).resolve()
+    except (OSError, ValueError):  # e.g. an embedded NUL byte
+        path = None
+    if path is None or not path.is_relative_to(root) or not path.is_file():
         raise HTTPException(400, f"dataset: {name!r} is not a file inside the server's data folder")
     return str(path)
 
 
-@router.post("", status_code=202)
+@router.post("", status_code=202, responses={400: {"description": "dataset outside the data folder"},
+                                             409: {"description": "a job is active"}})
 async def start(req: CalibrateRequest, request: Request) -> dict:
     """Validate the request and its data, then queue the job: 202 {job_id}; 409 if one is active."""
     state = request.app.state
@@ -66,13 +70,13 @@ def _job(request: Request, job_id: str) -> dict:
     return job
 
 
-@router.get("/{job_id}")
+@router.get("/{job_id}", responses={404: {"description": "no such job"}})
 async def get_job(job_id: str, request: Request) -> dict:
     """Status, progress {done, total, eta_s}, result (metrics and params path) and error of a job."""
     return _job(request, job_id)
 
 
-@router.delete("/{job_id}")
+@router.delete("/{job_id}", responses={404: {"description": "no such job"}, 409: {"description": "not active"}})
 async def cancel_job(job_id: str, request: Request) -> dict:
     """Cancel a queued or running job (a running one stops after its current sample)."""
     job = _job(request, job_id)
@@ -82,7 +86,8 @@ async def cancel_job(job_id: str, request: Request) -> dict:
     return {"job_id": job_id, "status": "cancelling"}
 
 
-@router.post("/{job_id}/resume", status_code=202)
+@router.post("/{job_id}/resume", status_code=202,
+             responses={404: {"description": "no such job"}, 409: {"description": "not resumable"}})
 async def resume_job(job_id: str, request: Request) -> dict:
     """Run an interrupted, failed or cancelled job again; scores already checkpointed are reused."""
     job = _job(request, job_id)

@@ -44,7 +44,9 @@ async def _stream(events, job, state, params, params_reason):
 
 
 @router.post("/generate", response_model=GenerateResponse, response_model_exclude_none=False,
-             responses={422: {"description": "invalid field"}, 503: {"description": "engine queue full"}})
+             responses={200: {"content": {"text/event-stream": {"schema": {}}}},
+                        422: {"description": "invalid field"}, 429: {"description": "too many streams"},
+                        503: {"description": "engine queue full"}, 504: {"description": "request timeout"}})
 async def generate(req: GenerateRequest, request: Request):
     """Generate greedily; JSON body, or Server-Sent Events (`token`…, then `done`) with `stream`."""
     state = request.app.state

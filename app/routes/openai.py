@@ -38,10 +38,11 @@ import uuid
 from pathlib import Path
 from typing import NamedTuple
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException  # FastAPI's HTTPException and body-parsing errors
 
 from ..engine import EngineBusy, Finished, GenerationJob, StepRecord, bridge
 from ..generation import InputError, encode_prompt, response_body
@@ -122,6 +123,10 @@ class OpenAIRoute(APIRoute):
 
 
 router = APIRouter(prefix="/v1", route_class=OpenAIRoute, tags=["openai"])
+# With `stream: true` the answer is Server-Sent Events; documented so that the schema is honest.
+SSE_RESPONSES = {200: {"content": {"text/event-stream": {"schema": {}}}},
+                 400: {"description": "invalid request (OpenAI error shape)"},
+                 503: {"description": "engine queue full"}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -485,7 +490,7 @@ async def list_models(request: Request) -> dict:
     return {"object": "list", "data": [_model_card(request)]}
 
 
-@router.get("/models/{model:path}")
+@router.get("/models/{model:path}", responses={404: {"description": "no such model"}})
 async def get_model(model: str, request: Request) -> dict:
     card = _model_card(request)
     if model != card["id"]:
@@ -520,7 +525,7 @@ def _streaming(request: Request, slot, events, run: Run, *, opening: list, piece
     return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
-@router.post("/chat/completions")
+@router.post("/chat/completions", responses=SSE_RESPONSES)
 async def chat_completions(req: ChatCompletionRequest, request: Request):
     """OpenAI chat completion (messages rendered with the chat template), with halluwatch's `risk`."""
     messages = [m.as_template_message() for m in req.messages]
@@ -558,7 +563,7 @@ async def chat_completions(req: ChatCompletionRequest, request: Request):
     return {**head, "object": "chat.completion", "choices": [choice], "usage": _usage(body), "risk": run.risk(body)}
 
 
-@router.post("/completions")
+@router.post("/completions", responses=SSE_RESPONSES)
 async def completions(req: CompletionRequest, request: Request):
     """OpenAI (legacy) text completion of one raw prompt, with halluwatch's `risk`."""
     slot = _StreamSlot(request) if req.stream else None
