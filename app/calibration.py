@@ -97,7 +97,7 @@ def score_batch(engine: Engine, samples: list, spec: RunSpec) -> list:
     if len(samples) == 1:
         results = [run_blocking(engine, GenerationJob(prompts[0], spec.max_tokens, priority=1))]
     else:
-        results = run_once(engine, BatchJob(prompts, spec.max_tokens))
+        results = run_once(engine, BatchJob(prompts, spec.max_tokens, priority=1))
     return [_score_record(s, records, fin) for s, (records, fin) in zip(samples, results)]
 
 

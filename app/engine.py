@@ -30,44 +30,44 @@ class EngineBusy(RuntimeError):
     """The engine's queue is full."""
 
 
+@dataclass(kw_only=True)
+class Job:
+    """What every engine job has: its place in the queue and how it reports back."""
+
+    priority: int = 0  # lower runs first: interactive requests 0, calibration samples 1
+    emit: Callable = print  # called on the engine thread with the job's results, or an exception
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    submitted: float = field(default_factory=time.perf_counter)
+
+
 @dataclass
-class GenerationJob:
+class GenerationJob(Job):
+    """Generate for one prompt; emits one StepRecord per step, then a Finished."""
+
     prompt_ids: list
     max_tokens: int
     top_logprobs: int = 0
     halt_cutoff: float | None = None  # stop when P_fail of a step exceeds it
-    priority: int = 0  # lower runs first: interactive requests 0, calibration samples 1
     temperature: float = 0.0  # > 0 samples with mlx-lm's sampler (the signals stay at temperature 1)
     top_p: float = 1.0
     seed: int | None = None  # seeds MLX's random state for this job when sampling
-    emit: Callable = print  # called on the engine thread with StepRecord | Finished | Exception
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    submitted: float = field(default_factory=time.perf_counter)
 
 
 @dataclass
-class BatchJob:
+class BatchJob(Job):
     """Several prompts generated together (calibration); emits one list of (records, Finished)."""
 
     prompts: list
     max_tokens: int
-    priority: int = 1
-    emit: Callable = print
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    submitted: float = field(default_factory=time.perf_counter)
 
 
 @dataclass
-class ScoreJob:
+class ScoreJob(Job):
     """Score a given response to a prompt (teacher forcing); emits (records, Finished)."""
 
     prompt_ids: list
     response_ids: list
     top_logprobs: int = 0
-    priority: int = 0
-    emit: Callable = print
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    submitted: float = field(default_factory=time.perf_counter)
 
 
 @dataclass

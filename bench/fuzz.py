@@ -82,7 +82,7 @@ def exit_now(code: int) -> None:
 
 
 @contextlib.contextmanager
-def serve(model_dir: Path, work_dir: Path, queue_depth: int = 16, **settings):
+def serve(model_dir: Path, work_dir: Path, queue_depth: int = 16, precision: str = "native", **settings):
     """Yield (base_url, app, engine): the model served on a real uvicorn on 127.0.0.1.
 
     State, reports, params and data folders are fresh folders under `work_dir` (the data folder
@@ -95,7 +95,7 @@ def serve(model_dir: Path, work_dir: Path, queue_depth: int = 16, **settings):
 
     work_dir = Path(work_dir)
     (work_dir / "data").mkdir(parents=True, exist_ok=True)
-    engine = Engine(str(model_dir), precision="native", queue_depth=queue_depth)
+    engine = Engine(str(model_dir), precision=precision, queue_depth=queue_depth)
     engine.start()
     try:
         app = create_app(Settings(params_dir=work_dir / "params", reports_dir=work_dir / "reports",

@@ -155,13 +155,14 @@ def main(argv=None) -> int:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--timeout", type=float, default=60.0, help="client time limit per request (s)")
     ap.add_argument("--deadline", type=float, default=1800.0, help="time limit of the whole soak (s)")
-    ap.add_argument("--model", type=Path, help="a model folder (default: a tiny random llama built now)")
+    ap.add_argument("--model", help="a model reference, e.g. default (default: a tiny random llama built now)")
     args = ap.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="halluwatch-soak-") as tmp:
         model = args.model or build_tiny_model(Path(tmp) / "model")
-        with serve(model, Path(tmp) / "server", max_tokens_limit=args.max_tokens) as (url, _app, engine):
-            config = json.loads((Path(model) / "config.json").read_text())
+        with serve(model, Path(tmp) / "server", precision="auto" if args.model else "native",
+                   max_tokens_limit=args.max_tokens) as (url, _app, engine):
+            config = engine.lm.config
             print(f"{args.n} sequential requests ({', '.join(KINDS)} in turn), max_tokens {args.max_tokens}, "
                   f"model {engine.lm.model_id} ({engine.lm.dtype}), RSS every {args.every}")
             result = soak(url, config, engine.lm.dtype, args.n, args.every, args.max_tokens, args.timeout,
