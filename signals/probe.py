@@ -10,11 +10,8 @@ serving time). Probes are stored as ``.npz`` files, checked against a SHA-256 di
 
 import hashlib
 import io
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -122,50 +119,32 @@ def fit_probe(states: np.ndarray, labels, position: str, seed: int = 42, cv_fold
     return probe, curve
 
 
-def save_probe(probe: Probe, path) -> str:
-    """Write ``probe`` to ``path`` (.npz) atomically; return the file's SHA-256 hex digest."""
-    path = Path(path)
+def to_bytes(probe: Probe) -> bytes:
+    """The probe as the bytes of an .npz archive (what a probe file holds)."""
     buf = io.BytesIO()
     np.savez(buf, layer=np.int64(probe.layer), position=np.str_(probe.position),
              mean=np.asarray(probe.mean, dtype=np.float64),
              scale=np.asarray(probe.scale, dtype=np.float64),
              coef=np.asarray(probe.coef, dtype=np.float64),
              intercept=np.float64(probe.intercept), cv_auroc=np.float64(probe.cv_auroc))
-    data = buf.getvalue()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return hashlib.sha256(data).hexdigest()
+    return buf.getvalue()
 
 
-def load_probe(path, sha256: str) -> Probe:
-    """Read a probe written by ``save_probe``; raise ProbeError if the file is missing,
-    malformed, or its SHA-256 is not ``sha256``."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ProbeError(f"probe file {path}: cannot read ({e.strerror or e})") from e
+def from_bytes(data: bytes, sha256: str, name: str = "probe") -> Probe:
+    """The probe in ``data``; raise ProbeError (naming ``name``) if its SHA-256 is not ``sha256``
+    or the archive is malformed."""
     digest = hashlib.sha256(data).hexdigest()
     if digest != str(sha256).strip().lower():
-        raise ProbeError(f"probe file {path}: SHA-256 {digest} does not match expected {sha256}")
+        raise ProbeError(f"probe file {name}: SHA-256 {digest} does not match expected {sha256}")
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as f:
             probe = Probe(layer=int(f["layer"]), position=str(f["position"]), mean=f["mean"],
                           scale=f["scale"], coef=f["coef"], intercept=float(f["intercept"]),
                           cv_auroc=float(f["cv_auroc"]))
     except (KeyError, ValueError, TypeError, OSError, zipfile.BadZipFile) as e:
-        raise ProbeError(f"probe file {path}: malformed ({e})") from e
+        raise ProbeError(f"probe file {name}: malformed ({e})") from e
     hidden = probe.coef.size
     if (probe.position not in POSITIONS or probe.layer < 0 or probe.coef.ndim != 1
             or probe.mean.shape != (hidden,) or probe.scale.shape != (hidden,)):
-        raise ProbeError(f"probe file {path}: malformed (inconsistent fields)")
+        raise ProbeError(f"probe file {name}: malformed (inconsistent fields)")
     return probe
