@@ -28,3 +28,14 @@ def tiny_model_path(tmp_path_factory) -> Callable[..., Path]:
         return built[arch, seed]
 
     return get
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_path):
+    """An engine over the tiny llama; modules that need another model or settings define their own."""
+    from app.engine import Engine
+
+    e = Engine(str(tiny_model_path("llama")), precision="native")
+    e.start()
+    yield e
+    e.stop()

@@ -6,7 +6,6 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from app.engine import Engine
 from app.jobs import JobStore
 from app.server import create_app
 from app.settings import Settings
@@ -22,14 +21,6 @@ def _qa_items(n: int, long: bool = False) -> str:
         "right_answer": f"city {i}",
         "hallucinated_answer": f"city {i + 1}",
     }) for i in range(n)) + "\n"
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_model_path):
-    e = Engine(str(tiny_model_path("llama")), precision="native")
-    e.start()
-    yield e
-    e.stop()
 
 
 @pytest.fixture

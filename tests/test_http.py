@@ -5,20 +5,11 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
-from app.engine import Engine
 from app.server import create_app
 from app.settings import Settings
 from signals.response import top_k_mean
 
 PROMPT = "The capital of France is"
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_model_path):
-    e = Engine(str(tiny_model_path("llama")), precision="native")
-    e.start()
-    yield e
-    e.stop()
 
 
 @pytest.fixture(scope="module")

@@ -9,16 +9,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from test_openai import CHAT, PROMPT, build_app, serve
 
-from app.engine import Engine
 from app.metrics import JOB_STATES, QUADRANT_LABELS, install_metrics, observe_response
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_model_path):
-    e = Engine(str(tiny_model_path("llama")), precision="native")
-    e.start()
-    yield e
-    e.stop()
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import pytest
 import uvicorn
 from openai import OpenAI
 
-from app.engine import Engine, EngineBusy, Finished, GenerationJob, StepRecord
+from app.engine import EngineBusy, Finished, GenerationJob, StepRecord
 from app.metrics import install_metrics
 from app.routes import openai as openai_routes
 from app.server import create_app
@@ -79,14 +79,6 @@ def serve(app):
     finally:
         server.should_exit = True
         thread.join(30)
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_model_path):
-    e = Engine(str(tiny_model_path("llama")), precision="native")
-    e.start()
-    yield e
-    e.stop()
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,6 @@ sync_api.expect.set_options(timeout=30_000)  # a slow CI machine: be patient bef
 
 from live_server import live_server  # noqa: E402
 
-from app.engine import Engine  # noqa: E402
 from app.routes.ui import mount_ui  # noqa: E402
 from app.server import create_app  # noqa: E402
 from app.settings import Settings  # noqa: E402
@@ -33,14 +32,6 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 API_KEY = "s3cret-key"
 TIMEOUT_MS = 60_000
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_model_path):
-    e = Engine(str(tiny_model_path("llama")), precision="native")
-    e.start()
-    yield e
-    e.stop()
 
 
 @pytest.fixture(scope="module")
