@@ -127,6 +127,18 @@ def _arrays(records: list) -> tuple:
             np.array([r["label"] for r in records]))
 
 
+BASELINES = ("surprise_mean", "surprise_max", "entropy_mean", "entropy_max", "prob_min")
+
+
+def _baselines(records: list) -> dict:
+    """Baseline scores present in every record: response aggregates and the step-0 Yes/No mass."""
+    out = {name: [r[name] for r in records] for name in BASELINES if all(name in r for r in records)}
+    if all(r.get("verdict") for r in records):
+        for name in ("p_no", "p_yes"):
+            out[f"verdict_{name}"] = [r["verdict"][name] for r in records]
+    return out
+
+
 def _versions() -> dict:
     out = {}
     for pkg in ("halluwatch", "mlx", "mlx-lm", "numpy", "scikit-learn"):
@@ -149,7 +161,7 @@ def calibrate(engine: Engine, spec: RunSpec, out_dir: Path, reports_dir: Path, *
     samples, split = load_samples(spec.task, "train", spec.n, spec.seed, spec.dataset, Path(reports_dir) / "data")
     ckpt = checkpoint_path(reports_dir, engine.lm.model_id, spec, "train")
     records = score_all(engine, samples, spec, ckpt, **hooks)
-    result = stats.calibrate(*_arrays(records), seed=spec.seed, n_boot=spec.n_boot)
+    result = stats.calibrate(*_arrays(records), seed=spec.seed, n_boot=spec.n_boot, baselines=_baselines(records))
     now = _utc_now()
     stem = f"{slug(engine.lm.model_id)}_{now:%Y%m%dT%H%M%SZ}_n{spec.n}"
     split_path = write_json_atomic(Path(reports_dir) / f"{stem}_split.json", split)
@@ -180,7 +192,8 @@ def evaluate(engine: Engine, params_path: Path, spec: RunSpec, out_dir: Path, re
     samples, split = load_samples(spec.task, "test", spec.n, spec.seed, spec.dataset, Path(reports_dir) / "data")
     ckpt = checkpoint_path(reports_dir, engine.lm.model_id, spec, "test")
     records = score_all(engine, samples, spec, ckpt, **hooks)
-    metrics = stats.evaluate(*_arrays(records), params, seed=spec.seed, n_boot=spec.n_boot)
+    metrics = stats.evaluate(*_arrays(records), params, seed=spec.seed, n_boot=spec.n_boot,
+                             baselines=_baselines(records))
     stem = f"{Path(params_path).stem}_eval_{spec.task}_n{spec.n}"
     figures = report.write_figures(records, params, metrics, out_dir, stem)
     meta = {"model": engine.lm.model_id, "params": Path(params_path).name, "task": spec.task, "n": spec.n,

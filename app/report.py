@@ -136,6 +136,18 @@ def _quadrant_row(name: str, q: dict) -> str:
             f"| {_num(q['hallucination_rate'], '.1%')} |")
 
 
+def _baseline_lines(baselines: dict) -> list[str]:
+    if not baselines:
+        return []
+    rows = [f"| {name} | {'higher' if b['direction'] > 0 else 'lower'} | {_num(b['auroc'])} "
+            f"[{_num(b['auroc_ci'][0])}, {_num(b['auroc_ci'][1])}] | {_num(b['pr_auc'])} "
+            f"| {_num(b['precision_at_recall_0_9'])} |" for name, b in baselines.items()]
+    return ["## Single-pass baselines (same forward passes)", "",
+            "Direction (which side flags a hallucination) chosen on the training split.", "",
+            "| baseline | flags when | AUROC [95% CI] | PR-AUC | precision at recall ≥ 0.9 |",
+            "|---|---|---|---:|---:|", *rows, ""]
+
+
 def markdown(metrics: dict, params: dict, meta: dict, figures: list[str]) -> str:
     """The validation report as Markdown: setup, detector table, confusion matrices, quadrants, figures."""
     w = params["joint_model_weights"]
@@ -156,6 +168,7 @@ def markdown(metrics: dict, params: dict, meta: dict, figures: list[str]) -> str
         "", "## Confusion matrices at the calibrated thresholds", "",
         *(line for name, d in detectors.items() if "at_calibrated_threshold" in d
           for line in _confusion(name, d["at_calibrated_threshold"]["confusion"])),
+        *_baseline_lines(metrics.get("baselines") or {}),
         "## Quadrants", "",
         "| quadrant | meaning | count | share | hallucination rate |", "|---|---|---:|---:|---:|",
         *(_quadrant_row(name, q) for name, q in sorted(metrics["quadrants"].items())),

@@ -111,8 +111,28 @@ def joint_probability(hbar, pri, weights: dict) -> np.ndarray:
     return np.exp(-np.logaddexp(0.0, -z))
 
 
-def calibrate(hbar, pri, labels, seed: int = 42, n_boot: int = 1000) -> dict:
-    """Run the reference calibration protocol; returns the params-file keys plus extra statistics.
+def baseline_metrics(baselines: dict, labels, directions: dict | None = None, n_boot: int = 1000,
+                     seed: int = 42) -> dict:
+    """AUROC (with CI), PR-AUC and precision at recall ≥ 0.9 of single-pass baseline scores.
+
+    `baselines` maps a name to one score per sample. Each score is oriented by `directions`
+    (+1: higher means hallucinated, −1: lower does); without them the direction is chosen on these
+    labels, which is for the training split only (the test split must reuse the saved directions).
+    """
+    labels = np.asarray(labels).ravel()
+    out = {}
+    for name, x in baselines.items():
+        x = np.asarray(x, dtype=float).ravel()
+        sign = directions[name] if directions else (1 if roc_auc_score(labels, x) >= 0.5 else -1)
+        m = _detector_metrics(sign * x, labels, n_boot, seed)
+        out[name] = {"direction": sign, "auroc": m["auroc"], "auroc_ci": m["auroc_ci"], "pr_auc": m["pr_auc"],
+                     "precision_at_recall_0_9": m["precision"]}
+    return out
+
+
+def calibrate(hbar, pri, labels, seed: int = 42, n_boot: int = 1000, baselines: dict | None = None) -> dict:
+    """Run the reference calibration protocol; returns the params-file keys plus extra statistics
+    (and, given `baselines`, their metrics and directions under "baselines").
 
     Raises ValueError when lengths differ, n < 10, or labels are not both 0 and 1.
     """
@@ -149,10 +169,12 @@ def calibrate(hbar, pri, labels, seed: int = 42, n_boot: int = 1000) -> dict:
         "n": int(len(labels)),
         "n_hallucinated": int(labels.sum()),
         "quadrants": quadrant_table(hbar, pri, labels, tau_hbar, tau_pri),
+        **({"baselines": baseline_metrics(baselines, labels, None, n_boot, seed)} if baselines else {}),
     }
 
 
-def evaluate(hbar, pri, labels, params: dict, seed: int = 42, n_boot: int = 1000) -> dict:
+def evaluate(hbar, pri, labels, params: dict, seed: int = 42, n_boot: int = 1000,
+             baselines: dict | None = None) -> dict:
     """Validate saved params on held-out data: per-detector metrics, calibrated rules, quadrants.
 
     Same input checks as ``calibrate``. ``params`` needs ``tau_hbar``, ``tau_pri`` and
@@ -179,12 +201,18 @@ def evaluate(hbar, pri, labels, params: dict, seed: int = 42, n_boot: int = 1000
                 "threshold": float(threshold),
                 **_rule_stats(score >= score_threshold, labels),
             }
-    return {
+    result = {
         "n": int(len(labels)),
         "n_hallucinated": int(labels.sum()),
         "detectors": detectors,
         "quadrants": quadrant_table(hbar, pri, labels, params["tau_hbar"], params["tau_pri"]),
     }
+    saved = params.get("baselines") or {}
+    usable = {name: x for name, x in (baselines or {}).items() if name in saved}
+    if usable:  # directions as chosen on the training split
+        directions = {name: saved[name]["direction"] for name in usable}
+        result["baselines"] = baseline_metrics(usable, labels, directions, n_boot, seed)
+    return result
 
 
 def _check_inputs(hbar, pri, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
