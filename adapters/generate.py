@@ -29,11 +29,20 @@ class RawStep:
     top: list  # [(token, logprob)], most likely first; empty unless top_logprobs > 0
 
 
+def _top_k(logprobs: mx.array, k: int) -> tuple:
+    """The ids and log-probabilities of the k most likely tokens along the last axis (unsorted)."""
+    ids = mx.argpartition(-logprobs, k - 1, axis=-1)[..., :k]
+    return ids, mx.take_along_axis(logprobs, ids, axis=-1)
+
+
+def _sorted_top(ids: list, lps: list) -> list:
+    """[(token, logprob)], most likely first (ties: lower id first, as argmax picks)."""
+    return sorted(zip(ids, lps), key=lambda t: (-t[1], t[0]))
+
+
 def _to_host(out) -> RawStep:
     token, logprob, values, top_ids, top_lps = out
-    top = []
-    if top_ids is not None:
-        top = sorted(zip(top_ids.tolist(), top_lps.tolist()), key=lambda t: (-t[1], t[0]))
+    top = _sorted_top(top_ids.tolist(), top_lps.tolist()) if top_ids is not None else []
     return RawStep(token.item(), logprob.item(), values.tolist(), top)
 
 
@@ -100,8 +109,7 @@ def generate_steps(
         lp = logprobs[0]
         top_ids = top_lps = None
         if top_logprobs > 0:
-            top_ids = mx.argpartition(-lp, top_logprobs - 1)[:top_logprobs]
-            top_lps = lp[top_ids]
+            top_ids, top_lps = _top_k(lp, top_logprobs)
         return token, lp[token], values, top_ids, top_lps
 
     with wired_limit(model, [generation_stream]), mx.stream(generation_stream):
@@ -210,10 +218,9 @@ def teacher_forced_steps(
         chosen = mx.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
         out = [chosen, values]
         if top_logprobs > 0:
-            top_ids = mx.argpartition(-logprobs, top_logprobs - 1, axis=-1)[:, :top_logprobs]
-            out += [top_ids, mx.take_along_axis(logprobs, top_ids, axis=-1)]
+            out += _top_k(logprobs, top_logprobs)
         mx.eval(out)
     tops = [[]] * len(response_ids)
     if top_logprobs > 0:
-        tops = [sorted(zip(i, lp), key=lambda t: (-t[1], t[0])) for i, lp in zip(out[2].tolist(), out[3].tolist())]
+        tops = [_sorted_top(i, lp) for i, lp in zip(out[2].tolist(), out[3].tolist())]
     return [RawStep(t, lp, v, top) for t, lp, v, top in zip(response_ids, chosen.tolist(), values.tolist(), tops)]
