@@ -5,19 +5,15 @@ Logprobs, text and `risk` are checked against /generate's own trace for the same
 
 import dataclasses
 import json
-import socket
-import threading
 import time
-from contextlib import contextmanager
 
 import httpx
 import openai
 import pytest
-import uvicorn
+from live_server import live_server as serve
 from openai import OpenAI
 
 from app.engine import EngineBusy, Finished, GenerationJob, StepRecord
-from app.metrics import install_metrics
 from app.routes import openai as openai_routes
 from app.server import create_app
 from app.settings import Settings
@@ -29,16 +25,6 @@ TOP = 3
 
 # --- a real server over the app, wired as create_app will be -------------------------------------------
 
-def wire(app) -> None:
-    """The wiring create_app should do (skipped for the parts it already does)."""
-    try:
-        app.url_path_for("list_models")
-    except Exception:
-        app.include_router(openai_routes.router)
-    if not hasattr(app.state, "metrics"):
-        install_metrics(app)
-
-
 def build_app(engine, tmp_path_factory, **settings):
     params_dir = tmp_path_factory.mktemp("params")
     (params_dir / "p.json").write_text(json.dumps({"model": engine.lm.model_id, "tau_hbar": 1.0, "tau_pri": 4.0,
@@ -46,39 +32,7 @@ def build_app(engine, tmp_path_factory, **settings):
     state = tmp_path_factory.mktemp("state")
     app = create_app(Settings(params_dir=params_dir, state_dir=state, reports_dir=state / "reports",
                               max_tokens_limit=256, default_max_tokens=16, **settings), engine)
-    wire(app)
     return app
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def serve(app):
-    """Serve `app` with uvicorn on 127.0.0.1 in a background thread; yield its base URL."""
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.05)
-    try:
-        yield base
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 @pytest.fixture(scope="module")

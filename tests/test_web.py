@@ -7,7 +7,6 @@ Playwright would download is never used. Screenshots go to test-output/ under th
 import json
 import re
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -19,9 +18,8 @@ if not CHROMIUM.exists():
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 sync_api.expect.set_options(timeout=30_000)  # a slow CI machine: be patient before failing
 
-from live_server import live_server  # noqa: E402
+from live_server import live_server as serve  # noqa: E402
 
-from app.routes.ui import mount_ui  # noqa: E402
 from app.server import create_app  # noqa: E402
 from app.settings import Settings  # noqa: E402
 
@@ -52,25 +50,7 @@ def make_app(engine, tmp: Path, state: str = "state", **settings):
     """The app as `halluwatch serve` builds it, with the web view (each app its own jobs database)."""
     app = create_app(Settings(params_dir=tmp / "params", reports_dir=tmp / "reports", state_dir=tmp / state,
                               data_dir=tmp / "data", **settings), engine)
-    if not any(getattr(r, "path", None) == "/" for r in app.routes):  # until create_app mounts the UI itself
-        mount_ui(app)
     return app
-
-
-@contextmanager
-def serve(app):
-    """A real uvicorn server on a free 127.0.0.1 port in a background thread; yields once /health answers."""
-    with live_server(app) as base:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the server did not answer /health within 30 s"
-            time.sleep(0.1)
-        yield base
 
 
 @pytest.fixture(scope="module")
