@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
 import mlx.core as mx
+import numpy as np
 from mlx_lm.generate import generation_stream, wired_limit
 from mlx_lm.models.cache import KVCache, make_prompt_cache
 
@@ -27,6 +28,7 @@ class RawStep:
     logprob: float
     values: list  # the F floats returned by `reduce`
     top: list  # [(token, logprob)], most likely first; empty unless top_logprobs > 0
+    hidden: Optional[np.ndarray] = None  # (L, D) float32 block outputs, with capture_hidden only
 
 
 def _top_k(logprobs: mx.array, k: int) -> tuple:
@@ -40,10 +42,14 @@ def _sorted_top(ids: list, lps: list) -> list:
     return sorted(zip(ids, lps), key=lambda t: (-t[1], t[0]))
 
 
+def _host_hidden(hidden: Optional[mx.array]) -> Optional[np.ndarray]:
+    return None if hidden is None else np.array(hidden.astype(mx.float32))
+
+
 def _to_host(out) -> RawStep:
-    token, logprob, values, top_ids, top_lps = out
+    token, logprob, values, top_ids, top_lps, hidden = out
     top = _sorted_top(top_ids.tolist(), top_lps.tolist()) if top_ids is not None else []
-    return RawStep(token.item(), logprob.item(), values.tolist(), top)
+    return RawStep(token.item(), logprob.item(), values.tolist(), top, _host_hidden(hidden))
 
 
 def _prefill(model, cache, prompt_ids: list, step_size: int) -> mx.array:
@@ -87,10 +93,12 @@ def generate_steps(
     top_logprobs: int = 0,
     prefill_step_size: int = 2048,
     sampler: Optional[Callable[[mx.array], mx.array]] = None,
+    capture_hidden: bool = False,
 ) -> Iterator[RawStep]:
     """Yield up to `max_tokens` steps for `prompt_ids`; the caller decides when to stop.
 
-    Greedy unless `sampler` (an mlx-lm sampler over log-probabilities) is given.
+    Greedy unless `sampler` (an mlx-lm sampler over log-probabilities) is given. With
+    `capture_hidden` each step also carries a host copy of its block outputs (calibration).
     """
     if not prompt_ids:
         raise ValueError("prompt_ids must not be empty")
@@ -110,7 +118,7 @@ def generate_steps(
         top_ids = top_lps = None
         if top_logprobs > 0:
             top_ids, top_lps = _top_k(lp, top_logprobs)
-        return token, lp[token], values, top_ids, top_lps
+        return token, lp[token], values, top_ids, top_lps, hidden[0] if capture_hidden else None
 
     with wired_limit(model, [generation_stream]), mx.stream(generation_stream):
         prompt = _prefill(model, cache, prompt_ids, prefill_step_size)
@@ -134,6 +142,7 @@ def generate_batch(
     reduce: Reduce,
     *,
     prefill_step_size: int = 2048,
+    capture_hidden: bool = False,
 ) -> list:
     """Greedy steps for several prompts at once: one list of RawStep per prompt.
 
@@ -143,7 +152,7 @@ def generate_batch(
     then merged into mlx-lm's batch caches (left padding) and every decode step is one forward
     pass over the unfinished sequences. A sequence ends after a stop token (`lm.stop_ids`) or
     `max_tokens` steps and leaves the batch. Values match one-at-a-time generation up to float
-    rounding.
+    rounding. `capture_hidden` as in `generate_steps`.
     """
     model, taps = lm.model, lm.taps
     steps = [[] for _ in prompts]
@@ -166,9 +175,10 @@ def generate_batch(
             prev = hidden[:, -1, :]
             chosen = mx.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
             mx.eval(token, chosen, values, prev)
+            rows_hidden = _host_hidden(hidden) if capture_hidden else [None] * len(active)
             keep = []
             for row, (t, lp, v) in enumerate(zip(token.tolist(), chosen.tolist(), values.tolist())):
-                steps[active[row]].append(RawStep(t, lp, v, []))
+                steps[active[row]].append(RawStep(t, lp, v, [], rows_hidden[row]))
                 if t not in lm.stop_ids:
                     keep.append(row)
             if not keep or n + 1 == max_tokens:

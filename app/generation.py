@@ -3,6 +3,7 @@
 import asyncio
 from typing import AsyncIterator, Awaitable, Callable
 
+from signals.probe import sigmoid
 from signals.response import response_scores
 
 from .engine import Engine, Finished, GenerationJob, bridge
@@ -42,7 +43,12 @@ def encode_prompt(lm, prompt: str | None, messages: list | None, chat_template: 
 def response_body(records: list, fin: Finished, params: Params | None, params_reason: str | None,
                   include_trace: bool) -> dict:
     """The JSON body of a finished generation (also the SSE `done` event, without trace)."""
-    scores = response_scores(records)
+    scores = response_scores(records).as_dict()
+    probe = params.probe if params else None
+    logit = None
+    if probe is not None:  # the probe's position: the prompt's end (step 0) or the last step
+        logit = records[0 if probe.position == "prompt_end" else -1].probe_logit
+    scores["probe_risk"] = None if logit is None else float(sigmoid(logit))
     body = {
         "text": "".join(r.text for r in records) + fin.text_tail,
         "finish_reason": fin.finish_reason,
@@ -51,9 +57,10 @@ def response_body(records: list, fin: Finished, params: Params | None, params_re
             # the step that halted on P_fail was scored but its token was not appended
             "completion_tokens": len(records) - (fin.finish_reason == "pfail"),
         },
-        "scores": scores.as_dict(),
-        "quadrant": quadrant_of(scores.hbar_s, scores.pri, params) if params else None,
+        "scores": scores,
+        "quadrant": quadrant_of(scores["hbar_s"], scores["pri"], params) if params else None,
         "quadrant_reason": None if params else params_reason,
+        "risk": params.risk(scores, records[0].verdict, logit) if params else None,
         "timing": {"ttft_s": fin.ttft_s, "tokens_per_s": fin.tokens_per_s},
     }
     if include_trace:

@@ -142,14 +142,16 @@ class JobRunner:
 
         spec = calibration.RunSpec(model_ref=self.engine.model_ref, task=request["task"], n=request["n"],
                                    max_tokens=request["max_tokens"], seed=request["seed"],
-                                   dataset=request.get("dataset_path"), batch_size=request.get("batch_size", 1))
+                                   dataset=request.get("dataset_path"), batch_size=request.get("batch_size", 1),
+                                   probes=request.get("probes", True))
         self.store.update(job_id, status="running")
         try:
             path = calibration.calibrate(self.engine, spec, self.params_dir, self.reports_dir,
                                          progress=progress, cancelled=cancelled)
             params = json.loads(path.read_text())
             result = {"params_path": str(path), "activated": bool(request.get("activate")),
-                      **{k: params[k] for k in ("auroc_hbar", "auroc_pri", "auroc_joint", "tau_hbar", "tau_pri")}}
+                      **{k: params[k] for k in ("auroc_hbar", "auroc_pri", "auroc_joint", "tau_hbar", "tau_pri")},
+                      "risk": params.get("risk"), "probe": params.get("probe")}
             if request.get("activate"):
                 self.on_success(result, path)
             self.store.update(job_id, status="succeeded", result=result, eta_s=0)

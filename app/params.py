@@ -1,11 +1,18 @@
-"""Calibrated params files: find the newest one for a model, load and check it."""
+"""Calibrated params files: find the newest one for a model, load and check it (and its probe)."""
 
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from signals import selection
+from signals.probe import Probe, ProbeError
 from signals.quadrant import LABELS, Thresholds, quadrant
+
+from .probes import load_probe
+
+log = logging.getLogger("halluwatch.params")
 
 
 class ParamsError(ValueError):
@@ -16,6 +23,7 @@ class ParamsError(ValueError):
 class Params:
     path: Path
     data: dict
+    probe: Probe | None = None  # the served probe (data["probe"] names its position)
 
     @property
     def thresholds(self) -> Thresholds:
@@ -29,7 +37,24 @@ class Params:
             "source": self.data.get("source"),
             "tau_hbar": self.data["tau_hbar"],
             "tau_pri": self.data["tau_pri"],
+            "risk_detector": (self.data.get("risk") or {}).get("detector"),
+            "probe": None if self.probe is None else {"position": self.probe.position, "block": self.probe.layer},
         }
+
+    def risk(self, scores: dict, verdict: dict, probe_logit: float | None) -> dict | None:
+        """The response's `risk`: the selected detector's Platt-scaled probability (None without a
+        selection in these params, or without the probe logit a probe detector needs)."""
+        risk = self.data.get("risk")
+        if not risk:
+            return None
+        feats = selection.features(scores, verdict)
+        if self.probe is not None and probe_logit is not None:
+            feats[selection.probe_name(self.probe.position)] = probe_logit
+        name = risk["detector"]
+        if name != "joint" and name not in feats:
+            return None
+        score = selection.detector_score(name, feats, self.data["detectors"], self.data["joint_model_weights"])
+        return {"probability": float(selection.risk_probability(score, risk)), "detector": name}
 
 
 def load_params(path: Path) -> Params:
@@ -42,7 +67,21 @@ def load_params(path: Path) -> Params:
         v = data.get(key) if isinstance(data, dict) else None
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise ParamsError(f"params file {path}: {key!r} must be a finite number")
-    return Params(Path(path), data)
+    return Params(Path(path), data, _probe(Path(path), data))
+
+
+def _probe(path: Path, data: dict) -> Probe | None:
+    """The probe the params serve, read from its file beside them and checked by SHA-256."""
+    position = data.get("probe")
+    if position is None:
+        return None
+    try:
+        entry = data["detectors"][selection.probe_name(position)]
+        return load_probe(path.parent / entry["file"], entry["sha256"])
+    except (KeyError, TypeError) as e:
+        raise ParamsError(f"params file {path}: probe {position!r} has no file/sha256 entry ({e})") from e
+    except ProbeError as e:
+        raise ParamsError(f"params file {path}: {e}") from e
 
 
 def _same_model(a: str, b: str) -> bool:
@@ -59,7 +98,8 @@ def find_params(model_id: str, params_dir: Path) -> Params | None:
     for path in sorted(Path(params_dir).glob("*.json")):
         try:
             p = load_params(path)
-        except ParamsError:
+        except ParamsError as e:
+            log.warning("skipping %s", e)
             continue
         if _same_model(str(p.data.get("model", "")), model_id):
             found.append((str(p.data.get("created_utc", "")), path.name, p))

@@ -2,7 +2,7 @@
 
 Inputs are the per-sample score records ({"key", "task", "item", "label", "hbar_s", "pri",
 "steps": {"pri": [...], "hbar_s": [...]}}), the params dict and the metrics dict of a validation
-run (SIGNALS.md, calibration step 7).
+run (SIGNALS.md, calibration step 7), and each detector's scores on the same samples.
 """
 
 from contextlib import contextmanager
@@ -20,6 +20,15 @@ from signals.calibration import joint_probability  # noqa: E402
 from signals.quadrant import LABELS  # noqa: E402
 
 DETECTORS = {"hbar": "ℏₛ (flag if ℏₛ ≤ τ)", "pri": "PRI (flag if PRI ≥ τ)", "joint": "joint (logistic)"}
+# What each detector of the selection reads (signals/selection.py).
+DESCRIPTIONS = {
+    "hbar": "seed: ℏₛ, top-5 mean", "pri": "seed: PRI, top-5 mean", "joint": "seed: logistic on (ℏₛ, PRI)",
+    "surprise_mean": "mean token surprise (log-perplexity)", "surprise_max": "max token surprise",
+    "entropy_mean": "mean token entropy", "entropy_max": "max token entropy",
+    "prob_min": "min chosen-token probability", "verdict_p_no": "step-0 probability of \"No\"",
+    "verdict_p_yes": "step-0 probability of \"Yes\"",
+    "probe_prompt_end": "linear probe, prompt end", "probe_last_step": "linear probe, last step",
+}
 # Heat-map cells: rows ℏₛ > τ / ℏₛ ≤ τ, columns PRI < τ / PRI ≥ τ.
 QUADRANT_GRID = (("Q1", "Q3"), ("Q4", "Q2"))
 GROUPS = ((1, "hallucinated", "tab:red"), (0, "correct", "tab:blue"))
@@ -36,24 +45,40 @@ def _figure(path: Path, **subplots):
         plt.close(fig)
 
 
-def roc_figure(records: list[dict], params: dict, path: Path) -> None:
-    """ROC curves of −ℏₛ, PRI and the joint probability on one plot, AUROC in the legend."""
+def roc_figure(records: list[dict], params: dict, path: Path, scores: dict | None = None) -> None:
+    """ROC curves of every detector in `scores` (name → score, higher = hallucinated) on one plot,
+    AUROC in the legend; without `scores`, of −ℏₛ, PRI and the joint probability."""
     labels = np.array([r["label"] for r in records])
-    hbar = np.array([r["hbar_s"] for r in records], float)
-    pri = np.array([r["pri"] for r in records], float)
-    scores = {
-        "ℏₛ (inverted)": -hbar,
-        "PRI": pri,
-        "joint": joint_probability(hbar, pri, params["joint_model_weights"]),
-    }
-    with _figure(path, figsize=(5.5, 5)) as (fig, ax):
+    if not scores:
+        hbar = np.array([r["hbar_s"] for r in records], float)
+        pri = np.array([r["pri"] for r in records], float)
+        scores = {"hbar": -hbar, "pri": pri, "joint": joint_probability(hbar, pri, params["joint_model_weights"])}
+    with _figure(path, figsize=(7, 6)) as (fig, ax):
         for name, score in scores.items():
             fpr, tpr, _ = roc_curve(labels, score)
-            ax.plot(fpr, tpr, lw=2, label=f"{name}: AUROC {auc(fpr, tpr):.3f}")
-        ax.plot([0, 1], [0, 1], "k--", lw=1, label="chance")
+            seed = name in DETECTORS
+            ax.plot(fpr, tpr, lw=2.2 if seed else 1.4, ls="-" if seed or name.startswith("probe") else "--",
+                    label=f"{name}: AUROC {auc(fpr, tpr):.3f}")
+        ax.plot([0, 1], [0, 1], "k:", lw=1, label="chance")
         ax.set(xlabel="false positive rate", ylabel="true positive rate (hallucinations found)",
                title=f"ROC, n = {len(records)}", xlim=(0, 1), ylim=(0, 1.01))
-        ax.legend(loc="lower right")
+        ax.legend(loc="lower right", fontsize=8)
+
+
+def layer_figure(curves: dict, path: Path) -> None:
+    """Per-layer probe AUROC: training CV (solid, what chose the layer) and test (dashed, diagnostic)."""
+    with _figure(path, figsize=(7, 4.5)) as (fig, ax):
+        for (position, c), colour in zip(curves.items(), ("tab:purple", "tab:green")):
+            layers = np.arange(1, len(c["train_cv_auroc"]) + 1)
+            ax.plot(layers, c["train_cv_auroc"], color=colour, lw=2, marker="o", ms=3,
+                    label=f"{position}: train CV")
+            if c.get("test_auroc"):
+                ax.plot(layers, c["test_auroc"], color=colour, lw=1.5, ls="--", label=f"{position}: test")
+            ax.axvline(c["layer"] + 1, color=colour, lw=0.8, ls=":")
+        ax.axhline(0.5, color="k", lw=0.8, ls=":")
+        ax.set(xlabel="block (1 = first)", ylabel="AUROC", title="Linear probe AUROC per block")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(loc="best", fontsize=8)
 
 
 def _mean_per_step(trajectories: list[list[float]]) -> np.ndarray:
@@ -101,14 +126,19 @@ def quadrant_figure(metrics: dict, path: Path) -> None:
         fig.colorbar(image, ax=ax, label="hallucination rate")
 
 
-def write_figures(records: list[dict], params: dict, metrics: dict, out_dir: Path, stem: str) -> list[Path]:
-    """Write ``{stem}_roc.png``, ``{stem}_pri_trajectories.png`` and ``{stem}_quadrants.png``."""
+def write_figures(records: list[dict], params: dict, metrics: dict, scores: dict, out_dir: Path,
+                  stem: str) -> list[Path]:
+    """Write ``{stem}_roc.png`` (every detector in `scores`), ``{stem}_pri_trajectories.png``,
+    ``{stem}_quadrants.png`` and, with probes, ``{stem}_probe_layers.png``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{stem}_{name}.png" for name in ("roc", "pri_trajectories", "quadrants")]
-    roc_figure(records, params, paths[0])
+    roc_figure(records, params, paths[0], scores)
     trajectory_figure(records, paths[1])
     quadrant_figure(metrics, paths[2])
+    if metrics.get("probe_layers"):
+        paths.append(out_dir / f"{stem}_probe_layers.png")
+        layer_figure(metrics["probe_layers"], paths[-1])
     return paths
 
 
@@ -136,16 +166,57 @@ def _quadrant_row(name: str, q: dict) -> str:
             f"| {_num(q['hallucination_rate'], '.1%')} |")
 
 
-def _baseline_lines(baselines: dict) -> list[str]:
-    if not baselines:
+def _ci(d: dict) -> str:
+    return f"{_num(d['auroc'])} [{_num(d['auroc_ci'][0])}, {_num(d['auroc_ci'][1])}]"
+
+
+def _describe(name: str, params: dict) -> str:
+    entry = params["detectors"][name]
+    text = DESCRIPTIONS.get(name, name)
+    if "layer" in entry:
+        return f"{text}, block {entry['layer'] + 1} of {len(entry['layer_cv_auroc'])}"
+    if name not in DETECTORS:
+        return f"{text} ({'higher' if entry['direction'] > 0 else 'lower'} flags)"
+    return text
+
+
+def selection_lines(metrics: dict, params: dict) -> list[str]:
+    """The all-detector table (ranked on the training split), the `risk` line and the goal check."""
+    found = metrics.get("all_detectors")
+    if not found:
         return []
-    rows = [f"| {name} | {'higher' if b['direction'] > 0 else 'lower'} | {_num(b['auroc'])} "
-            f"[{_num(b['auroc_ci'][0])}, {_num(b['auroc_ci'][1])}] | {_num(b['pr_auc'])} "
-            f"| {_num(b['precision_at_recall_0_9'])} |" for name, b in baselines.items()]
-    return ["## Single-pass baselines (same forward passes)", "",
-            "Direction (which side flags a hallucination) chosen on the training split.", "",
-            "| baseline | flags when | AUROC [95% CI] | PR-AUC | precision at recall ≥ 0.9 |",
-            "|---|---|---|---:|---:|", *rows, ""]
+    risk = metrics.get("risk") or {}
+    chosen = params["risk"]["detector"]
+    rows = [f"| {'**' + name + '**' if name == chosen else name} | {_describe(name, params)} "
+            f"| {_num(d['cv_auroc'])} | {_ci(d)} | {_num(d['pr_auc'])} | {_num(d['precision_at_recall_0_9'])} |"
+            for name, d in found.items()]
+    lines = ["## Every detector (ranked by cross-validated AUROC on the training split)", "",
+             f"Selected on the training split (`risk`): **{chosen}**. Test AUROC with bootstrap 95% CI; "
+             "directions, probes and the selection come from the training split only.", "",
+             "| detector | what it reads | train CV AUROC | test AUROC [95% CI] | PR-AUC | precision at recall ≥ 0.9 |",
+             "|---|---|---:|---|---:|---:|", *rows, ""]
+    if risk:
+        lines += [f"`risk` (Platt-scaled {chosen}): Brier score {risk['brier']:.4f} "
+                  f"(constant base rate: {risk['brier_base_rate']:.4f}).", ""]
+    if chosen in found and "pri" in found:
+        best, pri = found[chosen]["auroc"], found["pri"]["auroc"]
+        met = best >= pri + 0.20 and best >= 0.85
+        lines += [f"Goal (selected detector ≥ seed PRI + 0.20 and ≥ 0.85): {best:.3f} vs PRI {pri:.3f} "
+                  f"(+{best - pri:.3f}) — {'met' if met else 'not met'}.", ""]
+    return lines
+
+
+def _layer_lines(curves: dict) -> list[str]:
+    if not curves:
+        return []
+    lines = ["## Probe AUROC per block", "",
+             "Training CV AUROC chose the block; the test column is a diagnostic only.", "",
+             "| position | chosen block | best train CV (block) | best test (block) |", "|---|---:|---|---|"]
+    for position, c in curves.items():
+        cv = np.asarray(c["train_cv_auroc"])
+        test = f"{max(c['test_auroc']):.3f} ({int(np.argmax(c['test_auroc'])) + 1})" if c.get("test_auroc") else "n/a"
+        lines.append(f"| {position} | {c['layer'] + 1} | {cv.max():.3f} ({int(cv.argmax()) + 1}) | {test} |")
+    return lines + [""]
 
 
 def markdown(metrics: dict, params: dict, meta: dict, figures: list[str]) -> str:
@@ -160,7 +231,9 @@ def markdown(metrics: dict, params: dict, meta: dict, figures: list[str]) -> str
         f"- thresholds: τ_hbar = {params['tau_hbar']:.4g} (flag if ℏₛ ≤ τ), "
         f"τ_pri = {params['tau_pri']:.4g} (flag if PRI ≥ τ)",
         f"- joint model: w_hbar = {w['w_hbar']:.4g}, w_pri = {w['w_pri']:.4g}, intercept = {w['intercept']:.4g}",
-        "", "## Detectors", "",
+        *([f"- params calibrated on task {meta['params_task']} (transfer)"]
+          if meta.get("params_task") not in (None, meta.get("task")) else []),
+        "", "## Seed detectors at the calibrated thresholds", "",
         "| detector | AUROC [95% CI] | PR-AUC | precision at recall ≥ 0.9 | calibrated threshold "
         "| precision | recall |",
         "|---|---|---:|---:|---:|---:|---:|",
@@ -168,7 +241,8 @@ def markdown(metrics: dict, params: dict, meta: dict, figures: list[str]) -> str
         "", "## Confusion matrices at the calibrated thresholds", "",
         *(line for name, d in detectors.items() if "at_calibrated_threshold" in d
           for line in _confusion(name, d["at_calibrated_threshold"]["confusion"])),
-        *_baseline_lines(metrics.get("baselines") or {}),
+        *selection_lines(metrics, params),
+        *_layer_lines(metrics.get("probe_layers") or {}),
         "## Quadrants", "",
         "| quadrant | meaning | count | share | hallucination rate |", "|---|---|---:|---:|---:|",
         *(_quadrant_row(name, q) for name, q in sorted(metrics["quadrants"].items())),

@@ -86,6 +86,14 @@ class Scores(BaseModel):
     entropy_mean: float
     entropy_max: float
     prob_min: float = Field(description="smallest chosen-token probability")
+    probe_risk: float | None = Field(description="the calibrated linear probe's P(hallucinated), from the block "
+                                                 "outputs of this same pass (null when the params have no probe)")
+
+
+class Risk(BaseModel):
+    probability: float = Field(description="P(hallucinated) from the detector that calibration selected, "
+                                           "Platt-scaled on the training split")
+    detector: str = Field(description="the selected detector (see the params' `ranking`)")
 
 
 class Quadrant(BaseModel):
@@ -108,6 +116,7 @@ class GenerateResponse(BaseModel):
     scores: Scores
     quadrant: Quadrant | None
     quadrant_reason: str | None = Field(description="why `quadrant` is null")
+    risk: Risk | None = Field(description="null without calibrated params that select a detector")
     timing: Timing
     trace: list[TraceStep] | None = None
 
@@ -123,4 +132,5 @@ class ScoreResponse(BaseModel):
     scores: Scores
     quadrant: Quadrant | None
     quadrant_reason: str | None
+    risk: Risk | None
     trace: list[TraceStep] | None = None

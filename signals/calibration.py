@@ -13,6 +13,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 
+from signals.probe import sigmoid
 from signals.quadrant import Thresholds, quadrant
 
 DETECTORS = ("hbar", "pri", "joint")
@@ -108,31 +109,11 @@ def joint_probability(hbar, pri, weights: dict) -> np.ndarray:
         + weights["w_pri"] * np.asarray(pri, dtype=float)
         + weights["intercept"]
     )
-    return np.exp(-np.logaddexp(0.0, -z))
+    return sigmoid(z)
 
 
-def baseline_metrics(baselines: dict, labels, directions: dict | None = None, n_boot: int = 1000,
-                     seed: int = 42) -> dict:
-    """AUROC (with CI), PR-AUC and precision at recall ≥ 0.9 of single-pass baseline scores.
-
-    `baselines` maps a name to one score per sample. Each score is oriented by `directions`
-    (+1: higher means hallucinated, −1: lower does); without them the direction is chosen on these
-    labels, which is for the training split only (the test split must reuse the saved directions).
-    """
-    labels = np.asarray(labels).ravel()
-    out = {}
-    for name, x in baselines.items():
-        x = np.asarray(x, dtype=float).ravel()
-        sign = directions[name] if directions else (1 if roc_auc_score(labels, x) >= 0.5 else -1)
-        m = _detector_metrics(sign * x, labels, n_boot, seed)
-        out[name] = {"direction": sign, "auroc": m["auroc"], "auroc_ci": m["auroc_ci"], "pr_auc": m["pr_auc"],
-                     "precision_at_recall_0_9": m["precision"]}
-    return out
-
-
-def calibrate(hbar, pri, labels, seed: int = 42, n_boot: int = 1000, baselines: dict | None = None) -> dict:
-    """Run the reference calibration protocol; returns the params-file keys plus extra statistics
-    (and, given `baselines`, their metrics and directions under "baselines").
+def calibrate(hbar, pri, labels, seed: int = 42, n_boot: int = 1000) -> dict:
+    """Run the reference calibration protocol; returns the params-file keys plus extra statistics.
 
     Raises ValueError when lengths differ, n < 10, or labels are not both 0 and 1.
     """
@@ -140,7 +121,7 @@ def calibrate(hbar, pri, labels, seed: int = 42, n_boot: int = 1000, baselines: 
     joint = fit_joint(hbar, pri, labels, seed=seed)
     weights = {k: joint[k] for k in ("w_hbar", "w_pri", "intercept")}
     metrics = {
-        det: _detector_metrics(score, labels, n_boot, seed)
+        det: detector_metrics(score, labels, n_boot, seed)
         for det, score in _detector_scores(hbar, pri, weights).items()
     }
     tau_hbar = -metrics["hbar"]["threshold"]
@@ -169,12 +150,10 @@ def calibrate(hbar, pri, labels, seed: int = 42, n_boot: int = 1000, baselines: 
         "n": int(len(labels)),
         "n_hallucinated": int(labels.sum()),
         "quadrants": quadrant_table(hbar, pri, labels, tau_hbar, tau_pri),
-        **({"baselines": baseline_metrics(baselines, labels, None, n_boot, seed)} if baselines else {}),
     }
 
 
-def evaluate(hbar, pri, labels, params: dict, seed: int = 42, n_boot: int = 1000,
-             baselines: dict | None = None) -> dict:
+def evaluate(hbar, pri, labels, params: dict, seed: int = 42, n_boot: int = 1000) -> dict:
     """Validate saved params on held-out data: per-detector metrics, calibrated rules, quadrants.
 
     Same input checks as ``calibrate``. ``params`` needs ``tau_hbar``, ``tau_pri`` and
@@ -188,7 +167,7 @@ def evaluate(hbar, pri, labels, params: dict, seed: int = 42, n_boot: int = 1000
         rules["joint"] = (params["tau_joint"], params["tau_joint"])
     detectors = {}
     for det, score in _detector_scores(hbar, pri, params["joint_model_weights"]).items():
-        m = _detector_metrics(score, labels, n_boot, seed)
+        m = detector_metrics(score, labels, n_boot, seed)
         detectors[det] = {
             "auroc": m["auroc"],
             "auroc_ci": m["auroc_ci"],
@@ -201,18 +180,12 @@ def evaluate(hbar, pri, labels, params: dict, seed: int = 42, n_boot: int = 1000
                 "threshold": float(threshold),
                 **_rule_stats(score >= score_threshold, labels),
             }
-    result = {
+    return {
         "n": int(len(labels)),
         "n_hallucinated": int(labels.sum()),
         "detectors": detectors,
         "quadrants": quadrant_table(hbar, pri, labels, params["tau_hbar"], params["tau_pri"]),
     }
-    saved = params.get("baselines") or {}
-    usable = {name: x for name, x in (baselines or {}).items() if name in saved}
-    if usable:  # directions as chosen on the training split
-        directions = {name: saved[name]["direction"] for name in usable}
-        result["baselines"] = baseline_metrics(usable, labels, directions, n_boot, seed)
-    return result
 
 
 def _check_inputs(hbar, pri, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -234,7 +207,7 @@ def _detector_scores(hbar: np.ndarray, pri: np.ndarray, weights: dict) -> dict:
     return {"hbar": -hbar, "pri": pri, "joint": joint_probability(hbar, pri, weights)}
 
 
-def _detector_metrics(score: np.ndarray, labels: np.ndarray, n_boot: int, seed: int) -> dict:
+def detector_metrics(score: np.ndarray, labels: np.ndarray, n_boot: int, seed: int) -> dict:
     """AUROC, its bootstrap CI, PR-AUC and the best threshold at recall ≥ 0.9 on the score scale."""
     threshold, precision, _ = threshold_at_recall(score, labels)
     return {

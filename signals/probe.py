@@ -39,15 +39,23 @@ class Probe:
     intercept: float
     cv_auroc: float
 
-    def risk(self, hidden_layers: np.ndarray) -> np.ndarray:
-        """Probability of hallucination for states of shape (n, n_layers, hidden) → (n,),
-        or (n_layers, hidden) → shape ()."""
+    def logit(self, hidden_layers: np.ndarray) -> np.ndarray:
+        """The probe's logit for states of shape (n, n_layers, hidden) → (n,), or
+        (n_layers, hidden) → shape ()."""
         h = np.asarray(hidden_layers, dtype=np.float64)
         if h.ndim not in (2, 3) or h.shape[-2] <= self.layer or h.shape[-1] != self.coef.size:
             raise ValueError(f"hidden states of shape {h.shape} do not fit a probe on layer "
                              f"{self.layer} with hidden size {self.coef.size}")
-        z = ((h[..., self.layer, :] - self.mean) / self.scale) @ self.coef + self.intercept
-        return np.exp(-np.logaddexp(0.0, -z))  # sigmoid, without overflow for large |z|
+        return ((h[..., self.layer, :] - self.mean) / self.scale) @ self.coef + self.intercept
+
+    def risk(self, hidden_layers: np.ndarray) -> np.ndarray:
+        """Probability of hallucination: the sigmoid of `logit`."""
+        return sigmoid(self.logit(hidden_layers))
+
+
+def sigmoid(z) -> np.ndarray:
+    """1 / (1 + exp(−z)), without overflow for large |z|."""
+    return np.exp(-np.logaddexp(0.0, -np.asarray(z, dtype=np.float64)))
 
 
 def _logreg(c: float) -> LogisticRegression:
@@ -117,6 +125,20 @@ def fit_probe(states: np.ndarray, labels, position: str, seed: int = 42, cv_fold
                   scale=scaler.scale_.copy(), coef=logreg.coef_[0].copy(),
                   intercept=float(logreg.intercept_[0]), cv_auroc=curve["layer_auroc"][layer])
     return probe, curve
+
+
+def layer_test_auroc(train_states, train_labels, test_states, test_labels, layer_C) -> list[float]:
+    """Diagnostic only, never used to choose anything: per layer, the probe fitted on the training
+    states at that layer's CV-chosen C (``layer_C``), scored by AUROC on the test states."""
+    train_labels, test_labels = np.asarray(train_labels).ravel(), np.asarray(test_labels).ravel()
+    out = []
+    for layer, c in enumerate(layer_C):
+        x = np.asarray(train_states)[:, layer, :].astype(np.float64)
+        scaler = StandardScaler().fit(x)
+        model = _logreg(c).fit(scaler.transform(x), train_labels)
+        test = scaler.transform(np.asarray(test_states)[:, layer, :].astype(np.float64))
+        out.append(float(roc_auc_score(test_labels, model.decision_function(test))))
+    return out
 
 
 def to_bytes(probe: Probe) -> bytes:

@@ -73,6 +73,11 @@ def pfail(hbar: mx.array, tau: float, lam: float) -> mx.array:
     return mx.sigmoid(mx.clip(lam * (hbar - tau), -PFAIL_CLIP, PFAIL_CLIP))
 
 
+def probe_logit(h: mx.array, mean: mx.array, scale: mx.array, coef: mx.array, intercept: float) -> mx.array:
+    """A linear probe's logit on one block's output: ((h − mean) / scale) · coef + intercept."""
+    return ((h.astype(mx.float32) - mean) / scale) @ coef + intercept
+
+
 # Order of the values in the array returned by `step_signals`: the prototype's signals, then
 # baselines (token entropy, probability of the chosen token), then optionally VERDICT_FIELDS.
 STEP_FIELDS = ("delta_mu", "delta_sigma", "hbar_s", "surprise", "delta_h", "pri", "pfail", "entropy", "prob")

@@ -45,7 +45,7 @@ METRICS = {
 
 
 def test_write_figures_writes_three_pngs_and_closes_them(tmp_path):
-    paths = write_figures(make_records(), PARAMS, METRICS, tmp_path / "reports", "llama_qa_test")
+    paths = write_figures(make_records(), PARAMS, METRICS, {}, tmp_path / "reports", "llama_qa_test")
     assert [p.name for p in paths] == ["llama_qa_test_roc.png", "llama_qa_test_pri_trajectories.png",
                                        "llama_qa_test_quadrants.png"]
     for path in paths:

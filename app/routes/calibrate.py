@@ -24,6 +24,8 @@ class CalibrateRequest(BaseModel):
     activate: bool = Field(False, description="serve the new thresholds as soon as the job succeeds")
     batch_size: int = Field(1, ge=1, le=32, description="samples per engine job: 1 keeps /generate waits to one "
                                                           "sample; more is faster but delays interactive requests")
+    probes: bool = Field(True, description="capture block outputs and fit linear probes (about 140 KB of disk "
+                                           "per sample for a 135M model, under reports/scores)")
 
 
 def _dataset_path(data_dir: Path, name: str) -> str | None:

@@ -60,7 +60,7 @@ async def generate(req: GenerateRequest, request: Request):
     except InputError as e:
         raise unprocessable(e.field, str(e)) from None
     cutoff = (req.pfail_cutoff or settings.pfail_cutoff) if req.halt_on_pfail else None
-    job = GenerationJob(ids, max_tokens, req.top_logprobs, cutoff)
+    job = GenerationJob(ids, max_tokens, req.top_logprobs, cutoff, probe=params.probe if params else None)
     if req.stream and state.streams >= settings.max_streams:
         raise HTTPException(429, f"too many concurrent streams (max_streams={settings.max_streams})",
                             headers={"Retry-After": "1"})

@@ -307,6 +307,7 @@ class Run:
             "scores": body["scores"],
             "quadrant": body["quadrant"],
             "quadrant_reason": body["quadrant_reason"],
+            "risk": body["risk"],
             "calibrated": calibrated,
             "calibrated_reason": reason,
             "finish_reason": "stop_sequence" if self.stopped else self.fin.finish_reason,
@@ -407,11 +408,12 @@ def _start(request: Request, req, prompt: str | None, messages: list | None):
         raise OpenAIError(400, str(e), param=e.field, code=code) from None
     cutoff = (req.pfail_cutoff or settings.pfail_cutoff) if req.halt_on_pfail else None
     sampling = req.sampling
+    params = state.params  # fixed for this request
     job = GenerationJob(ids, max_tokens, req.n_top, cutoff,
                         temperature=req.temperature if sampling else 0.0,
                         top_p=req.top_p if sampling and req.top_p is not None else 1.0,
-                        seed=req.seed if sampling else None)
-    run = Run(job, lm.stop_ids, req.stop or [], state.params, state.params_reason, sampling)
+                        seed=req.seed if sampling else None, probe=params.probe if params else None)
+    run = Run(job, lm.stop_ids, req.stop or [], params, state.params_reason, sampling)
     events = bridge(job)
     try:
         state.engine.submit(job)

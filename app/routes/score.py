@@ -26,7 +26,7 @@ async def score(req: ScoreRequest, request: Request):
         ids = encode_prompt(lm, req.prompt, req.chat(), req.chat_template, len(response_ids))
     except InputError as e:
         raise unprocessable(e.field, str(e)) from None
-    job = ScoreJob(ids, response_ids, req.top_logprobs)
+    job = ScoreJob(ids, response_ids, req.top_logprobs, probe=params.probe if params else None)
     events = bridge(job)
     try:
         state.engine.submit(job)

@@ -1,0 +1,161 @@
+"""Every detector side by side: cross-validated AUROC on the training split, the best one
+Platt-scaled into a `risk` probability, and the same detectors checked on held-out data.
+
+A detector maps a sample's features to a score, higher = more likely hallucinated:
+- a single feature (``"hbar"``, ``"pri"``, the response baselines, ``"verdict_p_no"``, ...) times
+  a direction: ℏₛ keeps the protocol's −1 (it is inverted on HaluEval), PRI +1, the others are
+  oriented on the training data;
+- ``"joint"``: the logit of the joint logistic model on (hbar, pri);
+- ``"probe_<position>"``: the logit of a linear probe (signals/probe.py) on the block outputs
+  at that position; its feature *is* that logit, computed by whoever holds the states.
+
+Pure numpy / scikit-learn; outputs are JSON-ready except the fitted probes.
+"""
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import brier_score_loss, roc_auc_score
+from sklearn.model_selection import StratifiedKFold
+
+from signals.calibration import detector_metrics, fit_joint
+from signals.probe import POSITIONS, fit_probe, sigmoid
+
+PROBE = "probe_"
+FIXED_DIRECTIONS = {"hbar": -1, "pri": 1}
+CV_FOLDS = 5
+MIN_PER_CLASS = 2 * CV_FOLDS  # so that the fits inside each fold can run their own CV
+PLATT_C = 1e4  # Platt scaling: a (nearly) unregularised 1-D logistic fit
+
+
+# Single-feature detectors and the response score each reads; then the step-0 verdict masses.
+SCORE_FEATURES = {"hbar": "hbar_s", "pri": "pri", "surprise_mean": "surprise_mean", "surprise_max": "surprise_max",
+                  "entropy_mean": "entropy_mean", "entropy_max": "entropy_max", "prob_min": "prob_min"}
+VERDICT_FEATURES = {"verdict_p_no": "p_no", "verdict_p_yes": "p_yes"}
+
+
+def probe_name(position: str) -> str:
+    return PROBE + position
+
+
+def features(scores: dict, verdict: dict) -> dict:
+    """The single-feature detectors' inputs of one response: its response scores (ResponseScores
+    keys) and the step-0 probability mass on the verdict tokens (p_yes, p_no)."""
+    return {**{name: scores[key] for name, key in SCORE_FEATURES.items()},
+            **{name: verdict[key] for name, key in VERDICT_FEATURES.items()}}
+
+
+def detector_score(name: str, features: dict, detectors: dict, joint_weights: dict) -> np.ndarray:
+    """Scores of detector `name`, higher = more likely hallucinated.
+
+    `features` maps feature names to arrays (or floats); `detectors` is the params' "detectors"
+    (directions of single features); `joint_weights` the params' "joint_model_weights".
+    """
+    if name == "joint":
+        w = joint_weights
+        return w["w_hbar"] * np.asarray(features["hbar"], float) + w["w_pri"] * np.asarray(features["pri"], float) \
+            + w["intercept"]
+    return detectors[name].get("direction", 1) * np.asarray(features[name], dtype=float)
+
+
+def risk_probability(score, risk: dict) -> np.ndarray:
+    """The Platt-scaled probability of a detector score: sigmoid(a · score + b)."""
+    return sigmoid(risk["a"] * np.asarray(score, dtype=float) + risk["b"])
+
+
+def _fit(name: str, features: dict, labels: np.ndarray, states: dict, seed: int) -> dict:
+    """Fit one detector on these samples; returns its params entry (+ "probe" for a probe)."""
+    if name == "joint":
+        return {"weights": fit_joint(features["hbar"], features["pri"], labels, seed=seed)}
+    if name.startswith(PROBE):
+        position = name[len(PROBE):]
+        probe, curve = fit_probe(states[position], labels, position, seed=seed)
+        return {"direction": 1, "probe": probe, "layer": probe.layer, "C": curve["layer_C"][probe.layer],
+                "layer_cv_auroc": curve["layer_auroc"], "layer_C": curve["layer_C"]}
+    if name in FIXED_DIRECTIONS:
+        return {"direction": FIXED_DIRECTIONS[name]}
+    return {"direction": 1 if roc_auc_score(labels, features[name]) >= 0.5 else -1}
+
+
+def _score(name: str, fitted: dict, features: dict, states: dict) -> np.ndarray:
+    if name == "joint":
+        return detector_score(name, features, {}, fitted["weights"])
+    if name.startswith(PROBE):
+        return fitted["probe"].logit(states[name[len(PROBE):]])
+    return fitted["direction"] * np.asarray(features[name], dtype=float)
+
+
+def too_few(labels) -> str | None:
+    """Why these labels are too few for the selection's nested CV, or None."""
+    labels = np.asarray(labels).ravel()
+    smaller = min(np.count_nonzero(labels == 0), np.count_nonzero(labels == 1))
+    if smaller < MIN_PER_CLASS:
+        return (f"detector selection needs at least {MIN_PER_CLASS} samples of each class "
+                f"(nested {CV_FOLDS}-fold CV); the smaller class has {smaller}")
+    return None
+
+
+def select_detectors(features: dict, labels, states: dict | None = None, seed: int = 42) -> dict:
+    """Rank every detector by cross-validated AUROC on these (training) samples; Platt-scale the best.
+
+    features: name → one value per sample (must hold "hbar" and "pri"); states: position → block
+    outputs (n, L, D), one probe per position. Each detector is fitted (oriented, for a single
+    feature; layer and C chosen by inner CV, for a probe) on the training part of every one of
+    `CV_FOLDS` stratified folds (shuffled with `seed`) and scored on the rest, so a probe's layer
+    choice is inside the CV. The best mean fold AUROC wins (ties: the earlier detector; single
+    features first, then "joint", then probes), and its out-of-fold scores fit the Platt scaling.
+    Returns {"detectors": {name: entry}, "ranking": [names], "risk": {"detector", "a", "b",
+    "cv_auroc"}, "probes": {position: Probe fitted on all samples}}.
+    """
+    labels = np.asarray(labels).ravel().astype(int)
+    if (reason := too_few(labels)) is not None:
+        raise ValueError(reason)
+    states = states or {}
+    features = {k: np.asarray(v, dtype=float) for k, v in features.items()}
+    names = [*features, "joint", *(probe_name(p) for p in POSITIONS if p in states)]
+    folds = StratifiedKFold(CV_FOLDS, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels)
+    oof = {name: np.empty(len(labels)) for name in names}
+    fold_auroc = {name: [] for name in names}
+    for train, test in folds:
+        part = {k: v[train] for k, v in features.items()}, {k: v[train] for k, v in states.items()}
+        rest = {k: v[test] for k, v in features.items()}, {k: v[test] for k, v in states.items()}
+        for name in names:
+            score = _score(name, _fit(name, part[0], labels[train], part[1], seed), *rest)
+            oof[name][test] = score
+            fold_auroc[name].append(float(roc_auc_score(labels[test], score)))
+    detectors, probes = {}, {}
+    for name in names:
+        fitted = _fit(name, features, labels, states, seed)
+        if "probe" in fitted:
+            probes[name[len(PROBE):]] = fitted.pop("probe")
+        fitted.pop("weights", None)  # the joint model's weights are the params' joint_model_weights
+        detectors[name] = {**fitted, "cv_auroc": float(np.mean(fold_auroc[name])),
+                           "cv_auroc_folds": fold_auroc[name]}
+    ranking = sorted(names, key=lambda n: -detectors[n]["cv_auroc"])  # stable: ties keep their order
+    best = ranking[0]
+    platt = LogisticRegression(C=PLATT_C, max_iter=10_000).fit(oof[best][:, None], labels)
+    risk = {"detector": best, "a": float(platt.coef_[0, 0]), "b": float(platt.intercept_[0]),
+            "cv_auroc": detectors[best]["cv_auroc"]}
+    return {"detectors": detectors, "ranking": ranking, "risk": risk, "probes": probes}
+
+
+def evaluate_detectors(features: dict, labels, params: dict, n_boot: int = 1000, seed: int = 42) -> dict:
+    """Every detector of the params that `features` can score, on held-out samples: AUROC with its
+    bootstrap CI, PR-AUC and precision at recall ≥ 0.9, in the params' ranking order; and the
+    `risk` probability's Brier score."""
+    labels = np.asarray(labels).ravel().astype(int)
+    out = {}
+    for name in params["ranking"]:
+        if name == "joint" or name in features:
+            m = detector_metrics(detector_score(name, features, params["detectors"], params["joint_model_weights"]),
+                                 labels, n_boot, seed)
+            out[name] = {"auroc": m["auroc"], "auroc_ci": m["auroc_ci"], "pr_auc": m["pr_auc"],
+                         "precision_at_recall_0_9": m["precision"], "cv_auroc": params["detectors"][name]["cv_auroc"]}
+    result = {"detectors": out}
+    risk = params["risk"]
+    if risk["detector"] in out:
+        p = risk_probability(detector_score(risk["detector"], features, params["detectors"],
+                                            params["joint_model_weights"]), risk)
+        result["risk"] = {"detector": risk["detector"], "auroc": out[risk["detector"]]["auroc"],
+                          "brier": float(brier_score_loss(labels, p)),
+                          "brier_base_rate": float(brier_score_loss(labels, np.full(len(labels), labels.mean())))}
+    return result

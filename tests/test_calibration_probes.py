@@ -1,0 +1,128 @@
+"""Calibration with every detector on a tiny model: states saved, probes fitted and checksummed,
+the selection stored in the params, served equal to calibration, and evaluated on the test split."""
+
+import json
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from app.calibration import RunSpec, calibrate, checkpoint_path, evaluate, read_checkpoint, score_all, states_dir
+from app.halueval import load_samples
+from app.params import load_params
+from app.server import create_app
+from app.settings import Settings
+from signals import selection
+from signals.probe import POSITIONS, sigmoid
+
+N, MAX_TOKENS = 24, 6
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "qa.jsonl"
+    path.write_text("\n".join(json.dumps({
+        "knowledge": f"Item {i} is about the year {1900 + 7 * i} and the river {i}." + " More text." * (i % 3),
+        "question": f"What happened in {1900 + 7 * i}?",
+        "right_answer": f"The river {i} flooded.", "hallucinated_answer": f"The city {i} burned in {i}.",
+    }) for i in range(40)))
+    return path
+
+
+def _spec(dataset, **kw):
+    return RunSpec(**{"model_ref": "tiny", "task": "qa", "n": N, "max_tokens": MAX_TOKENS, "dataset": str(dataset),
+                      "n_boot": 50, **kw})
+
+
+@pytest.fixture(scope="module")
+def calibrated(engine, dataset, tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    path = calibrate(engine, _spec(dataset, batch_size=4), root / "params", root / "reports")
+    return path, root
+
+
+def test_params_hold_the_ranked_detectors_and_checksummed_probes(engine, calibrated):
+    path, root = calibrated
+    params = json.loads(path.read_text())
+    names = {*selection.SCORE_FEATURES, *selection.VERDICT_FEATURES, "joint", "probe_prompt_end", "probe_last_step"}
+    assert set(params["ranking"]) == names == set(params["detectors"])
+    cv = [params["detectors"][n]["cv_auroc"] for n in params["ranking"]]
+    assert cv == sorted(cv, reverse=True)
+    assert params["risk"]["detector"] == params["ranking"][0]
+    assert params["probe"] in POSITIONS
+    assert params["ranking"].index(f"probe_{params['probe']}") < params["ranking"].index(
+        f"probe_{({*POSITIONS} - {params['probe']}).pop()}")
+    for position in POSITIONS:
+        entry = params["detectors"][f"probe_{position}"]
+        assert (path.parent / entry["file"]).is_file() and len(entry["sha256"]) == 64
+        assert len(entry["layer_cv_auroc"]) == engine.lm.n_layers
+    # states of every training sample: (2 positions, L blocks, D)
+    ckpt = checkpoint_path(root / "reports", engine.lm.model_id, _spec(None), "train")
+    files = sorted(states_dir(ckpt).glob("*.npy"))
+    assert len(files) == N
+    assert np.load(files[0]).shape == (2, engine.lm.n_layers, engine.lm.model.args.hidden_size)
+    assert not params["scores_file"].startswith("/")
+
+
+def test_serving_equals_calibration_on_the_same_sample(engine, calibrated, dataset):
+    path, root = calibrated
+    params = load_params(path)
+    samples, _ = load_samples("qa", "train", N, 42, dataset)
+    ckpt = checkpoint_path(root / "reports", engine.lm.model_id, _spec(None), "train")
+    records = read_checkpoint(ckpt)
+    with TestClient(create_app(Settings(params=path, max_tokens_limit=64), engine)) as client:
+        for sample in samples[:4]:
+            body = client.post("/generate", json={"prompt": sample.prompt, "max_tokens": MAX_TOKENS}).json()
+            rec = records[sample.key]
+            states = np.load(states_dir(ckpt) / (sample.key.replace(":", "_") + ".npy"))
+            logit = params.probe.logit(states[POSITIONS.index(params.probe.position)])
+            assert body["scores"]["probe_risk"] == pytest.approx(float(sigmoid(logit)), abs=1e-5)
+            feats = {**selection.features(rec, rec["verdict"]), f"probe_{params.probe.position}": float(logit)}
+            name = params.data["risk"]["detector"]
+            score = selection.detector_score(name, feats, params.data["detectors"], params.data["joint_model_weights"])
+            assert body["risk"] == {"detector": name, "probability": pytest.approx(
+                float(selection.risk_probability(score, params.data["risk"])), abs=1e-5)}
+
+
+def test_evaluate_reports_every_detector_and_the_layer_curves(engine, calibrated, dataset):
+    path, root = calibrated
+    report = evaluate(engine, path, _spec(dataset, batch_size=4), root / "reports", root / "reports")
+    body = json.loads(report.read_text())
+    metrics = body["metrics"]
+    params = json.loads(path.read_text())
+    assert list(metrics["all_detectors"]) == params["ranking"]
+    for d in metrics["all_detectors"].values():
+        assert d["auroc_ci"][0] <= d["auroc"] <= d["auroc_ci"][1]
+    assert 0 <= metrics["risk"]["brier"] <= 1
+    for position in POSITIONS:
+        curve = metrics["probe_layers"][position]
+        assert len(curve["test_auroc"]) == len(curve["train_cv_auroc"]) == engine.lm.n_layers
+    assert any(name.endswith("_probe_layers.png") for name in body["figures"])
+    text = report.with_suffix(".md").read_text()
+    assert "## Every detector" in text and "probe_prompt_end" in text and "Goal (selected detector" in text
+
+
+def test_missing_states_are_scored_again(engine, dataset, tmp_path):
+    samples, _ = load_samples("qa", "train", 12, 42, dataset)
+    ckpt = tmp_path / "c.jsonl"
+    first = score_all(engine, samples, _spec(dataset, n=12), ckpt)
+    victim = states_dir(ckpt) / (samples[3].key.replace(":", "_") + ".npy")
+    kept = np.load(victim)
+    victim.unlink()
+    again = score_all(engine, samples, _spec(dataset, n=12), ckpt)
+    assert again == first
+    np.testing.assert_array_equal(np.load(victim), kept)
+
+
+def test_without_probes_nothing_is_captured_and_the_selection_still_runs(engine, dataset, tmp_path):
+    path = calibrate(engine, _spec(dataset, probes=False), tmp_path / "params", tmp_path / "reports")
+    params = json.loads(path.read_text())
+    assert params["probe"] is None and not any(n.startswith("probe_") for n in params["ranking"])
+    assert not list((tmp_path / "reports" / "scores").glob("*_states"))
+    assert load_params(path).probe is None
+
+
+def test_too_few_samples_skip_the_selection_and_say_why(engine, dataset, tmp_path):
+    path = calibrate(engine, _spec(dataset, n=12), tmp_path / "params", tmp_path / "reports")
+    params = json.loads(path.read_text())
+    assert "smaller class has 6" in params["selection_skipped"] and "risk" not in params
