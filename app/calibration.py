@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-
+from sklearn.metrics import roc_auc_score
 from threadpoolctl import threadpool_limits
 
 from signals import calibration as stats
@@ -264,6 +264,8 @@ def evaluate(engine: Engine, params_path: Path, spec: RunSpec, out_dir: Path, re
         metrics["all_detectors"], metrics["risk"] = evaluated["detectors"], evaluated.get("risk")
         scores = {name: selection.detector_score(name, feats, params["detectors"], params["joint_model_weights"])
                   for name in metrics["all_detectors"]}
+        metrics["answer_length"] = _length_check(samples, labels, scores, metrics["all_detectors"], params, spec,
+                                                 reports_dir)
     stem = f"{Path(params_path).stem}_eval_{spec.task}_n{spec.n}"
     figures = report.write_figures(records, params, metrics, scores, out_dir, stem)
     meta = {"model": engine.lm.model_id, "params": Path(params_path).name, "params_task": params.get("task"),
@@ -273,6 +275,30 @@ def evaluate(engine: Engine, params_path: Path, spec: RunSpec, out_dir: Path, re
     body = {**meta, "split": split, "metrics": metrics, "figures": [p.name for p in figures]}
     write_atomic(Path(out_dir) / f"{stem}.md", report.markdown(metrics, params, meta, [p.name for p in figures]))
     return write_json_atomic(Path(out_dir) / f"{stem}.json", body)
+
+
+def _words(samples: list) -> np.ndarray:
+    return np.array([len(s.answer.split()) for s in samples])
+
+
+def _length_check(samples: list, labels, scores: dict, detectors: dict, params: dict, spec: RunSpec,
+                  reports_dir: Path) -> dict:
+    """HaluEval's hallucinated answers are often longer than the right ones, so a detector may
+    find length rather than hallucination. Reports the model-free reference "words in the judged
+    answer" (direction from the training split) and adds to each detector its AUROC over pairs
+    whose answers have the same number of words."""
+    dataset = spec.dataset if params["task"] == spec.task else None
+    train, _ = load_samples(params["task"], "train", params["n"], params["protocol"]["split_seed"], dataset,
+                            Path(reports_dir) / "data")
+    direction = 1 if roc_auc_score([s.label for s in train], _words(train)) >= 0.5 else -1
+    words = _words(samples)
+    pairs = 0
+    for name, d in detectors.items():
+        d["auroc_same_length"], pairs = stats.same_stratum_auroc(scores[name], labels, words)
+    m = stats.detector_metrics(direction * words, labels, spec.n_boot, spec.seed)
+    return {"direction": direction, "auroc": m["auroc"], "auroc_ci": m["auroc_ci"], "pr_auc": m["pr_auc"],
+            "precision_at_recall_0_9": m["precision"], "same_length_pairs": pairs,
+            "all_pairs": int(np.sum(labels == 1)) * int(np.sum(labels == 0))}
 
 
 def _load_probes(params: dict, params_dir: Path) -> dict:

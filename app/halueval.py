@@ -10,7 +10,7 @@ import importlib.util
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -59,6 +59,7 @@ class Sample:
     item: int  # index of the item in its source file
     label: int  # 0: right answer, 1: hallucinated answer
     prompt: str
+    answer: str = field(default="", compare=False)  # the judged answer, response or summary
 
     @property
     def key(self) -> str:
@@ -228,9 +229,9 @@ def load_samples(
         )
     items = indices[: n // 2]
     samples = [
-        Sample(task, i, label, _prompt(task, records[i], field))
+        Sample(task, i, label, _prompt(task, records[i], key), str(records[i][key]))
         for i in items
-        for label, field in enumerate(_ANSWERS[task])
+        for label, key in enumerate(_ANSWERS[task])
     ]
     description = {"task": task, "split": split, "seed": seed, "n": n, "source": str(source), "items": items}
     return samples, description

@@ -54,7 +54,8 @@ class Params:
         if name != "joint" and name not in feats:
             return None
         score = selection.detector_score(name, feats, self.data["detectors"], self.data["joint_model_weights"])
-        return {"probability": float(selection.risk_probability(score, risk)), "detector": name}
+        return {"probability": float(selection.risk_probability(score, risk)), "detector": name,
+                "task": self.data.get("task")}
 
 
 def load_params(path: Path) -> Params:

@@ -188,13 +188,22 @@ def selection_lines(metrics: dict, params: dict) -> list[str]:
     risk = metrics.get("risk") or {}
     chosen = params["risk"]["detector"]
     rows = [f"| {'**' + name + '**' if name == chosen else name} | {_describe(name, params)} "
-            f"| {_num(d['cv_auroc'])} | {_ci(d)} | {_num(d['pr_auc'])} | {_num(d['precision_at_recall_0_9'])} |"
-            for name, d in found.items()]
+            f"| {_num(d['cv_auroc'])} | {_ci(d)} | {_num(d.get('auroc_same_length'))} | {_num(d['pr_auc'])} "
+            f"| {_num(d['precision_at_recall_0_9'])} |" for name, d in found.items()]
+    length = metrics.get("answer_length")
+    if length:
+        rows.append(f"| *answer length* | model-free reference: words in the judged answer "
+                    f"({'more' if length['direction'] > 0 else 'fewer'} flags) | | {_ci(length)} | | "
+                    f"{_num(length['pr_auc'])} | {_num(length['precision_at_recall_0_9'])} |")
     lines = ["## Every detector (ranked by cross-validated AUROC on the training split)", "",
              f"Selected on the training split (`risk`): **{chosen}**. Test AUROC with bootstrap 95% CI; "
-             "directions, probes and the selection come from the training split only.", "",
-             "| detector | what it reads | train CV AUROC | test AUROC [95% CI] | PR-AUC | precision at recall ≥ 0.9 |",
-             "|---|---|---:|---|---:|---:|", *rows, ""]
+             "directions, probes and the selection come from the training split only. "
+             "\"Same length\" counts only (hallucinated, correct) pairs whose answers have the same number "
+             f"of words ({length['same_length_pairs'] if length else 'n/a'} of "
+             f"{length['all_pairs'] if length else 'n/a'} pairs): what a detector finds beyond answer length.", "",
+             "| detector | what it reads | train CV AUROC | test AUROC [95% CI] | test AUROC, same length "
+             "| PR-AUC | precision at recall ≥ 0.9 |",
+             "|---|---|---:|---|---:|---:|---:|", *rows, ""]
     if risk:
         lines += [f"`risk` (Platt-scaled {chosen}): Brier score {risk['brier']:.4f} "
                   f"(constant base rate: {risk['brier_base_rate']:.4f}).", ""]

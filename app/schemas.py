@@ -94,6 +94,8 @@ class Risk(BaseModel):
     probability: float = Field(description="P(hallucinated) from the detector that calibration selected, "
                                            "Platt-scaled on the training split")
     detector: str = Field(description="the selected detector (see the params' `ranking`)")
+    task: str | None = Field(description="the HaluEval task whose judgment prompts calibrated it: the probability "
+                                         "holds for prompts of that kind")
 
 
 class Quadrant(BaseModel):

@@ -62,6 +62,21 @@ def cohens_d(x, labels) -> float:
     return float((x1.mean() - x0.mean()) / np.sqrt(pooled_var))
 
 
+def same_stratum_auroc(scores, labels, strata) -> tuple[float | None, int]:
+    """AUROC over (hallucinated, correct) pairs of the same stratum only: the chance that a
+    hallucinated sample outscores a correct one with, e.g., an answer of the same length (ties
+    count half). Returns (AUROC, or None when no stratum holds both classes; number of pairs)."""
+    scores, labels, strata = np.asarray(scores, dtype=float), np.asarray(labels), np.asarray(strata)
+    total, pairs = 0.0, 0
+    for s in np.unique(strata):
+        y, x = labels[strata == s], scores[strata == s]
+        n_pairs = int(np.count_nonzero(y == 1)) * int(np.count_nonzero(y == 0))
+        if n_pairs:
+            total += roc_auc_score(y, x) * n_pairs
+            pairs += n_pairs
+    return (total / pairs if pairs else None), pairs
+
+
 def quadrant_table(hbar, pri, labels, tau_hbar: float, tau_pri: float) -> dict:
     """Count, share and hallucination rate (None when empty) of each quadrant Q1..Q4."""
     thresholds = Thresholds(tau_hbar=float(tau_hbar), tau_pri=float(tau_pri))

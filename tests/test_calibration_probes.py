@@ -80,7 +80,7 @@ def test_serving_equals_calibration_on_the_same_sample(engine, calibrated, datas
             feats = {**selection.features(rec, rec["verdict"]), f"probe_{params.probe.position}": float(logit)}
             name = params.data["risk"]["detector"]
             score = selection.detector_score(name, feats, params.data["detectors"], params.data["joint_model_weights"])
-            assert body["risk"] == {"detector": name, "probability": pytest.approx(
+            assert body["risk"] == {"detector": name, "task": "qa", "probability": pytest.approx(
                 float(selection.risk_probability(score, params.data["risk"])), abs=1e-5)}
 
 
@@ -94,6 +94,9 @@ def test_evaluate_reports_every_detector_and_the_layer_curves(engine, calibrated
     for d in metrics["all_detectors"].values():
         assert d["auroc_ci"][0] <= d["auroc"] <= d["auroc_ci"][1]
     assert 0 <= metrics["risk"]["brier"] <= 1
+    length = metrics["answer_length"]  # "The city {i} burned in {i}." is longer than "The river {i} flooded."
+    assert length["direction"] == 1 and length["auroc"] == 1.0 and length["same_length_pairs"] == 0
+    assert all(d["auroc_same_length"] is None for d in metrics["all_detectors"].values())
     for position in POSITIONS:
         curve = metrics["probe_layers"][position]
         assert len(curve["test_auroc"]) == len(curve["train_cv_auroc"]) == engine.lm.n_layers

@@ -302,3 +302,16 @@ def test_bad_inputs_raise(hbar, pri, labels, msg):
               "joint_model_weights": {"w_hbar": 0.0, "w_pri": 1.0, "intercept": 0.0}}
     with pytest.raises(ValueError, match=msg):
         evaluate(hbar, pri, labels, params, n_boot=N_BOOT)
+
+
+def test_same_stratum_auroc_counts_only_pairs_within_a_stratum():
+    from signals.calibration import same_stratum_auroc
+
+    # stratum "a": the hallucinated sample outscores the correct one; stratum "b": it does not;
+    # stratum "c" holds one class only. Across strata the score would separate perfectly.
+    scores = [10, 11, 1, 0.5, 20]
+    labels = [0, 1, 0, 1, 1]
+    strata = ["a", "a", "b", "b", "c"]
+    assert same_stratum_auroc(scores, labels, strata) == (0.5, 2)
+    assert same_stratum_auroc([1, 1, 2, 3], [0, 1, 0, 1], [1, 1, 2, 2]) == (0.75, 2)  # a tie counts half
+    assert same_stratum_auroc([1, 2], [0, 1], [1, 2]) == (None, 0)

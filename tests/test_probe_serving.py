@@ -77,7 +77,7 @@ def _params_with_probe(tmp_path, engine, probe, **extra):
             "detectors": {"probe_last_step": {"direction": 1, "file": "p_probe_last_step.npz", "sha256": sha,
                                               "layer": probe.layer, "cv_auroc": 0.7}},
             "ranking": ["probe_last_step"], "risk": {"detector": "probe_last_step", "a": 2.0, "b": -0.5},
-            "probe": "last_step", **extra}
+            "probe": "last_step", "task": "qa", **extra}
     (tmp_path / "p.json").write_text(json.dumps(data))
     return tmp_path / "p.json"
 
@@ -118,7 +118,7 @@ def test_responses_carry_probe_risk_and_risk(tmp_path, engine):
     records, _ = run_blocking(engine, GenerationJob(_ids(engine, PROMPTS[0]), 8, capture_hidden=True))
     logit = float(probe.logit(records[-1].hidden))
     assert body["scores"]["probe_risk"] == pytest.approx(1 / (1 + np.exp(-logit)), abs=1e-5)
-    assert body["risk"]["detector"] == "probe_last_step"
+    assert body["risk"]["detector"] == "probe_last_step" and body["risk"]["task"] == "qa"
     assert body["risk"]["probability"] == pytest.approx(1 / (1 + np.exp(-(2.0 * logit - 0.5))), abs=1e-5)
     assert scored["scores"]["probe_risk"] is not None and scored["risk"]["detector"] == "probe_last_step"
     assert info["params"]["probe"] == {"position": "last_step", "block": probe.layer}

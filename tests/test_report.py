@@ -77,3 +77,42 @@ def test_markdown_report_content():
     assert "| 19 (TP) | 1 (FN) |" in text and "| 14 (FP) | 6 (TN) |" in text
     assert "| Q2 |" in text and "| 60.0% | 62.5% |" in text
     assert "| 0 | 0.0% | n/a |" in text
+
+
+def _selection_params_and_metrics(best_auroc: float):
+    params = {**PARAMS, "risk": {"detector": "probe_prompt_end", "a": 1.0, "b": 0.0},
+              "detectors": {"probe_prompt_end": {"direction": 1, "layer": 11, "layer_cv_auroc": [0.9] * 30},
+                            "entropy_max": {"direction": -1}, "pri": {"direction": 1}}}
+    entry = {"auroc_ci": [0.4, 0.6], "pr_auc": 0.5, "precision_at_recall_0_9": 0.5, "auroc_same_length": 0.55}
+    metrics = {**METRICS, "all_detectors": {
+        "probe_prompt_end": {**entry, "auroc": best_auroc, "cv_auroc": 0.98},
+        "entropy_max": {**entry, "auroc": 0.61, "cv_auroc": 0.64},
+        "pri": {**entry, "auroc": 0.41, "cv_auroc": 0.41, "auroc_same_length": None}},
+        "risk": {"detector": "probe_prompt_end", "auroc": best_auroc, "brier": 0.05, "brier_base_rate": 0.25},
+        "answer_length": {"direction": 1, "auroc": 0.97, "auroc_ci": [0.95, 0.99], "pr_auc": 0.96,
+                          "precision_at_recall_0_9": 0.93, "same_length_pairs": 812, "all_pairs": 40000}}
+    return params, metrics
+
+
+def test_markdown_lists_every_detector_the_length_reference_and_the_goal():
+    params, metrics = _selection_params_and_metrics(0.97)
+    text = markdown(metrics, params, {"model": "m", "task": "qa", "n": 40}, [])
+    assert "| **probe_prompt_end** | linear probe, prompt end, block 12 of 30 | 0.980 | 0.970 [0.400, 0.600] " \
+           "| 0.550 |" in text
+    assert "| entropy_max | max token entropy (lower flags) | 0.640 |" in text
+    assert "| *answer length* | model-free reference: words in the judged answer (more flags) | " \
+           "| 0.970 [0.950, 0.990] |" in text
+    assert "(812 of 40000 pairs)" in text and "Brier score 0.0500 (constant base rate: 0.2500)" in text
+    assert "0.970 vs PRI 0.410 (+0.560) — met" in text
+    _, metrics = _selection_params_and_metrics(0.62)
+    assert "0.620 vs PRI 0.410 (+0.210) — not met" in markdown(metrics, params, {}, [])
+
+
+def test_layer_figure_is_written(tmp_path):
+    from app.report import layer_figure
+
+    curves = {"prompt_end": {"layer": 3, "train_cv_auroc": [0.5, 0.7, 0.8, 0.9], "test_auroc": [0.5, 0.6, 0.8, 0.85]},
+              "last_step": {"layer": 1, "train_cv_auroc": [0.6, 0.7, 0.6, 0.5], "test_auroc": None}}
+    layer_figure(curves, tmp_path / "layers.png")
+    assert (tmp_path / "layers.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert plt.get_fignums() == []

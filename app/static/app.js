@@ -304,7 +304,7 @@ function resetOutput() {
   $("tokens").replaceChildren(el("span", "placeholder", "Waiting for the first token…"));
   $("token-detail").textContent = DETAIL_HINT;
   $("step-count").textContent = "";
-  for (const id of ["quadrant-name", "finish-reason", "score-hbar", "score-pri", "score-pfail", "prompt-tokens",
+  for (const id of ["quadrant-name", "risk", "finish-reason", "score-hbar", "score-pri", "score-pfail", "prompt-tokens",
     "completion-tokens", "ttft", "rate", "score-other"]) $(id).textContent = "—";
   $("quadrant-label").textContent = "";
   $("result").dataset.quadrant = "";
@@ -366,6 +366,9 @@ function showResult(r) {
     ? `${q.label} (τ_ℏ ${fmt(q.tau_hbar, 2)}, τ_PRI ${fmt(q.tau_pri, 2)}, ${q.params})`
     : r.quadrant_reason || "";
   $("result").dataset.quadrant = q ? q.name : "";
+  $("risk").textContent = r.risk
+    ? `${fmt(r.risk.probability, 3)} P(hallucinated), from ${r.risk.detector} (calibrated on HaluEval ${r.risk.task})`
+    : "— (no detector selected in the params)";
   $("finish-reason").textContent = `${r.finish_reason} (${FINISH[r.finish_reason] || "?"})`;
   $("score-hbar").textContent = fmt(sc.hbar_s) + (flags("hbar_s", sc.hbar_s) ? " ⚑ flags (≤ τ_ℏ)" : "");
   $("score-pri").textContent = fmt(sc.pri) + (flags("pri", sc.pri) ? " ⚑ flags (≥ τ_PRI)" : "");
