@@ -310,7 +310,8 @@ def _load_probes(params: dict, params_dir: Path) -> dict:
 def _layer_curves(params: dict, probes: dict, test_states: dict, labels, engine: Engine, spec: RunSpec,
                   reports_dir: Path) -> dict:
     """Per position: the training CV AUROC of each layer's probe and (when the training states are
-    at hand) that probe's AUROC on these test samples: evidence of where the signal lives."""
+    at hand) that probe's AUROC on these test samples: evidence of where the signal lives; and the
+    share of test states within the served probe's training range."""
     train_spec = RunSpec(spec.model_ref, task=params["task"], n=params["n"], seed=params["protocol"]["split_seed"],
                          max_tokens=params["protocol"]["max_tokens"], prompt_format=params["protocol"]["prompt_format"])
     train_ckpt = checkpoint_path(reports_dir, engine.lm.model_id, train_spec, "train")
@@ -328,7 +329,11 @@ def _layer_curves(params: dict, probes: dict, test_states: dict, labels, engine:
     curves = {}
     for position in probes:
         entry = params["detectors"][selection.probe_name(position)]
-        curves[position] = {"layer": entry["layer"], "train_cv_auroc": entry["layer_cv_auroc"], "test_auroc": None}
+        probe = probes[position]
+        inside = (float(np.mean(probe.distance(test_states[position]) <= probe.distance_limit))
+                  if probe.distance_limit is not None else None)
+        curves[position] = {"layer": entry["layer"], "train_cv_auroc": entry["layer_cv_auroc"], "test_auroc": None,
+                            "in_distribution": inside}
         if train_states is not None:
             with threadpool_limits(1):
                 curves[position]["test_auroc"] = layer_test_auroc(

@@ -23,7 +23,7 @@ from adapters.generate import generate_batch, generate_steps, teacher_forced_ste
 from adapters.loader import LoadedModel, load
 from adapters.text import TextDeltas, verdict_token_ids
 from signals.probe import Probe
-from signals.step import STEP_FIELDS, VERDICT_FIELDS, probe_logit, step_signals
+from signals.step import STEP_FIELDS, VERDICT_FIELDS, probe_values, step_signals
 
 log = logging.getLogger("halluwatch.engine")
 
@@ -53,7 +53,7 @@ class GenerationJob(Job):
     temperature: float = 0.0  # > 0 samples with mlx-lm's sampler (the signals stay at temperature 1)
     top_p: float = 1.0
     seed: int | None = None  # seeds MLX's random state for this job when sampling
-    probe: Probe | None = None  # adds each step's probe logit (StepRecord.probe_logit)
+    probe: Probe | None = None  # adds each step's probe outputs (StepRecord.probe_logit, probe_distance)
     capture_hidden: bool = False  # records carry their block outputs (probe fitting)
 
 
@@ -96,6 +96,7 @@ class StepRecord:
     # Kept for the response scores and calibration, not in the trace:
     verdict: dict | None = None  # p_yes / p_no at this step
     probe_logit: float | None = None  # the job's probe applied to this step's block outputs
+    probe_distance: float | None = None  # and how far they lie from its training states (Probe.distance)
     hidden: np.ndarray | None = None  # (L, D) block outputs, when captured
 
     def as_dict(self) -> dict:
@@ -103,7 +104,7 @@ class StepRecord:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _INTERNAL}
 
 
-_INTERNAL = ("verdict", "probe_logit", "hidden")
+_INTERNAL = ("verdict", "probe_logit", "probe_distance", "hidden")
 
 
 @dataclass
@@ -193,7 +194,7 @@ class Engine:
                 job.emit(_cancelled(job))
 
     def _reducer(self, probe: Probe | None = None):
-        """The per-step reduction: step_signals, then the probe logit when there is a probe."""
+        """The per-step reduction: step_signals, then the probe's outputs when there is a probe."""
         if probe is not None and self._probe_arrays[0] is not probe:
             weights = (mx.array(probe.mean, dtype=mx.float32), mx.array(probe.scale, dtype=mx.float32),
                        mx.array(probe.coef, dtype=mx.float32), probe.intercept)
@@ -204,8 +205,7 @@ class Engine:
                                   self._verdict)
             if probe is None:
                 return values
-            z = probe_logit(hidden[..., probe.layer, :], *self._probe_arrays[1])
-            return mx.concatenate([values, z[..., None]], axis=-1)
+            return mx.concatenate([values, probe_values(hidden[..., probe.layer, :], *self._probe_arrays[1])], axis=-1)
 
         return reduce
 
@@ -217,7 +217,8 @@ class Engine:
         n, m = len(STEP_FIELDS), len(STEP_FIELDS) + len(VERDICT_FIELDS)
         return StepRecord(raw.token, text, raw.logprob, self._top(raw.top), **dict(zip(STEP_FIELDS, raw.values)),
                           verdict=dict(zip(VERDICT_FIELDS, raw.values[n:m])),
-                          probe_logit=raw.values[m] if len(raw.values) > m else None, hidden=raw.hidden)
+                          probe_logit=raw.values[m] if len(raw.values) > m else None,
+                          probe_distance=raw.values[m + 1] if len(raw.values) > m else None, hidden=raw.hidden)
 
     def _generate_batch(self, job: BatchJob) -> None:
         lm = self.lm

@@ -45,10 +45,14 @@ def response_body(records: list, fin: Finished, params: Params | None, params_re
     """The JSON body of a finished generation (also the SSE `done` event, without trace)."""
     scores = response_scores(records).as_dict()
     probe = params.probe if params else None
-    logit = None
+    logit = inside = None
     if probe is not None:  # the probe's position: the prompt's end (step 0) or the last step
-        logit = records[0 if probe.position == "prompt_end" else -1].probe_logit
+        step = records[0 if probe.position == "prompt_end" else -1]
+        logit = step.probe_logit
+        if step.probe_distance is not None and probe.distance_limit is not None:
+            inside = bool(step.probe_distance <= probe.distance_limit)
     scores["probe_risk"] = None if logit is None else float(sigmoid(logit))
+    scores["probe_in_distribution"] = inside
     body = {
         "text": "".join(r.text for r in records) + fin.text_tail,
         "finish_reason": fin.finish_reason,
@@ -60,7 +64,7 @@ def response_body(records: list, fin: Finished, params: Params | None, params_re
         "scores": scores,
         "quadrant": quadrant_of(scores["hbar_s"], scores["pri"], params) if params else None,
         "quadrant_reason": None if params else params_reason,
-        "risk": params.risk(scores, records[0].verdict, logit) if params else None,
+        "risk": params.risk(scores, records[0].verdict, logit, inside) if params else None,
         "timing": {"ttft_s": fin.ttft_s, "tokens_per_s": fin.tokens_per_s},
     }
     if include_trace:

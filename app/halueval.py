@@ -79,11 +79,11 @@ def _required(task: str) -> tuple[str, ...]:
 def _check_record(record, task: str, where: str) -> dict:
     if not isinstance(record, dict):
         raise DatasetError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    for field in _required(task):
-        value = record.get(field)
+    for name in _required(task):
+        value = record.get(name)
         if not isinstance(value, str) or not value.strip():
-            problem = "missing" if field not in record else f"not a non-empty string ({type(value).__name__})"
-            raise DatasetError(f"{where}: field {field!r} is {problem}")
+            problem = "missing" if name not in record else f"not a non-empty string ({type(value).__name__})"
+            raise DatasetError(f"{where}: field {name!r} is {problem}")
     return record
 
 

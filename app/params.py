@@ -41,9 +41,11 @@ class Params:
             "probe": None if self.probe is None else {"position": self.probe.position, "block": self.probe.layer},
         }
 
-    def risk(self, scores: dict, verdict: dict, probe_logit: float | None) -> dict | None:
+    def risk(self, scores: dict, verdict: dict, probe_logit: float | None,
+             probe_in_distribution: bool | None = None) -> dict | None:
         """The response's `risk`: the selected detector's Platt-scaled probability (None without a
-        selection in these params, or without the probe logit a probe detector needs)."""
+        selection in these params, or without the probe logit a probe detector needs), and for a
+        probe whether its input lies within the training states' range."""
         risk = self.data.get("risk")
         if not risk:
             return None
@@ -55,7 +57,8 @@ class Params:
             return None
         score = selection.detector_score(name, feats, self.data["detectors"], self.data["joint_model_weights"])
         return {"probability": float(selection.risk_probability(score, risk)), "detector": name,
-                "task": self.data.get("task")}
+                "task": self.data.get("task"),
+                "in_distribution": probe_in_distribution if name.startswith(selection.PROBE) else None}
 
 
 def load_params(path: Path) -> Params:

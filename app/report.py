@@ -170,7 +170,8 @@ def _ci(d: dict) -> str:
     return f"{_num(d['auroc'])} [{_num(d['auroc_ci'][0])}, {_num(d['auroc_ci'][1])}]"
 
 
-def _describe(name: str, params: dict) -> str:
+def describe(name: str, params: dict) -> str:
+    """What a detector of the params reads, and which side flags (or its block, for a probe)."""
     entry = params["detectors"][name]
     text = DESCRIPTIONS.get(name, name)
     if "layer" in entry:
@@ -180,14 +181,15 @@ def _describe(name: str, params: dict) -> str:
     return text
 
 
-def selection_lines(metrics: dict, params: dict) -> list[str]:
-    """The all-detector table (ranked on the training split), the `risk` line and the goal check."""
+def selection_lines(metrics: dict, params: dict, transfer: bool = False) -> list[str]:
+    """The all-detector table (ranked on the training split), the `risk` line and, on the task the
+    params were calibrated on, the goal check."""
     found = metrics.get("all_detectors")
     if not found:
         return []
     risk = metrics.get("risk") or {}
     chosen = params["risk"]["detector"]
-    rows = [f"| {'**' + name + '**' if name == chosen else name} | {_describe(name, params)} "
+    rows = [f"| {'**' + name + '**' if name == chosen else name} | {describe(name, params)} "
             f"| {_num(d['cv_auroc'])} | {_ci(d)} | {_num(d.get('auroc_same_length'))} | {_num(d['pr_auc'])} "
             f"| {_num(d['precision_at_recall_0_9'])} |" for name, d in found.items()]
     length = metrics.get("answer_length")
@@ -207,7 +209,7 @@ def selection_lines(metrics: dict, params: dict) -> list[str]:
     if risk:
         lines += [f"`risk` (Platt-scaled {chosen}): Brier score {risk['brier']:.4f} "
                   f"(constant base rate: {risk['brier_base_rate']:.4f}).", ""]
-    if chosen in found and "pri" in found:
+    if chosen in found and "pri" in found and not transfer:
         best, pri = found[chosen]["auroc"], found["pri"]["auroc"]
         met = best >= pri + 0.20 and best >= 0.85
         lines += [f"Goal (selected detector ≥ seed PRI + 0.20 and ≥ 0.85): {best:.3f} vs PRI {pri:.3f} "
@@ -220,11 +222,13 @@ def _layer_lines(curves: dict) -> list[str]:
         return []
     lines = ["## Probe AUROC per block", "",
              "Training CV AUROC chose the block; the test column is a diagnostic only.", "",
-             "| position | chosen block | best train CV (block) | best test (block) |", "|---|---:|---|---|"]
+             "| position | chosen block | best train CV (block) | best test (block) "
+             "| test states within the training range |", "|---|---:|---|---|---:|"]
     for position, c in curves.items():
         cv = np.asarray(c["train_cv_auroc"])
         test = f"{max(c['test_auroc']):.3f} ({int(np.argmax(c['test_auroc'])) + 1})" if c.get("test_auroc") else "n/a"
-        lines.append(f"| {position} | {c['layer'] + 1} | {cv.max():.3f} ({int(cv.argmax()) + 1}) | {test} |")
+        lines.append(f"| {position} | {c['layer'] + 1} | {cv.max():.3f} ({int(cv.argmax()) + 1}) | {test} "
+                     f"| {_num(c.get('in_distribution'), '.1%')} |")
     return lines + [""]
 
 
@@ -250,7 +254,7 @@ def markdown(metrics: dict, params: dict, meta: dict, figures: list[str]) -> str
         "", "## Confusion matrices at the calibrated thresholds", "",
         *(line for name, d in detectors.items() if "at_calibrated_threshold" in d
           for line in _confusion(name, d["at_calibrated_threshold"]["confusion"])),
-        *selection_lines(metrics, params),
+        *selection_lines(metrics, params, meta.get("params_task") not in (None, meta.get("task"))),
         *_layer_lines(metrics.get("probe_layers") or {}),
         "## Quadrants", "",
         "| quadrant | meaning | count | share | hallucination rate |", "|---|---|---:|---:|---:|",

@@ -88,6 +88,9 @@ class Scores(BaseModel):
     prob_min: float = Field(description="smallest chosen-token probability")
     probe_risk: float | None = Field(description="the calibrated linear probe's P(hallucinated), from the block "
                                                  "outputs of this same pass (null when the params have no probe)")
+    probe_in_distribution: bool | None = Field(
+        description="whether the probe's input lies within the range of its training states (RMS standardised "
+                    "distance ≤ its 99th percentile there); false: probe_risk is an extrapolation")
 
 
 class Risk(BaseModel):
@@ -96,6 +99,8 @@ class Risk(BaseModel):
     detector: str = Field(description="the selected detector (see the params' `ranking`)")
     task: str | None = Field(description="the HaluEval task whose judgment prompts calibrated it: the probability "
                                          "holds for prompts of that kind")
+    in_distribution: bool | None = Field(description="for a probe detector, scores.probe_in_distribution; "
+                                                     "null for the others")
 
 
 class Quadrant(BaseModel):

@@ -17,7 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from app.report import DESCRIPTIONS  # noqa: E402
+from app.report import describe  # noqa: E402
 
 BLOCK = re.compile(r"(<!-- quality-table: (?P<params>\S+) -->\n)(?P<table>.*?)(<!-- /quality-table -->)", re.S)
 TASKS = ("qa", "dialogue", "summarization")
@@ -56,16 +56,12 @@ def table(params: dict, reports: dict) -> str:
     for name in params["ranking"]:
         d = main["all_detectors"][name]
         shown = f"**{name}** (`risk`)" if name == chosen else name
-        what = DESCRIPTIONS.get(name, name)
-        if "layer" in params["detectors"][name]:
-            what += f", block {params['detectors'][name]['layer'] + 1}"
-        rows.append(f"| {shown} | {what} | {d['cv_auroc']:.3f} | {_ci(d)} | {_num(d.get('auroc_same_length'))} |"
+        rows.append(f"| {shown} | {describe(name, params)} | {d['cv_auroc']:.3f} | {_ci(d)} | {_num(d.get('auroc_same_length'))} |"
                     + "".join(f" {_ci(reports[t]['metrics']['all_detectors'][name])} |" for t in others))
     length = main.get("answer_length")
     if length:
         rows.append("| *answer length* | model-free reference: words in the judged answer | | "
-                    f"{_ci(length)} | | "
-                    + "".join(f" {_ci(reports[t]['metrics']['answer_length'])} |" for t in others))
+                    f"{_ci(length)} | |" + "".join(f" {_ci(reports[t]['metrics']['answer_length'])} |" for t in others))
     return "\n".join(rows) + "\n"
 
 

@@ -38,15 +38,26 @@ class Probe:
     coef: np.ndarray
     intercept: float
     cv_auroc: float
+    # 99th percentile of `distance` over the training states: beyond it a state is unlike those
+    # the probe was fitted on, and its output an extrapolation (None: unknown)
+    distance_limit: float | None = None
+
+    def distance(self, hidden_layers: np.ndarray) -> np.ndarray:
+        """RMS of the standardised features at the probe's block: about 1 on training-like states."""
+        h = self._block(hidden_layers)
+        return np.sqrt(np.mean(((h - self.mean) / self.scale) ** 2, axis=-1))
 
     def logit(self, hidden_layers: np.ndarray) -> np.ndarray:
         """The probe's logit for states of shape (n, n_layers, hidden) → (n,), or
         (n_layers, hidden) → shape ()."""
+        return ((self._block(hidden_layers) - self.mean) / self.scale) @ self.coef + self.intercept
+
+    def _block(self, hidden_layers: np.ndarray) -> np.ndarray:
         h = np.asarray(hidden_layers, dtype=np.float64)
         if h.ndim not in (2, 3) or h.shape[-2] <= self.layer or h.shape[-1] != self.coef.size:
             raise ValueError(f"hidden states of shape {h.shape} do not fit a probe on layer "
                              f"{self.layer} with hidden size {self.coef.size}")
-        return ((h[..., self.layer, :] - self.mean) / self.scale) @ self.coef + self.intercept
+        return h[..., self.layer, :]
 
     def risk(self, hidden_layers: np.ndarray) -> np.ndarray:
         """Probability of hallucination: the sigmoid of `logit`."""
@@ -124,6 +135,7 @@ def fit_probe(states: np.ndarray, labels, position: str, seed: int = 42, cv_fold
     probe = Probe(layer=layer, position=position, mean=scaler.mean_.copy(),
                   scale=scaler.scale_.copy(), coef=logreg.coef_[0].copy(),
                   intercept=float(logreg.intercept_[0]), cv_auroc=curve["layer_auroc"][layer])
+    probe.distance_limit = float(np.quantile(probe.distance(states), 0.99))
     return probe, curve
 
 
@@ -148,7 +160,8 @@ def to_bytes(probe: Probe) -> bytes:
              mean=np.asarray(probe.mean, dtype=np.float64),
              scale=np.asarray(probe.scale, dtype=np.float64),
              coef=np.asarray(probe.coef, dtype=np.float64),
-             intercept=np.float64(probe.intercept), cv_auroc=np.float64(probe.cv_auroc))
+             intercept=np.float64(probe.intercept), cv_auroc=np.float64(probe.cv_auroc),
+             distance_limit=np.float64(np.nan if probe.distance_limit is None else probe.distance_limit))
     return buf.getvalue()
 
 
@@ -163,6 +176,8 @@ def from_bytes(data: bytes, sha256: str, name: str = "probe") -> Probe:
             probe = Probe(layer=int(f["layer"]), position=str(f["position"]), mean=f["mean"],
                           scale=f["scale"], coef=f["coef"], intercept=float(f["intercept"]),
                           cv_auroc=float(f["cv_auroc"]))
+            if "distance_limit" in f.files and np.isfinite(f["distance_limit"]):
+                probe.distance_limit = float(f["distance_limit"])
     except (KeyError, ValueError, TypeError, OSError, zipfile.BadZipFile) as e:
         raise ProbeError(f"probe file {name}: malformed ({e})") from e
     hidden = probe.coef.size

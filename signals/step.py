@@ -73,9 +73,11 @@ def pfail(hbar: mx.array, tau: float, lam: float) -> mx.array:
     return mx.sigmoid(mx.clip(lam * (hbar - tau), -PFAIL_CLIP, PFAIL_CLIP))
 
 
-def probe_logit(h: mx.array, mean: mx.array, scale: mx.array, coef: mx.array, intercept: float) -> mx.array:
-    """A linear probe's logit on one block's output: ((h − mean) / scale) · coef + intercept."""
-    return ((h.astype(mx.float32) - mean) / scale) @ coef + intercept
+def probe_values(h: mx.array, mean: mx.array, scale: mx.array, coef: mx.array, intercept: float) -> mx.array:
+    """A linear probe on one block's output, stacked on a new last axis: its logit
+    z · coef + intercept and the RMS of z, where z = (h − mean) / scale (signals/probe.py)."""
+    z = (h.astype(mx.float32) - mean) / scale
+    return mx.stack([z @ coef + intercept, mx.sqrt(mx.mean(z * z, axis=-1))], axis=-1)
 
 
 # Order of the values in the array returned by `step_signals`: the prototype's signals, then

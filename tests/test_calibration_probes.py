@@ -77,11 +77,15 @@ def test_serving_equals_calibration_on_the_same_sample(engine, calibrated, datas
             states = np.load(states_dir(ckpt) / (sample.key.replace(":", "_") + ".npy"))
             logit = params.probe.logit(states[POSITIONS.index(params.probe.position)])
             assert body["scores"]["probe_risk"] == pytest.approx(float(sigmoid(logit)), abs=1e-5)
+            distance = params.probe.distance(states[POSITIONS.index(params.probe.position)])
+            assert body["scores"]["probe_in_distribution"] == bool(distance <= params.probe.distance_limit)
             feats = {**selection.features(rec, rec["verdict"]), f"probe_{params.probe.position}": float(logit)}
             name = params.data["risk"]["detector"]
             score = selection.detector_score(name, feats, params.data["detectors"], params.data["joint_model_weights"])
-            assert body["risk"] == {"detector": name, "task": "qa", "probability": pytest.approx(
-                float(selection.risk_probability(score, params.data["risk"])), abs=1e-5)}
+            inside = body["scores"]["probe_in_distribution"] if name.startswith("probe_") else None
+            probability = float(selection.risk_probability(score, params.data["risk"]))
+            assert body["risk"] == {"detector": name, "task": "qa", "in_distribution": inside,
+                                    "probability": pytest.approx(probability, abs=1e-5)}
 
 
 def test_evaluate_reports_every_detector_and_the_layer_curves(engine, calibrated, dataset):
@@ -100,6 +104,7 @@ def test_evaluate_reports_every_detector_and_the_layer_curves(engine, calibrated
     for position in POSITIONS:
         curve = metrics["probe_layers"][position]
         assert len(curve["test_auroc"]) == len(curve["train_cv_auroc"]) == engine.lm.n_layers
+        assert 0 <= curve["in_distribution"] <= 1
     assert any(name.endswith("_probe_layers.png") for name in body["figures"])
     text = report.with_suffix(".md").read_text()
     assert "## Every detector" in text and "probe_prompt_end" in text and "Goal (selected detector" in text

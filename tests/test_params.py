@@ -50,3 +50,18 @@ def test_load_params_rejects_unreadable(tmp_path):
     (tmp_path / "bad.json").write_text("[1, 2")
     with pytest.raises(ParamsError, match="cannot read"):
         load_params(tmp_path / "bad.json")
+
+
+def test_shipped_default_params_load_their_checksummed_probe():
+    import json as _json
+
+    from app.probes import load_probe
+
+    path = max(SHIPPED.glob("smollm2-135m-instruct*_n*.json"))
+    p = load_params(path)
+    assert p.probe is not None and p.probe.position == p.data["probe"]
+    assert p.data["risk"]["detector"] == p.data["ranking"][0]
+    for name, entry in p.data["detectors"].items():  # every probe file named in the params is intact
+        if name.startswith("probe_"):
+            load_probe(SHIPPED / entry["file"], entry["sha256"])
+    _json.dumps(p.summary())

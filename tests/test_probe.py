@@ -111,8 +111,8 @@ def test_save_load_round_trip(planted, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["probe.npz"]  # no temp file left behind
     loaded = load_probe(path, digest)
     assert isinstance(loaded, Probe)
-    assert (loaded.layer, loaded.position, loaded.cv_auroc) == (probe.layer, probe.position,
-                                                                probe.cv_auroc)
+    assert (loaded.layer, loaded.position, loaded.cv_auroc, loaded.distance_limit) == (
+        probe.layer, probe.position, probe.cv_auroc, probe.distance_limit)
     np.testing.assert_array_equal(loaded.risk(states), probe.risk(states))
 
 
@@ -136,3 +136,14 @@ def test_load_rejects_malformed_file_with_matching_checksum(tmp_path):
     path.write_bytes(b"not an npz archive")
     with pytest.raises(ProbeError, match="junk.npz.*malformed"):
         load_probe(path, hashlib.sha256(path.read_bytes()).hexdigest())
+
+
+def test_distance_limit_bounds_training_states_and_flags_foreign_ones(planted):
+    states, _, probe, _ = planted
+    d = probe.distance(states)
+    assert np.mean(d <= probe.distance_limit) == pytest.approx(0.99, abs=0.005)
+    assert 0.8 < np.median(d) < 1.2  # standardised features: RMS about 1 on training-like states
+    fresh, _ = make_states(N, seed=3)
+    assert np.mean(probe.distance(fresh) <= probe.distance_limit) > 0.9
+    foreign = fresh + 10 * fresh.std(axis=0)  # far outside the training range
+    assert not np.any(probe.distance(foreign) <= probe.distance_limit)

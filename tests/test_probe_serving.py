@@ -26,11 +26,11 @@ def _ids(engine, text):
     return engine.lm.tokenizer.encode(text)
 
 
-def _probe(engine, layer: int = 2, position: str = "last_step", seed: int = 0) -> Probe:
+def _probe(engine, layer: int = 2, position: str = "last_step", seed: int = 0, limit: float = 1e6) -> Probe:
     rng = np.random.default_rng(seed)
     d = engine.lm.model.args.hidden_size
     return Probe(layer=layer, position=position, mean=rng.normal(size=d), scale=rng.uniform(0.5, 2.0, d),
-                 coef=rng.normal(size=d) / np.sqrt(d), intercept=0.3, cv_auroc=0.7)
+                 coef=rng.normal(size=d) / np.sqrt(d), intercept=0.3, cv_auroc=0.7, distance_limit=limit)
 
 
 def test_captured_states_are_the_ones_the_signals_saw(engine):
@@ -63,6 +63,8 @@ def test_served_probe_equals_the_probe_on_captured_states(engine, layer):
     records, _ = run_blocking(engine, GenerationJob(ids, 8, probe=probe, capture_hidden=True))
     expected = probe.logit(np.stack([r.hidden for r in records]))
     np.testing.assert_allclose([r.probe_logit for r in records], expected, rtol=1e-5, atol=1e-5)
+    states = np.stack([r.hidden for r in records])
+    np.testing.assert_allclose([r.probe_distance for r in records], probe.distance(states), rtol=1e-5)
     # teacher forcing the same tokens serves the same probe values (one pass, all positions)
     forced, _ = run_once(engine, ScoreJob(ids, [r.token_id for r in records], probe=probe))
     np.testing.assert_allclose([r.probe_logit for r in forced], expected, rtol=1e-4, atol=1e-4)
@@ -119,7 +121,24 @@ def test_responses_carry_probe_risk_and_risk(tmp_path, engine):
     logit = float(probe.logit(records[-1].hidden))
     assert body["scores"]["probe_risk"] == pytest.approx(1 / (1 + np.exp(-logit)), abs=1e-5)
     assert body["risk"]["detector"] == "probe_last_step" and body["risk"]["task"] == "qa"
+    assert body["scores"]["probe_in_distribution"] is True and body["risk"]["in_distribution"] is True
     assert body["risk"]["probability"] == pytest.approx(1 / (1 + np.exp(-(2.0 * logit - 0.5))), abs=1e-5)
     assert scored["scores"]["probe_risk"] is not None and scored["risk"]["detector"] == "probe_last_step"
     assert info["params"]["probe"] == {"position": "last_step", "block": probe.layer}
     assert info["params"]["risk_detector"] == "probe_last_step"
+
+
+def test_a_state_outside_the_training_range_is_flagged(tmp_path, engine):
+    from fastapi.testclient import TestClient
+
+    from app.server import create_app
+    from app.settings import Settings
+
+    probe = _probe(engine)
+    records, _ = run_blocking(engine, GenerationJob(_ids(engine, PROMPTS[0]), 8, capture_hidden=True))
+    probe.distance_limit = float(probe.distance(records[-1].hidden)) / 2  # this prompt lies outside
+    path = _params_with_probe(tmp_path, engine, probe)
+    with TestClient(create_app(Settings(params=path, max_tokens_limit=64), engine)) as client:
+        body = client.post("/generate", json={"prompt": PROMPTS[0], "max_tokens": 8}).json()
+    assert body["scores"]["probe_in_distribution"] is False and body["risk"]["in_distribution"] is False
+    assert body["scores"]["probe_risk"] is not None  # still reported, flagged as an extrapolation

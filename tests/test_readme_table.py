@@ -23,7 +23,7 @@ def _report(task, n, probe_auroc):
 
 def test_table_lists_every_detector_on_every_task(tmp_path):
     params = {"task": "qa", "ranking": ["probe_prompt_end", "pri"], "risk": {"detector": "probe_prompt_end"},
-              "detectors": {"probe_prompt_end": {"layer": 11}, "pri": {"direction": 1}}}
+              "detectors": {"probe_prompt_end": {"layer": 11, "layer_cv_auroc": [0.9] * 30}, "pri": {"direction": 1}}}
     (tmp_path / "p.json").write_text(json.dumps(params))
     for task, n, auroc in (("qa", 200, 0.7), ("qa", 400, 0.97), ("dialogue", 200, 0.55)):
         (tmp_path / f"p_eval_{task}_n{n}.json").write_text(json.dumps(_report(task, n, auroc)))
@@ -33,10 +33,11 @@ def test_table_lists_every_detector_on_every_task(tmp_path):
     lines = text.splitlines()
     assert lines[0].startswith("| detector | what it reads | train CV AUROC (qa) | qa test AUROC [95% CI], n = 400")
     assert lines[0].endswith("| dialogue (transfer), n = 200 |")
-    assert lines[2] == ("| **probe_prompt_end** (`risk`) | linear probe, prompt end, block 12 | 0.980 "
+    assert lines[2] == ("| **probe_prompt_end** (`risk`) | linear probe, prompt end, block 12 of 30 | 0.980 "
                         "| 0.970 [0.920, 1.020] | 0.770 | 0.550 [0.500, 0.600] |")
     assert lines[3].startswith("| pri | seed: PRI, top-5 mean | 0.420 | 0.410 [0.360, 0.460] | 0.210 |")
-    assert lines[4].startswith("| *answer length* |")
+    assert lines[4] == ("| *answer length* | model-free reference: words in the judged answer | | 0.900 [0.850, 0.950] "
+                        "| | 0.900 [0.850, 0.950] |")
 
 
 def test_readme_table_matches_the_committed_reports():

@@ -106,6 +106,8 @@ def test_markdown_lists_every_detector_the_length_reference_and_the_goal():
     assert "0.970 vs PRI 0.410 (+0.560) — met" in text
     _, metrics = _selection_params_and_metrics(0.62)
     assert "0.620 vs PRI 0.410 (+0.210) — not met" in markdown(metrics, params, {}, [])
+    transfer = markdown(metrics, params, {"task": "dialogue", "params_task": "qa"}, [])
+    assert "calibrated on task qa (transfer)" in transfer and "Goal" not in transfer
 
 
 def test_layer_figure_is_written(tmp_path):
