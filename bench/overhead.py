@@ -4,7 +4,9 @@ Same model file and prompt; the two run interleaved (plain, ours, plain, ours, �
 decode rate is (tokens − 1) / (time of last token − time of first token). Prints the medians
 and their ratio.
 
-    python bench/overhead.py [--model default] [--runs 7] [--max-tokens 128]
+    python bench/overhead.py [--model default] [--runs 7] [--max-tokens 128] [--probe]
+
+With --probe the engine also applies the probe of the model's calibrated params (calibrated_params/).
 """
 
 import argparse
@@ -37,7 +39,7 @@ def plain_run(lm, ids, max_tokens) -> tuple:
     return decode_rate(stamps), len(stamps)
 
 
-def engine_run(engine, ids, max_tokens) -> tuple:
+def engine_run(engine, ids, max_tokens, probe=None) -> tuple:
     import threading
 
     stamps, done = [], threading.Event()
@@ -48,7 +50,7 @@ def engine_run(engine, ids, max_tokens) -> tuple:
         else:
             done.set()
 
-    engine.submit(GenerationJob(ids, max_tokens, emit=emit))
+    engine.submit(GenerationJob(ids, max_tokens, emit=emit, probe=probe))
     done.wait()
     return decode_rate(stamps), len(stamps)
 
@@ -59,18 +61,27 @@ def main() -> None:
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--probe", action="store_true", help="also apply the calibrated params' probe")
     args = ap.parse_args()
 
     engine = Engine(args.model, precision=args.precision)
     lm_ours = engine.start()
     plain = load(args.model, args.precision, with_taps=False)  # a separate copy, on this thread
     ids = encode_prompt(plain, PROMPT, None, True, args.max_tokens)
+    probe = None
+    if args.probe:
+        from app.params import find_params
+
+        params = find_params(lm_ours.model_id, Path(__file__).resolve().parent.parent / "calibrated_params")
+        if params is None or params.probe is None:
+            sys.exit(f"no calibrated params with a probe for {lm_ours.model_id}")
+        probe = params.probe
 
     plain_run(plain, ids, 8), engine_run(engine, ids, 8)  # warm-up
     rows = {"plain": [], "ours": []}
     for i in range(args.runs):
         rows["plain"].append(plain_run(plain, ids, args.max_tokens))
-        rows["ours"].append(engine_run(engine, ids, args.max_tokens))
+        rows["ours"].append(engine_run(engine, ids, args.max_tokens, probe))
         print(f"run {i + 1}: plain {rows['plain'][-1][0]:.2f} tok/s ({rows['plain'][-1][1]} tokens), "
               f"ours {rows['ours'][-1][0]:.2f} tok/s ({rows['ours'][-1][1]} tokens)", flush=True)
     engine.stop()
@@ -78,7 +89,7 @@ def main() -> None:
     print(f"\nmodel {lm_ours.model_id} ({lm_ours.dtype}, BLAS {lm_ours.blas}), prompt {len(ids)} tokens; "
           f"{platform.machine()} {platform.system()}, {__import__('os').cpu_count()} cores")
     print(f"median decode: plain mlx_lm.stream_generate {med['plain']:.2f} tok/s, "
-          f"halluwatch engine with all signals {med['ours']:.2f} tok/s")
+          f"halluwatch engine with all signals{' and the probe' if probe else ''} {med['ours']:.2f} tok/s")
     print(f"ratio ours/plain = {med['ours'] / med['plain']:.3f} (goal ≥ 0.97)")
 
 

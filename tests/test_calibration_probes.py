@@ -12,6 +12,7 @@ from app.halueval import load_samples
 from app.params import load_params
 from app.server import create_app
 from app.settings import Settings
+from qa_data import write_qa
 from signals import selection
 from signals.probe import POSITIONS, sigmoid
 
@@ -20,13 +21,7 @@ N, MAX_TOKENS = 24, 6
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "qa.jsonl"
-    path.write_text("\n".join(json.dumps({
-        "knowledge": f"Item {i} is about the year {1900 + 7 * i} and the river {i}." + " More text." * (i % 3),
-        "question": f"What happened in {1900 + 7 * i}?",
-        "right_answer": f"The river {i} flooded.", "hallucinated_answer": f"The city {i} burned in {i}.",
-    }) for i in range(40)))
-    return path
+    return write_qa(tmp_path_factory.mktemp("data") / "qa.jsonl", 40, hallucinated="The city {i} burned in {i}.")
 
 
 def _spec(dataset, **kw):

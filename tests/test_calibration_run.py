@@ -1,6 +1,5 @@
 """The scoring pass: batched equals one at a time, and a resumed run equals an uninterrupted one."""
 
-import json
 import threading
 
 import numpy as np
@@ -9,6 +8,7 @@ import pytest
 from app.calibration import Cancelled, RunSpec, checkpoint_path, read_checkpoint, score_all
 from app.engine import Engine
 from app.halueval import load_samples
+from qa_data import write_qa
 
 FIELDS = ("hbar_s", "pri", "pfail_max")
 
@@ -23,12 +23,7 @@ def engine(tiny_model_path, request):
 
 @pytest.fixture(scope="module")
 def samples(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "qa.jsonl"
-    path.write_text("\n".join(json.dumps({
-        "knowledge": f"Item {i} is about the year {1900 + 7 * i} and the river {i}." + " More text." * (i % 5),
-        "question": f"What happened in {1900 + 7 * i}?",
-        "right_answer": f"The river {i} flooded.", "hallucinated_answer": f"The city {i} burned.",
-    }) for i in range(24)))
+    path = write_qa(tmp_path_factory.mktemp("data") / "qa.jsonl", 24)
     return load_samples("qa", "train", 12, seed=7, dataset=path)[0]
 
 
