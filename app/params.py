@@ -38,7 +38,7 @@ class Params:
             "tau_hbar": self.data["tau_hbar"],
             "tau_pri": self.data["tau_pri"],
             "risk_detector": (self.data.get("risk") or {}).get("detector"),
-            "probe": None if self.probe is None else {"position": self.probe.position, "block": self.probe.layer},
+            "probe": None if self.probe is None else {"position": self.probe.position, "block": self.probe.layer + 1},
         }
 
     def risk(self, scores: dict, verdict: dict, probe_logit: float | None,

@@ -124,7 +124,7 @@ def test_responses_carry_probe_risk_and_risk(tmp_path, engine):
     assert body["scores"]["probe_in_distribution"] is True and body["risk"]["in_distribution"] is True
     assert body["risk"]["probability"] == pytest.approx(1 / (1 + np.exp(-(2.0 * logit - 0.5))), abs=1e-5)
     assert scored["scores"]["probe_risk"] is not None and scored["risk"]["detector"] == "probe_last_step"
-    assert info["params"]["probe"] == {"position": "last_step", "block": probe.layer}
+    assert info["params"]["probe"] == {"position": "last_step", "block": probe.layer + 1}  # 1 = first
     assert info["params"]["risk_detector"] == "probe_last_step"
 
 
