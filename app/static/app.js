@@ -368,6 +368,7 @@ function showResult(r) {
   $("result").dataset.quadrant = q ? q.name : "";
   $("risk").textContent = r.risk
     ? `${fmt(r.risk.probability, 3)} P(hallucinated), from ${r.risk.detector} (calibrated on HaluEval ${r.risk.task})`
+      + (r.risk.in_distribution === false ? " ⚠ outside the probe's training range: not meaningful here" : "")
     : "— (no detector selected in the params)";
   $("finish-reason").textContent = `${r.finish_reason} (${FINISH[r.finish_reason] || "?"})`;
   $("score-hbar").textContent = fmt(sc.hbar_s) + (flags("hbar_s", sc.hbar_s) ? " ⚑ flags (≤ τ_ℏ)" : "");
