@@ -124,6 +124,10 @@ def _check_done(pg, expected: dict) -> None:
         assert pg.inner_text("#quadrant-name") == expected["quadrant"]["name"]
         assert expected["quadrant"]["label"] in pg.inner_text("#quadrant-label")
     assert pg.inner_text("#finish-reason").startswith(expected["finish_reason"])
+    if expected["risk"] is None:
+        assert pg.inner_text("#risk") == "— (no detector selected in the params)"
+    else:
+        assert pg.inner_text("#risk").startswith(f"{expected['risk']['probability']:.3f} P(hallucinated)")
     title = spans.first.get_attribute("title")  # the tooltip holds the full trace entry
     assert "PRI" in title and "ℏₛ" in title and "logprob" in title
 
