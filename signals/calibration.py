@@ -117,14 +117,15 @@ def fit_joint(hbar, pri, labels, seed: int = 42) -> dict:
     }
 
 
+def joint_logit(hbar, pri, weights: dict) -> np.ndarray:
+    """w_hbar·hbar + w_pri·pri + intercept: the joint model's logit."""
+    return (weights["w_hbar"] * np.asarray(hbar, dtype=float) + weights["w_pri"] * np.asarray(pri, dtype=float)
+            + weights["intercept"])
+
+
 def joint_probability(hbar, pri, weights: dict) -> np.ndarray:
-    """sigmoid(w_hbar·hbar + w_pri·pri + intercept), computed without overflow."""
-    z = (
-        weights["w_hbar"] * np.asarray(hbar, dtype=float)
-        + weights["w_pri"] * np.asarray(pri, dtype=float)
-        + weights["intercept"]
-    )
-    return sigmoid(z)
+    """sigmoid of `joint_logit`, computed without overflow."""
+    return sigmoid(joint_logit(hbar, pri, weights))
 
 
 def calibrate(hbar, pri, labels, seed: int = 42, n_boot: int = 1000) -> dict:

@@ -17,7 +17,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss, roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 
-from signals.calibration import detector_metrics, fit_joint
+from signals.calibration import detector_metrics, fit_joint, joint_logit
 from signals.probe import POSITIONS, fit_probe, sigmoid
 
 PROBE = "probe_"
@@ -51,9 +51,7 @@ def detector_score(name: str, features: dict, detectors: dict, joint_weights: di
     (directions of single features); `joint_weights` the params' "joint_model_weights".
     """
     if name == "joint":
-        w = joint_weights
-        return w["w_hbar"] * np.asarray(features["hbar"], float) + w["w_pri"] * np.asarray(features["pri"], float) \
-            + w["intercept"]
+        return joint_logit(features["hbar"], features["pri"], joint_weights)
     return detectors[name].get("direction", 1) * np.asarray(features[name], dtype=float)
 
 
