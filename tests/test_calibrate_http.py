@@ -55,21 +55,24 @@ def _wait(client, job_id, statuses=("succeeded", "failed", "cancelled"), timeout
 
 def test_lifecycle_and_hot_switch(client, settings):
     assert client.get("/model").json()["params"] is None
-    r = client.post("/calibrate", json={"task": "qa", "n": 12, "max_tokens": 3, "dataset": "qa.jsonl",
+    r = client.post("/calibrate", json={"task": "qa", "n": 20, "max_tokens": 3, "dataset": "qa.jsonl",
                                         "activate": True})
     assert r.status_code == 202, r.text
     job, seen = _wait(client, r.json()["job_id"])
     assert job["status"] == "succeeded", job
     assert "running" in {s for s, _ in seen}
     done = [d for s, d in seen if s == "running"]
-    assert done == sorted(done) and job["progress"] == {"done": 12, "total": 12, "eta_s": 0.0}
+    assert done == sorted(done) and job["progress"] == {"done": 20, "total": 20, "eta_s": 0.0}
     result = job["result"]
     params_path = result["params_path"]
     saved = json.loads(open(params_path).read())
-    assert saved["tau_hbar"] == result["tau_hbar"] and saved["n"] == 12
+    assert saved["tau_hbar"] == result["tau_hbar"] and saved["n"] == 20
+    assert result["risk"] == saved["risk"] and result["probe"] == saved["probe"] is not None
     assert client.get("/model").json()["params"]["path"] == params_path
-    q = client.post("/generate", json={"prompt": "hello", "max_tokens": 2}).json()["quadrant"]
+    body = client.post("/generate", json={"prompt": "hello", "max_tokens": 2}).json()
+    q = body["quadrant"]
     assert q["params"] == params_path.rsplit("/", 1)[1] and q["tau_pri"] == result["tau_pri"]
+    assert body["scores"]["probe_risk"] is not None and body["risk"]["detector"] == saved["risk"]["detector"]
     assert [j["id"] for j in client.get("/calibrate").json()] == [job["id"]]
 
 
