@@ -254,18 +254,17 @@ def evaluate(engine: Engine, params_path: Path, spec: RunSpec, out_dir: Path, re
     scores = {}
     if "ranking" in params:  # params with the detector selection (issue 4 onwards)
         feats = _features(records)
+        train = _training_samples(params, spec, reports_dir)
         if spec.probes:
             test_states = _positions(load_states(ckpt, records))
             probes = _load_probes(params, Path(params_path).parent)
             for position, probe in probes.items():
                 feats[selection.probe_name(position)] = probe.logit(test_states[position])
-            metrics["probe_layers"] = _layer_curves(params, probes, test_states, labels, engine, spec, reports_dir)
-        evaluated = selection.evaluate_detectors(feats, labels, params, n_boot=spec.n_boot, seed=spec.seed)
+            metrics["probe_layers"] = _layer_curves(params, probes, test_states, labels, engine, train, reports_dir)
+        scores = selection.detector_scores(feats, params)
+        evaluated = selection.evaluate_detectors(scores, labels, params, n_boot=spec.n_boot, seed=spec.seed)
         metrics["all_detectors"], metrics["risk"] = evaluated["detectors"], evaluated.get("risk")
-        scores = {name: selection.detector_score(name, feats, params["detectors"], params["joint_model_weights"])
-                  for name in metrics["all_detectors"]}
-        metrics["answer_length"] = _length_check(samples, labels, scores, metrics["all_detectors"], params, spec,
-                                                 reports_dir)
+        metrics["answer_length"] = _length_check(samples, train, labels, scores, metrics["all_detectors"], spec)
     stem = f"{Path(params_path).stem}_eval_{spec.task}_n{spec.n}"
     figures = report.write_figures(records, params, metrics, scores, out_dir, stem)
     meta = {"model": engine.lm.model_id, "params": Path(params_path).name, "params_task": params.get("task"),
@@ -281,15 +280,18 @@ def _words(samples: list) -> np.ndarray:
     return np.array([len(s.answer.split()) for s in samples])
 
 
-def _length_check(samples: list, labels, scores: dict, detectors: dict, params: dict, spec: RunSpec,
-                  reports_dir: Path) -> dict:
+def _training_samples(params: dict, spec: RunSpec, reports_dir: Path) -> list:
+    """The samples the params were calibrated on (a transfer run reads the default copy of their task)."""
+    dataset = spec.dataset if params["task"] == spec.task else None
+    return load_samples(params["task"], "train", params["n"], params["protocol"]["split_seed"], dataset,
+                        Path(reports_dir) / "data")[0]
+
+
+def _length_check(samples: list, train: list, labels, scores: dict, detectors: dict, spec: RunSpec) -> dict:
     """HaluEval's hallucinated answers are often longer than the right ones, so a detector may
     find length rather than hallucination. Reports the model-free reference "words in the judged
-    answer" (direction from the training split) and adds to each detector its AUROC over pairs
-    whose answers have the same number of words."""
-    dataset = spec.dataset if params["task"] == spec.task else None
-    train, _ = load_samples(params["task"], "train", params["n"], params["protocol"]["split_seed"], dataset,
-                            Path(reports_dir) / "data")
+    answer" (direction from the training samples `train`) and adds to each detector its AUROC over
+    pairs whose answers have the same number of words."""
     direction = 1 if roc_auc_score([s.label for s in train], _words(train)) >= 0.5 else -1
     words = _words(samples)
     pairs = 0
@@ -307,17 +309,15 @@ def _load_probes(params: dict, params_dir: Path) -> dict:
             for name, entry in params["detectors"].items() if name.startswith(selection.PROBE)}
 
 
-def _layer_curves(params: dict, probes: dict, test_states: dict, labels, engine: Engine, spec: RunSpec,
+def _layer_curves(params: dict, probes: dict, test_states: dict, labels, engine: Engine, samples: list,
                   reports_dir: Path) -> dict:
-    """Per position: the training CV AUROC of each layer's probe and (when the training states are
-    at hand) that probe's AUROC on these test samples: evidence of where the signal lives; and the
-    share of test states within the served probe's training range."""
-    train_spec = RunSpec(spec.model_ref, task=params["task"], n=params["n"], seed=params["protocol"]["split_seed"],
-                         max_tokens=params["protocol"]["max_tokens"], prompt_format=params["protocol"]["prompt_format"])
+    """Per position: the training CV AUROC of each layer's probe and (when the states of the
+    training `samples` are at hand) that probe's AUROC on these test samples: evidence of where the
+    signal lives; and the share of test states within the served probe's training range."""
+    protocol = params["protocol"]
+    train_spec = RunSpec(params.get("model_ref", ""), task=params["task"], n=params["n"], seed=protocol["split_seed"],
+                         max_tokens=protocol["max_tokens"], prompt_format=protocol["prompt_format"])
     train_ckpt = checkpoint_path(reports_dir, engine.lm.model_id, train_spec, "train")
-    dataset = spec.dataset if train_spec.task == spec.task else None  # a transfer run reads the default copy
-    samples, _ = load_samples(train_spec.task, "train", train_spec.n, train_spec.seed, dataset,
-                              Path(reports_dir) / "data")
     done = read_checkpoint(train_ckpt)
     train = [done[s.key] for s in samples if s.key in done]
     train_states = None

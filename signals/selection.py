@@ -136,23 +136,25 @@ def select_detectors(features: dict, labels, states: dict | None = None, seed: i
     return {"detectors": detectors, "ranking": ranking, "risk": risk, "probes": probes}
 
 
-def evaluate_detectors(features: dict, labels, params: dict, n_boot: int = 1000, seed: int = 42) -> dict:
-    """Every detector of the params that `features` can score, on held-out samples: AUROC with its
-    bootstrap CI, PR-AUC and precision at recall ≥ 0.9, in the params' ranking order; and the
-    `risk` probability's Brier score."""
+def detector_scores(features: dict, params: dict) -> dict:
+    """The score of every detector of the params that `features` can score, in ranking order."""
+    return {name: detector_score(name, features, params["detectors"], params["joint_model_weights"])
+            for name in params["ranking"] if name == "joint" or name in features}
+
+
+def evaluate_detectors(scores: dict, labels, params: dict, n_boot: int = 1000, seed: int = 42) -> dict:
+    """Detector scores (`detector_scores`) on held-out samples: AUROC with its bootstrap CI, PR-AUC
+    and precision at recall ≥ 0.9 of each; and the `risk` probability's Brier score."""
     labels = np.asarray(labels).ravel().astype(int)
     out = {}
-    for name in params["ranking"]:
-        if name == "joint" or name in features:
-            m = detector_metrics(detector_score(name, features, params["detectors"], params["joint_model_weights"]),
-                                 labels, n_boot, seed)
-            out[name] = {"auroc": m["auroc"], "auroc_ci": m["auroc_ci"], "pr_auc": m["pr_auc"],
-                         "precision_at_recall_0_9": m["precision"], "cv_auroc": params["detectors"][name]["cv_auroc"]}
+    for name, score in scores.items():
+        m = detector_metrics(score, labels, n_boot, seed)
+        out[name] = {"auroc": m["auroc"], "auroc_ci": m["auroc_ci"], "pr_auc": m["pr_auc"],
+                     "precision_at_recall_0_9": m["precision"], "cv_auroc": params["detectors"][name]["cv_auroc"]}
     result = {"detectors": out}
     risk = params["risk"]
-    if risk["detector"] in out:
-        p = risk_probability(detector_score(risk["detector"], features, params["detectors"],
-                                            params["joint_model_weights"]), risk)
+    if risk["detector"] in scores:
+        p = risk_probability(scores[risk["detector"]], risk)
         result["risk"] = {"detector": risk["detector"], "auroc": out[risk["detector"]]["auroc"],
                           "brier": float(brier_score_loss(labels, p)),
                           "brier_base_rate": float(brier_score_loss(labels, np.full(len(labels), labels.mean())))}

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from signals.selection import (detector_score, evaluate_detectors, features, risk_probability, select_detectors,
+from signals.selection import (detector_score, detector_scores, evaluate_detectors, features, risk_probability, select_detectors,
                                too_few)
 
 N = 120
@@ -53,7 +53,7 @@ def test_without_states_the_best_single_feature_wins_and_risk_is_calibrated():
     assert np.all((p > 0) & (p < 1))
     assert abs(p.mean() - labels.mean()) < 0.05  # Platt scaling matches the base rate on its own data
     assert roc_auc_score(labels, p) == pytest.approx(roc_auc_score(labels, -feats["entropy_max"]))
-    assert evaluate_detectors(feats, labels, params, n_boot=50)["risk"]["brier"] < 0.25
+    assert evaluate_detectors(detector_scores(feats, params), labels, params, n_boot=50)["risk"]["brier"] < 0.25
 
 
 def test_shuffled_labels_leave_the_probe_at_chance():
@@ -69,7 +69,7 @@ def test_held_out_evaluation_keeps_the_training_directions():
     chosen = select_detectors(feats, labels, None, seed=42)
     params = {**chosen, "joint_model_weights": {"w_hbar": 0.0, "w_pri": 1.0, "intercept": 0.0}}
     flipped = {**feats, "entropy_max": -feats["entropy_max"]}  # the signal reverses on new data
-    result = evaluate_detectors(flipped, labels, params, n_boot=50)
+    result = evaluate_detectors(detector_scores(flipped, params), labels, params, n_boot=50)
     assert result["detectors"]["entropy_max"]["auroc"] < 0.3  # not re-oriented on the test labels
     assert list(result["detectors"]) == [n for n in chosen["ranking"] if not n.startswith("probe_")]
     lo, hi = result["detectors"]["pri"]["auroc_ci"]
