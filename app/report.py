@@ -142,16 +142,16 @@ def write_figures(records: list[dict], params: dict, metrics: dict, scores: dict
     return paths
 
 
-def _num(x, spec: str = ".3f") -> str:
+def num(x, spec: str = ".3f") -> str:
+    """`x` formatted, or "n/a" for None."""
     return "n/a" if x is None else format(x, spec)
 
 
 def _detector_row(name: str, d: dict) -> str:
     at = d.get("at_calibrated_threshold") or {"threshold": None, "precision": None, "recall": None}
-    lo, hi = d["auroc_ci"]
-    return (f"| {DETECTORS.get(name, name)} | {_num(d['auroc'])} [{_num(lo)}, {_num(hi)}] | {_num(d['pr_auc'])} "
-            f"| {_num(d['precision_at_recall_0_9'])} | {_num(at['threshold'], '.4g')} "
-            f"| {_num(at['precision'])} | {_num(at['recall'])} |")
+    return (f"| {DETECTORS.get(name, name)} | {auroc_with_ci(d)} | {num(d['pr_auc'])} "
+            f"| {num(d['precision_at_recall_0_9'])} | {num(at['threshold'], '.4g')} "
+            f"| {num(at['precision'])} | {num(at['recall'])} |")
 
 
 def _confusion(name: str, c: dict) -> list[str]:
@@ -163,11 +163,12 @@ def _confusion(name: str, c: dict) -> list[str]:
 
 def _quadrant_row(name: str, q: dict) -> str:
     return (f"| {name} | {LABELS[name]} | {q['count']} | {q['share']:.1%} "
-            f"| {_num(q['hallucination_rate'], '.1%')} |")
+            f"| {num(q['hallucination_rate'], '.1%')} |")
 
 
-def _ci(d: dict) -> str:
-    return f"{_num(d['auroc'])} [{_num(d['auroc_ci'][0])}, {_num(d['auroc_ci'][1])}]"
+def auroc_with_ci(d: dict) -> str:
+    """ "0.989 [0.980, 0.996]": a metrics entry's AUROC and its 95% CI."""
+    return f"{num(d['auroc'])} [{num(d['auroc_ci'][0])}, {num(d['auroc_ci'][1])}]"
 
 
 def describe(name: str, params: dict) -> str:
@@ -190,13 +191,13 @@ def selection_lines(metrics: dict, params: dict, transfer: bool = False) -> list
     risk = metrics.get("risk") or {}
     chosen = params["risk"]["detector"]
     rows = [f"| {'**' + name + '**' if name == chosen else name} | {describe(name, params)} "
-            f"| {_num(d['cv_auroc'])} | {_ci(d)} | {_num(d.get('auroc_same_length'))} | {_num(d['pr_auc'])} "
-            f"| {_num(d['precision_at_recall_0_9'])} |" for name, d in found.items()]
+            f"| {num(d['cv_auroc'])} | {auroc_with_ci(d)} | {num(d.get('auroc_same_length'))} | {num(d['pr_auc'])} "
+            f"| {num(d['precision_at_recall_0_9'])} |" for name, d in found.items()]
     length = metrics.get("answer_length")
     if length:
         rows.append(f"| *answer length* | model-free reference: words in the judged answer "
-                    f"({'more' if length['direction'] > 0 else 'fewer'} flags) | | {_ci(length)} | | "
-                    f"{_num(length['pr_auc'])} | {_num(length['precision_at_recall_0_9'])} |")
+                    f"({'more' if length['direction'] > 0 else 'fewer'} flags) | | {auroc_with_ci(length)} | | "
+                    f"{num(length['pr_auc'])} | {num(length['precision_at_recall_0_9'])} |")
     lines = ["## Every detector (ranked by cross-validated AUROC on the training split)", "",
              f"Selected on the training split (`risk`): **{chosen}**. Test AUROC with bootstrap 95% CI; "
              "directions, probes and the selection come from the training split only. "
@@ -228,7 +229,7 @@ def _layer_lines(curves: dict) -> list[str]:
         cv = np.asarray(c["train_cv_auroc"])
         test = f"{max(c['test_auroc']):.3f} ({int(np.argmax(c['test_auroc'])) + 1})" if c.get("test_auroc") else "n/a"
         lines.append(f"| {position} | {c['layer'] + 1} | {cv.max():.3f} ({int(cv.argmax()) + 1}) | {test} "
-                     f"| {_num(c.get('in_distribution'), '.1%')} |")
+                     f"| {num(c.get('in_distribution'), '.1%')} |")
     return lines + [""]
 
 

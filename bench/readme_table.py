@@ -17,18 +17,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from app.report import describe  # noqa: E402
+from app.report import auroc_with_ci, describe, num  # noqa: E402
 
 BLOCK = re.compile(r"(<!-- quality-table: (?P<params>\S+) -->\n)(?P<table>.*?)(<!-- /quality-table -->)", re.S)
 TASKS = ("qa", "dialogue", "summarization")
-
-
-def _ci(d: dict) -> str:
-    return f"{d['auroc']:.3f} [{d['auroc_ci'][0]:.3f}, {d['auroc_ci'][1]:.3f}]"
-
-
-def _num(x) -> str:
-    return "n/a" if x is None else f"{x:.3f}"
 
 
 def reports_for(params_path: Path, reports_dir: Path) -> dict:
@@ -56,12 +48,14 @@ def table(params: dict, reports: dict) -> str:
     for name in params["ranking"]:
         d = main["all_detectors"][name]
         shown = f"**{name}** (`risk`)" if name == chosen else name
-        rows.append(f"| {shown} | {describe(name, params)} | {d['cv_auroc']:.3f} | {_ci(d)} | {_num(d.get('auroc_same_length'))} |"
-                    + "".join(f" {_ci(reports[t]['metrics']['all_detectors'][name])} |" for t in others))
+        transfer = "".join(f" {auroc_with_ci(reports[t]['metrics']['all_detectors'][name])} |" for t in others)
+        rows.append(f"| {shown} | {describe(name, params)} | {d['cv_auroc']:.3f} | {auroc_with_ci(d)} "
+                    f"| {num(d.get('auroc_same_length'))} |" + transfer)
     length = main.get("answer_length")
     if length:
+        transfer = "".join(f" {auroc_with_ci(reports[t]['metrics']['answer_length'])} |" for t in others)
         rows.append("| *answer length* | model-free reference: words in the judged answer | | "
-                    f"{_ci(length)} | |" + "".join(f" {_ci(reports[t]['metrics']['answer_length'])} |" for t in others))
+                    f"{auroc_with_ci(length)} | |" + transfer)
     return "\n".join(rows) + "\n"
 
 
