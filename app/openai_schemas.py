@@ -98,11 +98,11 @@ class _Common(BaseModel):
             raise ValueError(f"{info.field_name} is not supported (only 0)")
         return v
 
-    @field_validator("logit_bias")
+    @field_validator("logit_bias", "echo", "suffix", check_fields=False)  # echo, suffix: /v1/completions
     @classmethod
-    def _logit_bias(cls, v):
+    def _empty_only(cls, v, info):
         if v:
-            raise ValueError("logit_bias is not supported")
+            raise ValueError(f"{info.field_name} is not supported")
         return v
 
     @property
@@ -202,24 +202,10 @@ class CompletionRequest(_Common):
             raise ValueError("the prompt is empty")
         return v
 
-    @field_validator("echo")
-    @classmethod
-    def _echo(cls, v):
-        if v:
-            raise ValueError("echo is not supported")
-        return v
-
     @field_validator("best_of")
     @classmethod
     def _best_of(cls, v):
         return _must_be(v, (None, 1), f"best_of={v}")
-
-    @field_validator("suffix")
-    @classmethod
-    def _suffix(cls, v):
-        if v:
-            raise ValueError("suffix is not supported")
-        return v
 
     @property
     def limit(self) -> int | None:
