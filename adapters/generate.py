@@ -43,7 +43,7 @@ def _sorted_top(ids: list, lps: list) -> list:
 
 
 def _host_hidden(hidden: Optional[mx.array]) -> Optional[np.ndarray]:
-    return None if hidden is None else np.array(hidden.astype(mx.float32))
+    return None if hidden is None else np.array(hidden)
 
 
 def _to_host(out) -> RawStep:
@@ -118,7 +118,8 @@ def generate_steps(
         top_ids = top_lps = None
         if top_logprobs > 0:
             top_ids, top_lps = _top_k(lp, top_logprobs)
-        return token, lp[token], values, top_ids, top_lps, hidden[0] if capture_hidden else None
+        captured = hidden[0].astype(mx.float32) if capture_hidden else None  # evaluated with the step
+        return token, lp[token], values, top_ids, top_lps, captured
 
     with wired_limit(model, [generation_stream]), mx.stream(generation_stream):
         prompt = _prefill(model, cache, prompt_ids, prefill_step_size)
@@ -174,8 +175,9 @@ def generate_batch(
             values = reduce(logits, hidden, token, prev)
             prev = hidden[:, -1, :]
             chosen = mx.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
-            mx.eval(token, chosen, values, prev)
-            rows_hidden = _host_hidden(hidden) if capture_hidden else [None] * len(active)
+            captured = hidden.astype(mx.float32) if capture_hidden else None
+            mx.eval(token, chosen, values, prev, *([captured] if capture_hidden else []))
+            rows_hidden = _host_hidden(captured) if capture_hidden else [None] * len(active)
             keep = []
             for row, (t, lp, v) in enumerate(zip(token.tolist(), chosen.tolist(), values.tolist())):
                 steps[active[row]].append(RawStep(t, lp, v, [], rows_hidden[row]))

@@ -126,7 +126,7 @@ def score_batch(engine: Engine, samples: list, spec: RunSpec) -> list:
 
 
 def _states(records: list) -> np.ndarray:
-    return np.stack([records[0].hidden, records[-1].hidden]).astype(np.float32)
+    return np.stack([records[0].hidden, records[-1].hidden])
 
 
 def score_all(engine: Engine, samples: list, spec: RunSpec, checkpoint: Path,
