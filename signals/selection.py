@@ -75,11 +75,10 @@ def _fit(name: str, features: dict, labels: np.ndarray, states: dict, seed: int)
 
 
 def _score(name: str, fitted: dict, features: dict, states: dict) -> np.ndarray:
-    if name == "joint":
-        return detector_score(name, features, {}, fitted["weights"])
+    """`detector_score` of a detector just fitted by `_fit` (a probe reads the states)."""
     if name.startswith(PROBE):
         return fitted["probe"].logit(states[name[len(PROBE):]])
-    return fitted["direction"] * np.asarray(features[name], dtype=float)
+    return detector_score(name, features, {name: fitted}, fitted.get("weights"))
 
 
 def too_few(labels) -> str | None:
