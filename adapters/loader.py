@@ -14,6 +14,7 @@ import mlx.nn as nn
 from . import BLAS
 from .blas import check_matmul
 from .families import Family, family_for, stop_token_ids
+from .fingerprint import Fingerprint, fingerprint
 from .taps import HiddenTaps, install_taps, transformer_blocks
 
 PRECISIONS = ("auto", "float32", "native")
@@ -38,6 +39,7 @@ class LoadedModel:
     context_length: int | None
     dtype: str
     blas: str
+    fingerprint: Fingerprint
 
     @property
     def n_layers(self) -> int:
@@ -134,4 +136,5 @@ def load(ref: str = "default", precision: str = "auto", with_taps: bool = True) 
         context_length=config.get("max_position_embeddings"),
         dtype=describe_dtype(model),
         blas=BLAS,
+        fingerprint=fingerprint(path, config, len(transformer_blocks(model))),
     )

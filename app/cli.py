@@ -6,7 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .settings import REPO_ROOT, Settings
+from .settings import Settings
 
 
 def _engine(settings: Settings):
@@ -24,24 +24,31 @@ def _engine(settings: Settings):
     return engine
 
 
-def _app(settings: Settings, engine):
-    from .params import ParamsError
-    from .server import create_app
+def _params(settings: Settings, engine):
+    """The params in effect for the loaded model, as the server would pick them (no app, no job store)."""
+    from .calibration.params import ParamsError, resolve
 
     try:
-        return create_app(settings, engine)
+        served = resolve(settings, engine.lm.fingerprint)
     except ParamsError as e:
         sys.exit(f"halluwatch: {e}")
+    return served.params, served.reason
 
 
 def serve(settings: Settings) -> None:
     import uvicorn
 
-    from .security import warn_if_exposed
+    from .http.security import warn_if_exposed
 
     warn_if_exposed(settings.host, settings.api_key)
+    from .calibration.params import ParamsError
+    from .http.app import create_app
+
     engine = _engine(settings)
-    app = _app(settings, engine)
+    try:
+        app = create_app(settings, engine)
+    except ParamsError as e:
+        sys.exit(f"halluwatch: {e}")
     params = app.state.params
     logging.getLogger("halluwatch").info(
         "params: %s", params.path if params else app.state.params_reason)
@@ -52,40 +59,45 @@ def serve(settings: Settings) -> None:
         engine.stop()
 
 
-def generate(settings: Settings, args) -> None:
-    from .engine import GenerationJob, run_blocking
-    from .generation import InputError, encode_prompt, response_body
+def _run_one(settings: Settings, args, make_job) -> None:
+    """Load the model and the params, run one job, print its assessed response."""
+    from .assessment import response_body
+    from .prompts import InputError
 
     engine = _engine(settings)
-    app = _app(settings, engine)
     try:
-        ids = encode_prompt(engine.lm, args.prompt, None, not args.raw, args.max_tokens)
-    except InputError as e:
-        sys.exit(f"halluwatch: {e.field}: {e}")
-    records, fin = run_blocking(engine, GenerationJob(ids, args.max_tokens, probe=_probe(app)))
-    engine.stop()
-    _print(response_body(records, fin, app.state.params, app.state.params_reason, args.trace), args.json)
+        params, reason = _params(settings, engine)
+        try:
+            job = make_job(engine.lm, params.probe if params else None)
+        except InputError as e:
+            sys.exit(f"halluwatch: {e.field}: {e}")
+        records, fin = engine.submit(job).wait()
+    finally:
+        engine.stop()
+    _print(response_body(records, fin, params, reason, args.trace), args.json)
+
+
+def generate(settings: Settings, args) -> None:
+    from .engine import GenerationJob
+    from .prompts import encode_prompt
+
+    def job(lm, probe):
+        return GenerationJob(encode_prompt(lm, args.prompt, None, not args.raw, args.max_tokens), args.max_tokens,
+                             probe=probe)
+
+    _run_one(settings, args, job)
 
 
 def score(settings: Settings, args) -> None:
-    from .engine import ScoreJob, run_once
-    from .generation import InputError, encode_prompt, response_body
+    from .engine import ScoreJob
+    from .prompts import encode_prompt
 
-    engine = _engine(settings)
-    app = _app(settings, engine)
-    tok = engine.lm.tokenizer
-    response_ids = tok.encode(args.response, add_special_tokens=False) + ([] if args.no_eos else [tok.eos_token_id])
-    try:
-        ids = encode_prompt(engine.lm, args.prompt, None, not args.raw, len(response_ids))
-    except InputError as e:
-        sys.exit(f"halluwatch: {e.field}: {e}")
-    records, fin = run_once(engine, ScoreJob(ids, response_ids, probe=_probe(app)))
-    engine.stop()
-    _print(response_body(records, fin, app.state.params, app.state.params_reason, args.trace), args.json)
+    def job(lm, probe):
+        tok = lm.tokenizer
+        response = tok.encode(args.response, add_special_tokens=False) + ([] if args.no_eos else [tok.eos_token_id])
+        return ScoreJob(encode_prompt(lm, args.prompt, None, not args.raw, len(response)), response, probe=probe)
 
-
-def _probe(app):
-    return app.state.params.probe if app.state.params else None
+    _run_one(settings, args, job)
 
 
 def _print(body: dict, as_json: bool) -> None:
@@ -102,7 +114,7 @@ def _print(body: dict, as_json: bool) -> None:
 
 
 def _run_spec(args, model_ref: str):
-    from .calibration import RunSpec
+    from .calibration.runs import RunSpec
 
     return RunSpec(model_ref=model_ref, task=args.task, n=args.n, max_tokens=args.max_tokens, seed=args.seed,
                    prompt_format=args.prompt_format, dataset=args.dataset, batch_size=args.batch_size,
@@ -123,8 +135,8 @@ def _progress_bar(desc: str):
 
 
 def calibrate_or_evaluate(settings: Settings, args) -> None:
-    from . import calibration
-    from .halueval import DatasetError, load_samples
+    from .calibration import runs as calibration
+    from .calibration.halueval import DatasetError, load_samples
 
     params = None
     if args.command == "evaluate":
@@ -134,26 +146,42 @@ def calibrate_or_evaluate(settings: Settings, args) -> None:
         settings.model = args.model or params.get("model_ref") or params["model"]
         args.max_tokens = args.max_tokens or params.get("protocol", {}).get("max_tokens", 20)
         args.prompt_format = args.prompt_format or params.get("protocol", {}).get("prompt_format", "raw")
+    reports = Path(args.reports) if args.reports else settings.reports_dir
+    out = Path(args.out) if args.out else settings.calibrations_dir if params is None else settings.reports_dir
     args.max_tokens = args.max_tokens or 20
     args.prompt_format = args.prompt_format or "raw"
     spec = _run_spec(args, settings.model)
     split = "train" if params is None else "test"
     try:  # check the data before loading the model
-        load_samples(spec.task, split, spec.n, spec.seed, spec.dataset, Path(args.reports) / "data")
+        load_samples(spec.task, split, spec.n, spec.seed, spec.dataset, reports / "data")
     except DatasetError as e:
         sys.exit(f"halluwatch: {e}")
     engine = _engine(settings)
     bar, update = _progress_bar(f"{args.command} {spec.task}/{split}")
     try:
         if params is None:
-            path = calibration.calibrate(engine, spec, Path(args.out), Path(args.reports), progress=update)
+            path = calibration.calibrate(engine, spec, out, reports, progress=update)
         else:
-            path = calibration.evaluate(engine, Path(args.params_file), spec, Path(args.out), Path(args.reports),
+            path = calibration.evaluate(engine, Path(args.params_file), spec, out, reports,
                                         progress=update)
     finally:
         bar.close()
         engine.stop()
+    if params is None and args.activate:
+        from .calibration.params import activate as set_active
+
+        set_active(settings.state_dir, path, "halluwatch calibrate --activate")
     print(path)
+
+
+def activate(settings: Settings, args) -> None:
+    from .calibration.params import ParamsError, activate as set_active
+
+    try:
+        fp = set_active(settings.state_dir, Path(args.params_file), "halluwatch activate")
+    except ParamsError as e:
+        sys.exit(f"halluwatch: {e}")
+    print(f"{args.params_file} is now the active calibration of model {fp.id}; it is served from the next start")
 
 
 def main(argv=None) -> None:
@@ -201,19 +229,23 @@ def main(argv=None) -> None:
                        help="samples scored together (batched decode; 1 = the exact /generate path)")
         p.add_argument("--no-probes", action="store_true",
                        help="do not capture block outputs (no probes: faster, far less disk)")
-        p.add_argument("--reports", default=str(REPO_ROOT / "reports"),
-                       help="folder for scores checkpoints, splits and reports (default reports/)")
+        p.add_argument("--reports", help="folder for scores checkpoints and splits "
+                                          "(default: $HALLUWATCH_HOME/reports)")
 
     p = sub.add_parser("calibrate", help="score the HaluEval train split and write a params file")
     common(p, params=False)
     run_options(p, 200)
-    p.add_argument("--out", default=str(REPO_ROOT / "calibrated_params"), help="folder of the params file")
+    p.add_argument("--out", help="folder of the params file (default: $HALLUWATCH_HOME/calibrations)")
+    p.add_argument("--activate", action="store_true",
+                   help="serve the new params for this model from the next start (same as `halluwatch activate`)")
     p = sub.add_parser("evaluate", help="validate a params file on the HaluEval test split")
     p.add_argument("--params", dest="params_file", required=True, help="the params file to validate")
     p.add_argument("--model", help="model reference (default: the one the params were calibrated with)")
     p.add_argument("--precision", choices=["auto", "float32", "native"])
     run_options(p, 200)
-    p.add_argument("--out", default=str(REPO_ROOT / "reports"), help="folder of the report and figures")
+    p.add_argument("--out", help="folder of the report and figures (default: $HALLUWATCH_HOME/reports)")
+    p = sub.add_parser("activate", help="serve a params file for the model it was calibrated on, from the next start")
+    p.add_argument("params_file", help="a params JSON written by `halluwatch calibrate` (or a calibration job)")
     args = parser.parse_args(argv)
 
     overrides = {k: v for k in ("model", "params", "precision", "host", "port")
@@ -226,6 +258,8 @@ def main(argv=None) -> None:
         generate(settings, args)
     elif args.command == "score":
         score(settings, args)
+    elif args.command == "activate":
+        activate(settings, args)
     else:
         calibrate_or_evaluate(settings, args)
 

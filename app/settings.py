@@ -1,22 +1,38 @@
-"""Server settings, from HALLUWATCH_* environment variables or the CLI."""
+"""Server settings, from HALLUWATCH_* environment variables or the CLI.
+
+Every folder the service writes lies under `home` (HALLUWATCH_HOME); the shipped params are
+package data and only read.
+"""
 
 from pathlib import Path
 
+import platformdirs
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+import calibrated_params
+
+
+def default_home() -> Path:
+    """The per-user data folder: ~/.local/share/halluwatch on Linux (XDG_DATA_HOME respected),
+    ~/Library/Application Support/halluwatch on macOS."""
+    return Path(platformdirs.user_data_dir("halluwatch", appauthor=False))
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HALLUWATCH_", extra="ignore")
 
     model: str = Field("default", description="model reference: default, a .gguf file, an mlx-lm folder or a cached repo id")
-    params: Path | None = Field(None, description="calibrated params file to use instead of the newest match")
-    params_dir: Path = Field(REPO_ROOT / "calibrated_params", description="folder searched for calibrated params")
-    reports_dir: Path = Field(REPO_ROOT / "reports", description="scores checkpoints, splits and reports")
-    state_dir: Path = Field(REPO_ROOT / "state", description="server state (the calibration jobs database)")
-    data_dir: Path = Field(REPO_ROOT / "data", description="the only folder /calibrate may read datasets from")
+    params: Path | None = Field(None, description="calibrated params file to serve (else the model's active "
+                                                  "calibration, else the newest shipped params that match)")
+    home: Path = Field(default_factory=default_home, description="folder for everything the service writes")
+    params_dir: Path = Field(calibrated_params.DIR, description="shipped params, searched when no calibration is active")
+    # Below `home` unless set: the job database and active-calibration pointers; params written by
+    # calibration runs; score checkpoints, splits and reports; the only folder /calibrate reads data from.
+    state_dir: Path | None = Field(None, description="default: HOME/state")
+    calibrations_dir: Path | None = Field(None, description="default: HOME/calibrations")
+    reports_dir: Path | None = Field(None, description="default: HOME/reports")
+    data_dir: Path | None = Field(None, description="default: HOME/data")
     precision: str = Field("auto", description="auto (float32 on Linux with OpenBLAS, else as stored), float32 or native")
     host: str = "127.0.0.1"
     port: int = 8000
@@ -38,4 +54,7 @@ class Settings(BaseSettings):
     def _default_within_limit(self):
         # a smaller limit lowers the default too, so a request without max_tokens is never refused
         self.default_max_tokens = min(self.default_max_tokens, self.max_tokens_limit)
+        for name in ("state", "calibrations", "reports", "data"):
+            if getattr(self, f"{name}_dir") is None:
+                setattr(self, f"{name}_dir", self.home / name)
         return self

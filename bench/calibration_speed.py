@@ -24,9 +24,9 @@ import mlx.core as mx  # noqa: E402
 from mlx_lm import stream_generate  # noqa: E402
 
 from adapters.loader import load  # noqa: E402
-from app.calibration import RunSpec, score_batch  # noqa: E402
+from app.calibration.runs import RunSpec, score_batch  # noqa: E402
 from app.engine import Engine  # noqa: E402
-from app.halueval import load_samples  # noqa: E402
+from app.calibration.halueval import load_samples  # noqa: E402
 from signals.step import step_signals  # noqa: E402
 
 MAX_TOKENS = 20

@@ -67,7 +67,7 @@ MODES = ("positive", "negative", "repaired")
 
 def build_tiny_model(out_dir: Path, arch: str = "llama", seed: int = 0) -> Path:
     """A tiny random model folder (tests/tiny_models.py)."""
-    from tiny_models import make_tiny_model
+    from support.tiny_models import make_tiny_model
 
     return make_tiny_model(arch, out_dir, seed=seed)
 
@@ -87,10 +87,10 @@ def serve(model_dir: Path, work_dir: Path, queue_depth: int = 16, precision: str
 
     State, reports, params and data folders are fresh folders under `work_dir` (the data folder
     empty); `settings` override Settings fields (e.g. max_tokens_limit=8)."""
-    from live_server import live_server
+    from support.live_server import live_server
 
     from app.engine import Engine
-    from app.server import create_app
+    from app.http.app import create_app
     from app.settings import Settings
 
     work_dir = Path(work_dir)

@@ -23,7 +23,7 @@ from mlx_lm import stream_generate  # noqa: E402
 
 from adapters.loader import load  # noqa: E402
 from app.engine import Engine, GenerationJob, StepRecord  # noqa: E402
-from app.generation import encode_prompt  # noqa: E402
+from app.prompts import encode_prompt  # noqa: E402
 
 PROMPT = "Tell me a long story about a dragon who learns to cook, with many details."
 
@@ -40,18 +40,17 @@ def plain_run(lm, ids, max_tokens) -> tuple:
 
 
 def engine_run(engine, ids, max_tokens, probe=None) -> tuple:
-    import threading
+    handle = engine.submit(GenerationJob(ids, max_tokens, probe=probe))
+    stamps = []
+    emit = handle.emit
 
-    stamps, done = [], threading.Event()
-
-    def emit(item):
+    def stamped(item):  # the time each step reaches the caller's side
         if isinstance(item, StepRecord):
             stamps.append(time.perf_counter())
-        else:
-            done.set()
+        emit(item)
 
-    engine.submit(GenerationJob(ids, max_tokens, emit=emit, probe=probe))
-    done.wait()
+    handle.emit = stamped
+    handle.wait()
     return decode_rate(stamps), len(stamps)
 
 
@@ -70,7 +69,7 @@ def main() -> None:
     ids = encode_prompt(plain, PROMPT, None, True, args.max_tokens)
     probe = None
     if args.probe:
-        from app.params import find_params
+        from app.calibration.params import find_params
 
         params = find_params(lm_ours.model_id, Path(__file__).resolve().parent.parent / "calibrated_params")
         if params is None or params.probe is None:

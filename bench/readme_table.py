@@ -17,7 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from app.report import auroc_with_ci, describe, num  # noqa: E402
+from app.calibration.report import auroc_with_ci, describe, num  # noqa: E402
 
 BLOCK = re.compile(r"(<!-- quality-table: (?P<params>\S+) -->\n)(?P<table>.*?)(<!-- /quality-table -->)", re.S)
 TASKS = ("qa", "dialogue", "summarization")

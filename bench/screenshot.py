@@ -13,11 +13,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import adapters  # noqa: E402,F401  (preloads OpenBLAS before mlx)
-from live_server import live_server  # noqa: E402
+from support.live_server import live_server  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
 
 from app.engine import Engine  # noqa: E402
-from app.server import create_app  # noqa: E402
+from app.http.app import create_app  # noqa: E402
 from app.settings import Settings  # noqa: E402
 
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

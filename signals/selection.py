@@ -1,13 +1,8 @@
 """Every detector side by side: cross-validated AUROC on the training split, the best one
 Platt-scaled into a `risk` probability, and the same detectors checked on held-out data.
 
-A detector maps a sample's features to a score, higher = more likely hallucinated:
-- a single feature (``"hbar"``, ``"pri"``, the response baselines, ``"verdict_p_no"``, ...) times
-  a direction: ℏₛ keeps the protocol's −1 (it is inverted on HaluEval), PRI +1, the others are
-  oriented on the training data;
-- ``"joint"``: the logit of the joint logistic model on (hbar, pri);
-- ``"probe_<position>"``: the logit of a linear probe (signals/probe.py) on the block outputs
-  at that position; its feature *is* that logit, computed by whoever holds the states.
+The detectors themselves (what each reads, how it is fitted and scored) are in
+signals/detectors.py.
 
 Pure numpy / scikit-learn; outputs are JSON-ready except the fitted probes.
 """
@@ -17,42 +12,22 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss, roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 
-from signals.calibration import detector_metrics, fit_joint, joint_logit
-from signals.probe import POSITIONS, fit_probe, sigmoid
+from signals import detectors as registry
+from signals.probe import sigmoid
+from signals.statistics import detector_metrics
 
-PROBE = "probe_"
-FIXED_DIRECTIONS = {"hbar": -1, "pri": 1}
 CV_FOLDS = 5
 MIN_PER_CLASS = 2 * CV_FOLDS  # so that the fits inside each fold can run their own CV
 PLATT_C = 1e4  # Platt scaling: a (nearly) unregularised 1-D logistic fit
-
-
-# Single-feature detectors and the response score each reads; then the step-0 verdict masses.
-SCORE_FEATURES = {"hbar": "hbar_s", "pri": "pri", "surprise_mean": "surprise_mean", "surprise_max": "surprise_max",
-                  "entropy_mean": "entropy_mean", "entropy_max": "entropy_max", "prob_min": "prob_min"}
-VERDICT_FEATURES = {"verdict_p_no": "p_no", "verdict_p_yes": "p_yes"}
-
-
-def probe_name(position: str) -> str:
-    return PROBE + position
-
-
-def features(scores: dict, verdict: dict) -> dict:
-    """The single-feature detectors' inputs of one response: its response scores (ResponseScores
-    keys) and the step-0 probability mass on the verdict tokens (p_yes, p_no)."""
-    return {**{name: scores[key] for name, key in SCORE_FEATURES.items()},
-            **{name: verdict[key] for name, key in VERDICT_FEATURES.items()}}
 
 
 def detector_score(name: str, features: dict, detectors: dict, joint_weights: dict) -> np.ndarray:
     """Scores of detector `name`, higher = more likely hallucinated.
 
     `features` maps feature names to arrays (or floats); `detectors` is the params' "detectors"
-    (directions of single features); `joint_weights` the params' "joint_model_weights".
+    (their fitted entries); `joint_weights` the params' "joint_model_weights".
     """
-    if name == "joint":
-        return joint_logit(features["hbar"], features["pri"], joint_weights)
-    return detectors[name].get("direction", 1) * np.asarray(features[name], dtype=float)
+    return registry.get(name).score(detectors.get(name, {}), features, joint_weights)
 
 
 def risk_probability(score, risk: dict) -> np.ndarray:
@@ -60,25 +35,11 @@ def risk_probability(score, risk: dict) -> np.ndarray:
     return sigmoid(risk["a"] * np.asarray(score, dtype=float) + risk["b"])
 
 
-def _fit(name: str, features: dict, labels: np.ndarray, states: dict, seed: int) -> dict:
-    """Fit one detector on these samples; returns its params entry (+ "probe" for a probe)."""
-    if name == "joint":
-        return {"weights": fit_joint(features["hbar"], features["pri"], labels, seed=seed)}
-    if name.startswith(PROBE):
-        position = name[len(PROBE):]
-        probe, curve = fit_probe(states[position], labels, position, seed=seed)
-        return {"direction": 1, "probe": probe, "layer": probe.layer, "C": curve["layer_C"][probe.layer],
-                "layer_cv_auroc": curve["layer_auroc"], "layer_C": curve["layer_C"]}
-    if name in FIXED_DIRECTIONS:
-        return {"direction": FIXED_DIRECTIONS[name]}
-    return {"direction": 1 if roc_auc_score(labels, features[name]) >= 0.5 else -1}
-
-
-def _score(name: str, fitted: dict, features: dict, states: dict) -> np.ndarray:
-    """`detector_score` of a detector just fitted by `_fit` (a probe reads the states)."""
-    if name.startswith(PROBE):
-        return fitted["probe"].logit(states[name[len(PROBE):]])
-    return detector_score(name, features, {name: fitted}, fitted.get("weights"))
+def _fitted_score(detector, entry: dict, features: dict, states: dict) -> np.ndarray:
+    """The score of a detector just fitted (a probe reads the states it was fitted on)."""
+    if isinstance(detector, registry.LinearProbe):
+        return detector.score_states(entry, states)
+    return detector.score(entry, features)
 
 
 def too_few(labels) -> str | None:
@@ -108,7 +69,7 @@ def select_detectors(features: dict, labels, states: dict | None = None, seed: i
         raise ValueError(reason)
     states = states or {}
     features = {k: np.asarray(v, dtype=float) for k, v in features.items()}
-    names = [*features, "joint", *(probe_name(p) for p in POSITIONS if p in states)]
+    names = [name for name, d in registry.REGISTRY.items() if d.available(features, states)]
     folds = StratifiedKFold(CV_FOLDS, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels)
     oof = {name: np.empty(len(labels)) for name in names}
     fold_auroc = {name: [] for name in names}
@@ -116,14 +77,15 @@ def select_detectors(features: dict, labels, states: dict | None = None, seed: i
         part = {k: v[train] for k, v in features.items()}, {k: v[train] for k, v in states.items()}
         rest = {k: v[test] for k, v in features.items()}, {k: v[test] for k, v in states.items()}
         for name in names:
-            score = _score(name, _fit(name, part[0], labels[train], part[1], seed), *rest)
+            detector = registry.get(name)
+            score = _fitted_score(detector, detector.fit(part[0], labels[train], part[1], seed), *rest)
             oof[name][test] = score
             fold_auroc[name].append(float(roc_auc_score(labels[test], score)))
     detectors, probes = {}, {}
     for name in names:
-        fitted = _fit(name, features, labels, states, seed)
+        fitted = registry.get(name).fit(features, labels, states, seed)
         if "probe" in fitted:
-            probes[name[len(PROBE):]] = fitted.pop("probe")
+            probes[registry.get(name).position] = fitted.pop("probe")
         fitted.pop("weights", None)  # the joint model's weights are the params' joint_model_weights
         detectors[name] = {**fitted, "cv_auroc": float(np.mean(fold_auroc[name])),
                            "cv_auroc_folds": fold_auroc[name]}

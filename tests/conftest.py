@@ -8,12 +8,16 @@ import adapters  # noqa: F401
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Everything the service writes goes to a fresh data folder: never the user's, never the checkout.
+import tempfile  # noqa: E402
+
+os.environ["HALLUWATCH_HOME"] = tempfile.mkdtemp(prefix="halluwatch-test-home-")
 
 from pathlib import Path  # noqa: E402
 from typing import Callable  # noqa: E402
 
 import pytest  # noqa: E402
-from tiny_models import make_tiny_model  # noqa: E402
+from support.tiny_models import make_tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,8 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from app.jobs import JobStore
-from app.server import create_app
+from app.calibration.background import JobStore
+from app.http.app import create_app
 from app.settings import Settings
 
 N_ITEMS = 40
@@ -31,8 +31,7 @@ def settings(tmp_path):
     (data / "long.jsonl").write_text(_qa_items(N_ITEMS, long=True))
     (data / "bad.jsonl").write_text(_qa_items(3) + "{not json\n")
     (tmp_path / "outside.jsonl").write_text(_qa_items(N_ITEMS))
-    return Settings(params_dir=tmp_path / "params", reports_dir=tmp_path / "reports",
-                    state_dir=tmp_path / "state", data_dir=data)
+    return Settings(home=tmp_path, params_dir=tmp_path / "params")
 
 
 @pytest.fixture
@@ -96,7 +95,7 @@ def test_failure_later_leaves_params_untouched(client, settings):
     r = client.post("/calibrate", json={"n": 10, "max_tokens": 2, "dataset": "long.jsonl", "activate": True})
     job, _ = _wait(client, r.json()["job_id"])
     assert job["status"] == "failed" and "context" in job["error"]
-    assert not settings.params_dir.exists() or list(settings.params_dir.iterdir()) == []
+    assert not settings.calibrations_dir.exists() or list(settings.calibrations_dir.iterdir()) == []
     assert client.get("/model").json()["params"] is None
 
 

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from app.calibration import RunSpec, calibrate, checkpoint_path, evaluate, read_checkpoint, score_all, states_dir
-from app.halueval import load_samples
-from app.params import load_params
-from app.server import create_app
+from app.calibration.runs import RunSpec, calibrate, checkpoint_path, evaluate, read_checkpoint, score_all, states_dir
+from app.calibration.halueval import load_samples
+from app.calibration.params import load_params
+from app.http.app import create_app
 from app.settings import Settings
-from qa_data import write_qa
-from signals import selection
+from support.qa_data import write_qa
+from signals import detectors, selection
 from signals.probe import POSITIONS, sigmoid
 
 N, MAX_TOKENS = 24, 6
@@ -39,7 +39,7 @@ def calibrated(engine, dataset, tmp_path_factory):
 def test_params_hold_the_ranked_detectors_and_checksummed_probes(engine, calibrated):
     path, root = calibrated
     params = json.loads(path.read_text())
-    names = {*selection.SCORE_FEATURES, *selection.VERDICT_FEATURES, "joint", "probe_prompt_end", "probe_last_step"}
+    names = set(detectors.REGISTRY)
     assert set(params["ranking"]) == names == set(params["detectors"])
     cv = [params["detectors"][n]["cv_auroc"] for n in params["ranking"]]
     assert cv == sorted(cv, reverse=True)
@@ -52,7 +52,7 @@ def test_params_hold_the_ranked_detectors_and_checksummed_probes(engine, calibra
         assert (path.parent / entry["file"]).is_file() and len(entry["sha256"]) == 64
         assert len(entry["layer_cv_auroc"]) == engine.lm.n_layers
     # states of every training sample: (2 positions, L blocks, D)
-    ckpt = checkpoint_path(root / "reports", engine.lm.model_id, _spec(None), "train")
+    ckpt = checkpoint_path(root / "reports", engine.lm, _spec(None), "train")
     files = sorted(states_dir(ckpt).glob("*.npy"))
     assert len(files) == N
     assert np.load(files[0]).shape == (2, engine.lm.n_layers, engine.lm.model.args.hidden_size)
@@ -63,7 +63,7 @@ def test_serving_equals_calibration_on_the_same_sample(engine, calibrated, datas
     path, root = calibrated
     params = load_params(path)
     samples, _ = load_samples("qa", "train", N, 42, dataset)
-    ckpt = checkpoint_path(root / "reports", engine.lm.model_id, _spec(None), "train")
+    ckpt = checkpoint_path(root / "reports", engine.lm, _spec(None), "train")
     records = read_checkpoint(ckpt)
     with TestClient(create_app(Settings(params=path, max_tokens_limit=64), engine)) as client:
         for sample in samples[:4]:
@@ -74,7 +74,7 @@ def test_serving_equals_calibration_on_the_same_sample(engine, calibrated, datas
             assert body["scores"]["probe_risk"] == pytest.approx(float(sigmoid(logit)), abs=1e-5)
             distance = params.probe.distance(states[POSITIONS.index(params.probe.position)])
             assert body["scores"]["probe_in_distribution"] == bool(distance <= params.probe.distance_limit)
-            feats = {**selection.features(rec, rec["verdict"]), f"probe_{params.probe.position}": float(logit)}
+            feats = {**detectors.features(rec, rec["verdict"]), f"probe_{params.probe.position}": float(logit)}
             name = params.data["risk"]["detector"]
             score = selection.detector_score(name, feats, params.data["detectors"], params.data["joint_model_weights"])
             inside = body["scores"]["probe_in_distribution"] if name.startswith("probe_") else None

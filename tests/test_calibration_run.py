@@ -5,10 +5,10 @@ import threading
 import numpy as np
 import pytest
 
-from app.calibration import Cancelled, RunSpec, checkpoint_path, read_checkpoint, score_all
+from app.calibration.runs import Cancelled, RunSpec, checkpoint_path, read_checkpoint, score_all
 from app.engine import Engine
-from app.halueval import load_samples
-from qa_data import write_qa
+from app.calibration.halueval import load_samples
+from support.qa_data import write_qa
 
 FIELDS = ("hbar_s", "pri", "pfail_max")
 
@@ -73,7 +73,7 @@ def test_resume_after_interruption_equals_uninterrupted(engine, samples, tmp_pat
     assert resumed == full
 
 
-def test_checkpoint_path_is_stable():
-    a = checkpoint_path("r", "mlx-community/Some Model", _spec(), "train")
-    assert a == checkpoint_path("r", "mlx-community/Some Model", _spec(n=400), "train")  # n grows, file stays
-    assert a.name == "some-model_qa_train_seed42_mt10_raw.jsonl"
+def test_checkpoint_path_is_stable_and_bound_to_the_model(engine):
+    a = checkpoint_path("r", engine.lm, _spec(), "train")
+    assert a == checkpoint_path("r", engine.lm, _spec(n=400), "train")  # n grows, file stays
+    assert a.name == f"{engine.lm.model_id.lower()}-{engine.lm.fingerprint.id}_qa_train_seed42_mt10_raw.jsonl"

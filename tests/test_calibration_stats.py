@@ -10,7 +10,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 
-from signals.calibration import (
+from signals.statistics import (
     DETECTORS,
     bootstrap_auroc_ci,
     calibrate,
@@ -305,7 +305,7 @@ def test_bad_inputs_raise(hbar, pri, labels, msg):
 
 
 def test_same_stratum_auroc_counts_only_pairs_within_a_stratum():
-    from signals.calibration import same_stratum_auroc
+    from signals.statistics import same_stratum_auroc
 
     # stratum "a": the hallucinated sample outscores the correct one; stratum "b": it does not;
     # stratum "c" holds one class only. Across strata the score would separate perfectly.

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from mlx_lm import load as mlx_load
 from mlx_lm.generate import generate_step
-from tiny_models import ARCHS
+from support.tiny_models import ARCHS
 
-from adapters.generate import generate_steps
+from adapters.decode import generate_steps
 from adapters.loader import load
 from adapters.text import verdict_token_ids
-from app.engine import Engine, GenerationJob, run_blocking
-from reference import probs, reference
+from app.engine import Engine, GenerationJob
+from support.reference import probs, reference
 from signals.response import top_k_mean
 from signals.step import STEP_FIELDS, step_signals
 
@@ -87,14 +87,14 @@ def _no_cache_reference(path, ids, tokens):
 def test_signals_equal_no_cache_reference_with_eos(tiny_model_path, engines, arch):
     engine = engines(arch)
     ids = _prompt(engine.lm.tokenizer, 20)
-    records, fin = run_blocking(engine, GenerationJob(ids, N_TOKENS))
+    records, fin = engine.submit(GenerationJob(ids, N_TOKENS)).wait()
     tokens = [r.token_id for r in records]
     # Make a token that first appears late in the run the stop token, so the run ends on it.
     k = next(i for i in range(len(tokens) - 1, 5, -1) if tokens[i] not in tokens[:i])
     saved = engine.lm.stop_ids
     engine.lm.stop_ids = frozenset({tokens[k]})
     try:
-        records, fin = run_blocking(engine, GenerationJob(ids, N_TOKENS))
+        records, fin = engine.submit(GenerationJob(ids, N_TOKENS)).wait()
     finally:
         engine.lm.stop_ids = saved
     assert fin.finish_reason == "eos" and fin.stop_token_id == tokens[k]
@@ -114,10 +114,10 @@ def test_signals_equal_no_cache_reference_with_eos(tiny_model_path, engines, arc
 
 
 def test_response_scores_are_top5_means(tiny_model_path, engines):
-    from app.generation import response_body
+    from app.assessment import response_body
 
     engine = engines("llama")
-    records, fin = run_blocking(engine, GenerationJob(_prompt(engine.lm.tokenizer, 12), 12))
+    records, fin = engine.submit(GenerationJob(_prompt(engine.lm.tokenizer, 12), 12)).wait()
     body = response_body(records, fin, None, "none", include_trace=True)
     assert body["scores"]["hbar_s"] == top_k_mean([r.hbar_s for r in records])
     assert body["scores"]["pri"] == top_k_mean([r.pri for r in records])
@@ -132,11 +132,11 @@ def test_pfail_halting_stops_before_appending(engines):
     engine = engines("qwen2")
     tok = engine.lm.tokenizer
     ids = _prompt(tok, 16)
-    records, _ = run_blocking(engine, GenerationJob(ids, N_TOKENS))
+    records, _ = engine.submit(GenerationJob(ids, N_TOKENS)).wait()
     pf = [r.pfail for r in records]
     j = next(i for i in range(2, len(pf)) if pf[i] > max(pf[:i]))
     cutoff = (max(pf[:j]) + pf[j]) / 2
-    halted, fin = run_blocking(engine, GenerationJob(ids, N_TOKENS, halt_cutoff=cutoff))
+    halted, fin = engine.submit(GenerationJob(ids, N_TOKENS, halt_cutoff=cutoff)).wait()
     assert fin.finish_reason == "pfail"
     assert len(halted) == j + 1  # the halting step is scored ...
     assert halted[-1].text == ""  # ... but its token is not appended
@@ -147,8 +147,8 @@ def test_pfail_halting_stops_before_appending(engines):
 def test_sampling_is_seeded_and_signals_use_the_sampled_token(engines):
     engine = engines("llama")
     ids = _prompt(engine.lm.tokenizer, 10)
-    greedy, _ = run_blocking(engine, GenerationJob(ids, 16))
-    runs = [run_blocking(engine, GenerationJob(ids, 16, temperature=1.5, seed=s))[0] for s in (1, 1, 2)]
+    greedy, _ = engine.submit(GenerationJob(ids, 16)).wait()
+    runs = [engine.submit(GenerationJob(ids, 16, temperature=1.5, seed=s)).wait()[0] for s in (1, 1, 2)]
     tokens = [[r.token_id for r in recs] for recs in runs]
     assert tokens[0] == tokens[1] and tokens[0] != tokens[2]
     assert tokens[0] != [r.token_id for r in greedy]
@@ -157,7 +157,7 @@ def test_sampling_is_seeded_and_signals_use_the_sampled_token(engines):
 
 
 def test_batch_shares_prompt_prefixes_and_matches_single(tiny_model_path, monkeypatch):
-    import adapters.generate as gen
+    import adapters.decode as gen
 
     lm = load(str(tiny_model_path("llama")), precision="native")
     lm.stop_ids = frozenset()

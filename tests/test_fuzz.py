@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("schemathesis")
 
-from app.settings import REPO_ROOT  # noqa: E402
+from support import REPO_ROOT  # noqa: E402
 
 
 def _bench(name: str):

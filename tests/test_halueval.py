@@ -8,8 +8,8 @@ import httpx
 import numpy as np
 import pytest
 
-from app import halueval
-from app.halueval import PROMPTS, TASKS, DatasetError, Sample, load_samples, locate, read_items, split_items
+from app.calibration import halueval
+from app.calibration.halueval import PROMPTS, TASKS, DatasetError, Sample, load_samples, locate, read_items, split_items
 
 
 def make_item(task: str, i: int) -> dict:

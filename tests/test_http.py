@@ -5,9 +5,10 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
-from app.server import create_app
+from app.http.app import create_app
 from app.settings import Settings
 from signals.response import top_k_mean
+from support.params import other_model, params_for
 
 PROMPT = "The capital of France is"
 
@@ -15,10 +16,11 @@ PROMPT = "The capital of France is"
 @pytest.fixture(scope="module")
 def params_dir(tmp_path_factory, engine):
     d = tmp_path_factory.mktemp("params")
-    base = {"model": engine.lm.model_id, "tau_hbar": 1.0, "tau_pri": 4.0, "source": "test"}
+    base = params_for(engine.lm)
     (d / "old.json").write_text(json.dumps({**base, "created_utc": "2026-01-01T00:00:00Z", "tau_pri": 99.0}))
     (d / "new.json").write_text(json.dumps({**base, "created_utc": "2026-06-01T00:00:00Z"}))
-    (d / "other.json").write_text(json.dumps({**base, "model": "someone/else", "created_utc": "2027-01-01"}))
+    (d / "other.json").write_text(json.dumps({**base, "model_fingerprint": other_model(engine.lm),
+                                              "created_utc": "2027-01-01"}))
     (d / "broken.json").write_text("{not json")
     return d
 

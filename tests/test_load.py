@@ -4,7 +4,7 @@ clean 503/504, every 200 output equals the sequential run of its prompt, the ser
 import asyncio
 import importlib.util
 
-from app.settings import REPO_ROOT
+from support import REPO_ROOT
 
 
 def _bench(name: str):

@@ -4,13 +4,13 @@ import json
 
 import httpx
 import pytest
-from live_server import live_server as serve
+from support.live_server import live_server as serve
 from openai import OpenAI
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from test_openai import CHAT, PROMPT, build_app
 
-from app.metrics import JOB_STATES, QUADRANT_LABELS, install_metrics, observe_response
+from app.http.metrics import JOB_STATES, QUADRANT_LABELS, install_metrics, observe_response
 
 
 @pytest.fixture(scope="module")

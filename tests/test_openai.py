@@ -10,12 +10,13 @@ import time
 import httpx
 import openai
 import pytest
-from live_server import live_server as serve
+from support.live_server import live_server as serve
+from support.params import write_params
 from openai import OpenAI
 
 from app.engine import EngineBusy, Finished, GenerationJob, StepRecord
-from app.routes import openai as openai_routes
-from app.server import create_app
+from app.http.openai import routes as openai_routes
+from app.http.app import create_app
 from app.settings import Settings
 
 PROMPT = "The capital of France is"
@@ -27,10 +28,8 @@ TOP = 3
 
 def build_app(engine, tmp_path_factory, **settings):
     params_dir = tmp_path_factory.mktemp("params")
-    (params_dir / "p.json").write_text(json.dumps({"model": engine.lm.model_id, "tau_hbar": 1.0, "tau_pri": 4.0,
-                                                   "source": "test", "created_utc": "2026-01-01T00:00:00Z"}))
-    state = tmp_path_factory.mktemp("state")
-    app = create_app(Settings(params_dir=params_dir, state_dir=state, reports_dir=state / "reports",
+    write_params(params_dir / "p.json", engine.lm)
+    app = create_app(Settings(home=tmp_path_factory.mktemp("home"), params_dir=params_dir,
                               max_tokens_limit=256, default_max_tokens=16, **settings), engine)
     return app
 
@@ -375,7 +374,8 @@ def test_queue_full_is_503_in_openai_shape(client, engine, monkeypatch):
 
 
 def test_too_many_streams_is_429_in_openai_shape(client, app, monkeypatch):
-    monkeypatch.setattr(app.state, "streams", app.state.settings.max_streams)
+    # as if max_streams streams were running (starlette's State cannot be monkeypatched back)
+    monkeypatch.setattr(app.state.settings, "max_streams", app.state.streams)
     with pytest.raises(openai.RateLimitError) as e:
         client.chat.completions.create(model="m", messages=CHAT, max_tokens=2, stream=True)
     assert e.value.status_code == 429 and _error(e.value)["code"] == "rate_limit_exceeded"
@@ -404,9 +404,10 @@ def test_client_disconnect_cancels_the_job(base, engine, monkeypatch, path, body
     submit = engine.submit
 
     def spy(job):  # taps what the engine emits for this job
-        emit = job.emit
-        job.emit = lambda item: (finished.append(item) if isinstance(item, Finished) else None, emit(item))
-        submit(job)
+        handle = submit(job)
+        emit = handle.emit
+        handle.emit = lambda item: (finished.append(item) if isinstance(item, Finished) else None, emit(item))
+        return handle
     monkeypatch.setattr(engine, "submit", spy)
     body = {"model": "m", "max_tokens": 256, "stop": "\x00never", **body}  # ~2.5 s of generation
     with httpx.Client(base_url=base, timeout=httpx.Timeout(30, read=0.3)) as c:

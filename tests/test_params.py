@@ -4,10 +4,11 @@ import json
 
 import pytest
 
-from app.params import ParamsError, find_params, load_params
-from app.settings import REPO_ROOT
+import calibrated_params
+from adapters.fingerprint import Fingerprint
+from app.calibration.params import ParamsError, check_model, find_params, load_params
 
-SHIPPED = REPO_ROOT / "calibrated_params"
+SHIPPED = calibrated_params.DIR
 
 
 def _write(d, name, **data):
@@ -15,23 +16,32 @@ def _write(d, name, **data):
     return d / name
 
 
-def test_shipped_prototype_params_match_their_models():
+FP = Fingerprint("llama", 4, 64, 512, "0" * 64)
+
+
+def test_shipped_prototype_params_load_but_fit_no_model():
     for model_id, tau_hbar, tau_pri in [("mlx-community/Llama-3.2-3B-Instruct-4bit", 2.689, 1.092),
                                         ("mlx-community/Qwen2.5-7B-Instruct-4bit", 2.541, 0.535)]:
-        p = find_params(model_id, SHIPPED)
-        assert p is not None and p.data["imported"] is True
-        assert (p.thresholds.tau_hbar, p.thresholds.tau_pri) == (tau_hbar, tau_pri)
-        # a local folder of the same name (e.g. a converted copy) matches too
-        assert find_params(model_id.split("/")[1], SHIPPED).path == p.path
-    assert find_params("someone/unknown-model", SHIPPED) is None
+        (path,) = [p for p in SHIPPED.glob("*_prototype.json") if load_params(p).data["model"] == model_id]
+        p = load_params(path)
+        assert p.data["imported"] is True and (p.thresholds.tau_hbar, p.thresholds.tau_pri) == (tau_hbar, tau_pri)
+        with pytest.raises(ParamsError, match="no usable model fingerprint"):  # never served by name
+            check_model(p, FP)
+    found, skipped = find_params(FP, SHIPPED)
+    assert found is None and len(skipped) == len(list(SHIPPED.glob("*.json")))
 
 
 def test_newest_match_wins(tmp_path):
-    _write(tmp_path, "a.json", model="m", tau_hbar=1, tau_pri=1, created_utc="2026-01-02T00:00:00Z")
-    _write(tmp_path, "b.json", model="m", tau_hbar=2, tau_pri=2, created_utc="2026-01-01T00:00:00Z")
-    _write(tmp_path, "c.json", model="other", tau_hbar=3, tau_pri=3, created_utc="2027-01-01T00:00:00Z")
-    _write(tmp_path, "d.json", model="m", tau_hbar="x", tau_pri=3, created_utc="2028-01-01T00:00:00Z")
-    assert find_params("m", tmp_path).path.name == "a.json"
+    fp = FP.as_dict()
+    _write(tmp_path, "a.json", model="m", model_fingerprint=fp, tau_hbar=1, tau_pri=1, created_utc="2026-01-02T00:00:00Z")
+    _write(tmp_path, "b.json", model="m", model_fingerprint=fp, tau_hbar=2, tau_pri=2, created_utc="2026-01-01T00:00:00Z")
+    _write(tmp_path, "c.json", model="m", model_fingerprint={**fp, "blocks": 5}, tau_hbar=3, tau_pri=3,
+           created_utc="2027-01-01T00:00:00Z")
+    _write(tmp_path, "d.json", model="m", model_fingerprint=fp, tau_hbar="x", tau_pri=3, created_utc="2028-01-01T00:00:00Z")
+    found, skipped = find_params(FP, tmp_path)
+    assert found.path.name == "a.json"
+    reasons = {s["path"].rsplit("/", 1)[1]: s["reason"] for s in skipped}
+    assert set(reasons) == {"c.json", "d.json"} and "blocks 5 ≠ 4" in reasons["c.json"]
 
 
 @pytest.mark.parametrize("data,msg", [
@@ -55,7 +65,7 @@ def test_load_params_rejects_unreadable(tmp_path):
 def test_shipped_default_params_load_their_checksummed_probe():
     import json as _json
 
-    from app.probes import load_probe
+    from app.calibration.probe_files import load_probe
 
     path = max(SHIPPED.glob("smollm2-135m-instruct*_n*.json"))
     p = load_params(path)

@@ -10,7 +10,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from app.probes import load_probe, save_probe
+from app.calibration.probe_files import load_probe, save_probe
 from signals.probe import Probe, ProbeError, fit_layer_probes, fit_probe
 
 N, LAYERS, HIDDEN, SIGNAL_LAYER = 400, 8, 64, 5

@@ -12,10 +12,11 @@ import json
 import numpy as np
 import pytest
 
-from app.engine import BatchJob, GenerationJob, ScoreJob, run_blocking, run_once
-from app.params import ParamsError, find_params, load_params
-from app.probes import save_probe
-from reference import np_unit
+from app.engine import GenerationJob, ScoreJob
+from app.calibration.params import ParamsError, find_params, load_params
+from app.calibration.probe_files import save_probe
+from support.params import params_for
+from support.reference import np_unit
 from signals.probe import Probe
 
 PROMPTS = ["Context: the river floods in spring.\nQuestion: when?\nProposed Answer: in spring.\n\nIs this "
@@ -34,7 +35,7 @@ def _probe(engine, layer: int = 2, position: str = "last_step", seed: int = 0, l
 
 
 def test_captured_states_are_the_ones_the_signals_saw(engine):
-    records, _ = run_blocking(engine, GenerationJob(_ids(engine, PROMPTS[0]), 8, capture_hidden=True))
+    records, _ = engine.submit(GenerationJob(_ids(engine, PROMPTS[0]), 8, capture_hidden=True)).wait()
     for r in records:
         assert r.hidden.shape == (engine.lm.n_layers, engine.lm.model.args.hidden_size)
         assert r.hidden.dtype == np.float32
@@ -42,15 +43,15 @@ def test_captured_states_are_the_ones_the_signals_saw(engine):
         d_sigma = np.sqrt(np.mean(np.sum((u - u.mean(axis=0)) ** 2, axis=-1)))
         assert d_sigma == pytest.approx(r.delta_sigma, rel=1e-4)
     assert "hidden" not in records[0].as_dict() and "probe_logit" not in records[0].as_dict()
-    plain, _ = run_blocking(engine, GenerationJob(_ids(engine, PROMPTS[0]), 8))
+    plain, _ = engine.submit(GenerationJob(_ids(engine, PROMPTS[0]), 8)).wait()
     assert plain[0].hidden is None
 
 
 def test_batched_capture_equals_one_at_a_time(engine):
     prompts = [_ids(engine, p) for p in PROMPTS]
-    batched = run_once(engine, BatchJob(prompts, 6, capture_hidden=True))
+    batched = [h.wait() for h in engine.submit_batch([GenerationJob(p, 6, capture_hidden=True) for p in prompts])]
     for ids, (records, _) in zip(prompts, batched):
-        single, _ = run_blocking(engine, GenerationJob(ids, 6, capture_hidden=True))
+        single, _ = engine.submit(GenerationJob(ids, 6, capture_hidden=True)).wait()
         assert [r.token_id for r in records] == [r.token_id for r in single]
         for a, b in zip(records, single):
             np.testing.assert_allclose(a.hidden, b.hidden, rtol=1e-4, atol=1e-4)
@@ -60,22 +61,21 @@ def test_batched_capture_equals_one_at_a_time(engine):
 def test_served_probe_equals_the_probe_on_captured_states(engine, layer):
     probe = _probe(engine, layer)
     ids = _ids(engine, PROMPTS[0])
-    records, _ = run_blocking(engine, GenerationJob(ids, 8, probe=probe, capture_hidden=True))
+    records, _ = engine.submit(GenerationJob(ids, 8, probe=probe, capture_hidden=True)).wait()
     expected = probe.logit(np.stack([r.hidden for r in records]))
     np.testing.assert_allclose([r.probe_logit for r in records], expected, rtol=1e-5, atol=1e-5)
     states = np.stack([r.hidden for r in records])
     np.testing.assert_allclose([r.probe_distance for r in records], probe.distance(states), rtol=1e-5)
     # teacher forcing the same tokens serves the same probe values (one pass, all positions)
-    forced, _ = run_once(engine, ScoreJob(ids, [r.token_id for r in records], probe=probe))
+    forced, _ = engine.submit(ScoreJob(ids, [r.token_id for r in records], probe=probe)).wait()
     np.testing.assert_allclose([r.probe_logit for r in forced], expected, rtol=1e-4, atol=1e-4)
-    without, _ = run_blocking(engine, GenerationJob(ids, 2))
+    without, _ = engine.submit(GenerationJob(ids, 2)).wait()
     assert without[0].probe_logit is None
 
 
 def _params_with_probe(tmp_path, engine, probe, **extra):
     sha = save_probe(probe, tmp_path / "p_probe_last_step.npz")
-    data = {"model": engine.lm.model_id, "tau_hbar": 1.0, "tau_pri": 4.0, "created_utc": "2026-01-01T00:00:00Z",
-            "joint_model_weights": {"w_hbar": 0.0, "w_pri": 1.0, "intercept": 0.0},
+    data = {**params_for(engine.lm), "joint_model_weights": {"w_hbar": 0.0, "w_pri": 1.0, "intercept": 0.0},
             "detectors": {"probe_last_step": {"direction": 1, "file": "p_probe_last_step.npz", "sha256": sha,
                                               "layer": probe.layer, "cv_auroc": 0.7}},
             "ranking": ["probe_last_step"], "risk": {"detector": "probe_last_step", "a": 2.0, "b": -0.5},
@@ -84,7 +84,7 @@ def _params_with_probe(tmp_path, engine, probe, **extra):
     return tmp_path / "p.json"
 
 
-def test_params_load_their_probe_and_refuse_a_bad_checksum(tmp_path, engine, caplog):
+def test_params_load_their_probe_and_refuse_a_bad_checksum(tmp_path, engine):
     probe = _probe(engine)
     path = _params_with_probe(tmp_path, engine, probe)
     loaded = load_params(path).probe
@@ -96,8 +96,8 @@ def test_params_load_their_probe_and_refuse_a_bad_checksum(tmp_path, engine, cap
     with pytest.raises(ParamsError, match=r"p\.json: probe file .*p_probe_last_step\.npz: SHA-256 [0-9a-f]{64} "
                                           r"does not match expected"):
         load_params(path)
-    assert find_params(engine.lm.model_id, tmp_path) is None  # skipped, and said why
-    assert "does not match expected" in caplog.text
+    found, skipped = find_params(engine.lm.fingerprint, tmp_path)
+    assert found is None and "does not match expected" in skipped[0]["reason"]  # skipped, and said why
 
     (tmp_path / "p_probe_last_step.npz").unlink()
     with pytest.raises(ParamsError, match="cannot read"):
@@ -107,7 +107,7 @@ def test_params_load_their_probe_and_refuse_a_bad_checksum(tmp_path, engine, cap
 def test_responses_carry_probe_risk_and_risk(tmp_path, engine):
     from fastapi.testclient import TestClient
 
-    from app.server import create_app
+    from app.http.app import create_app
     from app.settings import Settings
 
     probe = _probe(engine)
@@ -117,7 +117,7 @@ def test_responses_carry_probe_risk_and_risk(tmp_path, engine):
         scored = client.post("/score", json={"prompt": PROMPTS[0], "response": body["text"],
                                              "end_with_eos": body["finish_reason"] == "eos"}).json()
         info = client.get("/model").json()
-    records, _ = run_blocking(engine, GenerationJob(_ids(engine, PROMPTS[0]), 8, capture_hidden=True))
+    records, _ = engine.submit(GenerationJob(_ids(engine, PROMPTS[0]), 8, capture_hidden=True)).wait()
     logit = float(probe.logit(records[-1].hidden))
     assert body["scores"]["probe_risk"] == pytest.approx(1 / (1 + np.exp(-logit)), abs=1e-5)
     assert body["risk"]["detector"] == "probe_last_step" and body["risk"]["task"] == "qa"
@@ -131,11 +131,11 @@ def test_responses_carry_probe_risk_and_risk(tmp_path, engine):
 def test_a_state_outside_the_training_range_is_flagged(tmp_path, engine):
     from fastapi.testclient import TestClient
 
-    from app.server import create_app
+    from app.http.app import create_app
     from app.settings import Settings
 
     probe = _probe(engine)
-    records, _ = run_blocking(engine, GenerationJob(_ids(engine, PROMPTS[0]), 8, capture_hidden=True))
+    records, _ = engine.submit(GenerationJob(_ids(engine, PROMPTS[0]), 8, capture_hidden=True)).wait()
     probe.distance_limit = float(probe.distance(records[-1].hidden)) / 2  # this prompt lies outside
     path = _params_with_probe(tmp_path, engine, probe)
     with TestClient(create_app(Settings(params=path, max_tokens_limit=64), engine)) as client:

@@ -3,7 +3,7 @@
 import importlib.util
 import json
 
-from app.settings import REPO_ROOT
+from support import REPO_ROOT
 
 spec = importlib.util.spec_from_file_location("bench_readme_table", REPO_ROOT / "bench" / "readme_table.py")
 readme_table = importlib.util.module_from_spec(spec)

@@ -10,11 +10,12 @@ import time
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from live_server import free_port, live_server
+from support.live_server import free_port, live_server
 
 from app.engine import Engine, GenerationJob
-from app.server import create_app
-from app.settings import REPO_ROOT, Settings
+from app.http.app import create_app
+from app.settings import Settings
+from support import REPO_ROOT
 
 KEY = "s3cret-key"
 
@@ -62,7 +63,7 @@ def test_every_route_requires_the_key(engine, tmp_path):
 
 
 def test_queue_full_is_503_at_once(engine, tmp_path):
-    blockers = [GenerationJob([5, 6, 7], 400, emit=lambda item: None) for _ in range(3)]
+    blockers = [GenerationJob([5, 6, 7], 400) for _ in range(3)]
     with TestClient(create_app(_settings(tmp_path), engine)) as c:
         engine.submit(blockers[0])
         _wait(lambda: engine.busy)
@@ -129,7 +130,7 @@ for i in itertools.count():
 
 
 def test_sigkill_during_params_writes_leaves_a_loadable_file(tmp_path):
-    from app.params import load_params
+    from app.calibration.params import load_params
     from app.storage import write_json_atomic
 
     path = tmp_path / "p.json"
@@ -167,7 +168,7 @@ def test_sigterm_marks_a_running_job_interrupted(tiny_model_path, tmp_path):
         assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
     finally:
         proc.kill()
-    from app.jobs import JobStore
+    from app.calibration.background import JobStore
 
     job = JobStore(tmp_path / "state" / "jobs.sqlite3").get(job_id)
     assert job["status"] == "interrupted" and job["progress"]["done"] < 200

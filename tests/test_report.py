@@ -4,7 +4,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from app.report import markdown, trajectory_figure, write_figures
+from app.calibration.report import markdown, trajectory_figure, write_figures
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PARAMS = {"tau_hbar": 2.689, "tau_pri": 1.092,
@@ -111,7 +111,7 @@ def test_markdown_lists_every_detector_the_length_reference_and_the_goal():
 
 
 def test_layer_figure_is_written(tmp_path):
-    from app.report import layer_figure
+    from app.calibration.report import layer_figure
 
     curves = {"prompt_end": {"layer": 3, "train_cv_auroc": [0.5, 0.7, 0.8, 0.9], "test_auroc": [0.5, 0.6, 0.8, 0.85]},
               "last_step": {"layer": 1, "train_cv_auroc": [0.6, 0.7, 0.6, 0.5], "test_auroc": None}}

@@ -5,7 +5,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.engine import Engine
-from app.server import create_app
+from app.http.app import create_app
 from app.settings import Settings
 
 FIELDS = ("logprob", "delta_mu", "delta_sigma", "hbar_s", "surprise", "delta_h", "pri", "pfail")

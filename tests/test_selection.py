@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from signals.selection import (detector_score, detector_scores, evaluate_detectors, features, risk_probability, select_detectors,
+from signals.detectors import features
+from signals.selection import (detector_score, detector_scores, evaluate_detectors, risk_probability, select_detectors,
                                too_few)
 
 N = 120

@@ -10,7 +10,7 @@ from signals import step
 from signals.quadrant import Thresholds, quadrant
 from signals.response import response_scores, top_k_mean
 
-from reference import reference
+from support.reference import reference
 
 RNG = np.random.default_rng(7)
 

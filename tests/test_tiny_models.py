@@ -6,7 +6,7 @@ import mlx.core as mx
 import pytest
 from mlx_lm import generate, load
 from mlx_lm.generate import generate_step
-from tiny_models import ARCHS, EOS_TOKEN_ID, VOCAB_SIZE, make_tiny_model
+from support.tiny_models import ARCHS, EOS_TOKEN_ID, VOCAB_SIZE, make_tiny_model
 
 PROMPT = "The capital of France is Paris, and the river in the city is 1,000 years old."
 STRINGS = ["Hello, world!", "  two  spaces\tand a tab\n", "naïve café — 東京 🙂 ∑x²", "12345 + 678 = 13023?"]

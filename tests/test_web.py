@@ -18,9 +18,10 @@ if not CHROMIUM.exists():
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 sync_api.expect.set_options(timeout=30_000)  # a slow CI machine: be patient before failing
 
-from live_server import live_server as serve  # noqa: E402
+from support.live_server import live_server as serve  # noqa: E402
+from support.params import write_params  # noqa: E402
 
-from app.server import create_app  # noqa: E402
+from app.http.app import create_app  # noqa: E402
 from app.settings import Settings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,8 +38,7 @@ def workdir(tmp_path_factory, engine) -> Path:
     """Params (τ_hbar 1.0, τ_pri 4.0, so quadrants are shown) and a small HaluEval-style QA file."""
     tmp = tmp_path_factory.mktemp("web")
     (tmp / "params").mkdir()
-    (tmp / "params" / "p.json").write_text(json.dumps(
-        {"model": engine.lm.model_id, "tau_hbar": 1.0, "tau_pri": 4.0, "source": "test"}))
+    write_params(tmp / "params" / "p.json", engine.lm)
     (tmp / "data").mkdir()
     (tmp / "data" / "qa.jsonl").write_text("".join(json.dumps({  # enough for a job that runs a while
         "knowledge": f"Fact {i}: the capital of land {i} is city {i}.", "question": f"What is the capital of land {i}?",
@@ -48,8 +48,7 @@ def workdir(tmp_path_factory, engine) -> Path:
 
 def make_app(engine, tmp: Path, state: str = "state", **settings):
     """The app as `halluwatch serve` builds it, with the web view (each app its own jobs database)."""
-    app = create_app(Settings(params_dir=tmp / "params", reports_dir=tmp / "reports", state_dir=tmp / state,
-                              data_dir=tmp / "data", **settings), engine)
+    app = create_app(Settings(home=tmp, params_dir=tmp / "params", state_dir=tmp / state, **settings), engine)
     return app
 
 

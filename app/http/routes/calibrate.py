@@ -6,8 +6,8 @@ from typing import Literal
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..halueval import DatasetError, load_samples
-from ..jobs import JobConflict
+from ...calibration.halueval import DatasetError, load_samples
+from ...calibration.background import JobConflict
 
 router = APIRouter(prefix="/calibrate")
 PACKAGED = "halueval"

@@ -20,21 +20,19 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 from threadpoolctl import threadpool_limits
 
-from signals import calibration as stats
-from signals import selection
+from signals import statistics as stats
+from signals import detectors, selection
 from signals.probe import POSITIONS, layer_test_auroc
 
-from .engine import BatchJob, Engine, GenerationJob, run_once, run_blocking
-from .generation import encode_prompt, response_body
+from signals.response import response_scores
+
+from ..engine import Cancelled, Engine, GenerationJob
+from ..prompts import encode_prompt
 from .halueval import Sample, load_samples
-from .probes import load_probe, save_probe
-from .storage import write_atomic, write_bytes_atomic, write_json_atomic
+from .probe_files import load_probe, save_probe
+from ..storage import write_atomic, write_bytes_atomic, write_json_atomic
 
 PROMPT_FORMATS = ("raw", "chat")
-
-
-class Cancelled(RuntimeError):
-    """The run was cancelled; its checkpoint is kept."""
 
 
 @dataclass
@@ -58,9 +56,11 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text.rsplit("/", 1)[-1]).strip("-").lower() or "model"
 
 
-def checkpoint_path(reports_dir: Path, model_id: str, spec: RunSpec, split: str) -> Path:
-    """Where the scores of this model/task/split/protocol go; the same run always finds it again."""
-    name = f"{slug(model_id)}_{spec.task}_{split}_seed{spec.seed}_mt{spec.max_tokens}_{spec.prompt_format}.jsonl"
+def checkpoint_path(reports_dir: Path, lm, spec: RunSpec, split: str) -> Path:
+    """Where the scores of this model/task/split/protocol go; the same run of the same model (by
+    fingerprint, not by name) always finds it again, and no other model's run ever does."""
+    name = (f"{slug(lm.model_id)}-{lm.fingerprint.id}_{spec.task}_{split}_seed{spec.seed}_mt{spec.max_tokens}_"
+            f"{spec.prompt_format}.jsonl")
     return Path(reports_dir) / "scores" / name
 
 
@@ -97,13 +97,11 @@ def _encode(engine: Engine, sample: Sample, spec: RunSpec) -> list:
 
 
 def _score_record(sample: Sample, records: list, fin) -> dict:
-    if fin.finish_reason == "cancelled":
-        raise Cancelled("the engine stopped")
-    body = response_body(records, fin, None, None, include_trace=False)
     return {
         "key": sample.key, "task": sample.task, "item": sample.item, "label": sample.label,
-        **body["scores"],
-        "tokens": len(records), "finish_reason": fin.finish_reason, "text": body["text"],
+        **response_scores(records).as_dict(),
+        "tokens": len(records), "finish_reason": fin.finish_reason,
+        "text": "".join(r.text for r in records) + fin.text_tail,
         "token_ids": [r.token_id for r in records],
         "verdict": records[0].verdict,  # step-0 mass on "Yes"/"No": the model's own judgment
         "steps": {"hbar_s": [r.hbar_s for r in records], "pri": [r.pri for r in records]},
@@ -115,12 +113,10 @@ def score_batch(engine: Engine, samples: list, spec: RunSpec) -> list:
 
     One sample goes through the same pipelined path as /generate; several go as one batch job.
     """
-    prompts = [_encode(engine, s, spec) for s in samples]
-    if len(samples) == 1:
-        job = GenerationJob(prompts[0], spec.max_tokens, priority=1, capture_hidden=spec.probes)
-        results = [run_blocking(engine, job)]
-    else:
-        results = run_once(engine, BatchJob(prompts, spec.max_tokens, priority=1, capture_hidden=spec.probes))
+    jobs = [GenerationJob(_encode(engine, s, spec), spec.max_tokens, priority=1, capture_hidden=spec.probes)
+            for s in samples]
+    handles = [engine.submit(jobs[0])] if len(jobs) == 1 else engine.submit_batch(jobs)
+    results = [h.wait() for h in handles]  # Cancelled if the engine stopped
     return [(_score_record(s, records, fin), _states(records) if spec.probes else None)
             for s, (records, fin) in zip(samples, results)]
 
@@ -166,7 +162,7 @@ def _arrays(records: list) -> tuple:
 
 def _features(records: list) -> dict:
     """Each single-feature detector's input, one value per record."""
-    rows = [selection.features(r, r["verdict"]) for r in records]
+    rows = [detectors.features(r, r["verdict"]) for r in records]
     return {name: np.array([row[name] for row in rows]) for name in rows[0]}
 
 
@@ -183,12 +179,12 @@ def _select(records: list, labels: np.ndarray, states: dict | None, seed: int, o
     with threadpool_limits(1):  # many small fits: one BLAS thread each is several times faster
         chosen = selection.select_detectors(_features(records), labels, states, seed)
     for position, probe in chosen["probes"].items():
-        path = Path(out_dir) / f"{stem}_{selection.probe_name(position)}.npz"
-        entry = chosen["detectors"][selection.probe_name(position)]
-        entry.update(file=path.name, sha256=save_probe(probe, path))
-    probes = [p for p in chosen["ranking"] if p.startswith(selection.PROBE)]
+        name = detectors.probe_for(position).name
+        path = Path(out_dir) / f"{stem}_{name}.npz"
+        chosen["detectors"][name].update(file=path.name, sha256=save_probe(probe, path))
+    probes = [name for name in chosen["ranking"] if detectors.is_probe(name)]
     return {"detectors": chosen["detectors"], "ranking": chosen["ranking"], "risk": chosen["risk"],
-            "probe": probes[0][len(selection.PROBE):] if probes else None}
+            "probe": detectors.get(probes[0]).position if probes else None}
 
 
 def _versions() -> dict:
@@ -212,7 +208,7 @@ def calibrate(engine: Engine, spec: RunSpec, out_dir: Path, reports_dir: Path, *
     `hooks` go to `score_all` (progress, cancelled).
     """
     samples, split = load_samples(spec.task, "train", spec.n, spec.seed, spec.dataset, Path(reports_dir) / "data")
-    ckpt = checkpoint_path(reports_dir, engine.lm.model_id, spec, "train")
+    ckpt = checkpoint_path(reports_dir, engine.lm, spec, "train")
     records = score_all(engine, samples, spec, ckpt, **hooks)
     hbar, pri, labels = _arrays(records)
     result = stats.calibrate(hbar, pri, labels, seed=spec.seed, n_boot=spec.n_boot)
@@ -223,6 +219,7 @@ def calibrate(engine: Engine, spec: RunSpec, out_dir: Path, reports_dir: Path, *
     split_path = write_json_atomic(Path(reports_dir) / f"{stem}_split.json", split)
     params = {
         "model": engine.lm.model_id,
+        "model_fingerprint": engine.lm.fingerprint.as_dict(),
         **result,
         "model_ref": spec.model_ref,
         "source": "halluwatch calibrate",
@@ -247,7 +244,7 @@ def evaluate(engine: Engine, params_path: Path, spec: RunSpec, out_dir: Path, re
 
     params = json.loads(Path(params_path).read_text())
     samples, split = load_samples(spec.task, "test", spec.n, spec.seed, spec.dataset, Path(reports_dir) / "data")
-    ckpt = checkpoint_path(reports_dir, engine.lm.model_id, spec, "test")
+    ckpt = checkpoint_path(reports_dir, engine.lm, spec, "test")
     records = score_all(engine, samples, spec, ckpt, **hooks)
     hbar, pri, labels = _arrays(records)
     metrics = stats.evaluate(hbar, pri, labels, params, seed=spec.seed, n_boot=spec.n_boot)
@@ -259,7 +256,7 @@ def evaluate(engine: Engine, params_path: Path, spec: RunSpec, out_dir: Path, re
             test_states = _positions(load_states(ckpt, records))
             probes = _load_probes(params, Path(params_path).parent)
             for position, probe in probes.items():
-                feats[selection.probe_name(position)] = probe.logit(test_states[position])
+                feats[detectors.probe_for(position).name] = probe.logit(test_states[position])
             metrics["probe_layers"] = _layer_curves(params, probes, test_states, labels, engine, train, reports_dir)
         scores = selection.detector_scores(feats, params)
         evaluated = selection.evaluate_detectors(scores, labels, params, n_boot=spec.n_boot, seed=spec.seed)
@@ -305,8 +302,8 @@ def _length_check(samples: list, train: list, labels, scores: dict, detectors: d
 
 def _load_probes(params: dict, params_dir: Path) -> dict:
     """The params' probe files by position, each checked against its SHA-256."""
-    return {name[len(selection.PROBE):]: load_probe(params_dir / entry["file"], entry["sha256"])
-            for name, entry in params["detectors"].items() if name.startswith(selection.PROBE)}
+    return {detectors.get(name).position: load_probe(params_dir / entry["file"], entry["sha256"])
+            for name, entry in params["detectors"].items() if detectors.is_probe(name)}
 
 
 def _layer_curves(params: dict, probes: dict, test_states: dict, labels, engine: Engine, samples: list,
@@ -317,7 +314,7 @@ def _layer_curves(params: dict, probes: dict, test_states: dict, labels, engine:
     protocol = params["protocol"]
     train_spec = RunSpec(params.get("model_ref", ""), task=params["task"], n=params["n"], seed=protocol["split_seed"],
                          max_tokens=protocol["max_tokens"], prompt_format=protocol["prompt_format"])
-    train_ckpt = checkpoint_path(reports_dir, engine.lm.model_id, train_spec, "train")
+    train_ckpt = checkpoint_path(reports_dir, engine.lm, train_spec, "train")
     done = read_checkpoint(train_ckpt)
     train = [done[s.key] for s in samples if s.key in done]
     train_states = None
@@ -328,7 +325,7 @@ def _layer_curves(params: dict, probes: dict, test_states: dict, labels, engine:
             pass
     curves = {}
     for position in probes:
-        entry = params["detectors"][selection.probe_name(position)]
+        entry = params["detectors"][detectors.probe_for(position).name]
         probe = probes[position]
         inside = (float(np.mean(probe.distance(test_states[position]) <= probe.distance_limit))
                   if probe.distance_limit is not None else None)

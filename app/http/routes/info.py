@@ -27,6 +27,9 @@ async def model(request: Request) -> dict:
         "blas": lm.blas,
         "context_length": lm.context_length,
         "stop_token_ids": sorted(lm.stop_ids),
+        "fingerprint": {**lm.fingerprint.as_dict(), "id": lm.fingerprint.id},
         "params": state.params.summary() if state.params else None,
         "params_reason": state.params_reason,
+        "params_source": state.served.source,
+        "params_skipped": list(state.served.skipped),
     }

@@ -1,9 +1,11 @@
 """POST /score: the signals of a response produced elsewhere, in one teacher-forced forward pass."""
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
 
-from ..engine import EngineBusy, ScoreJob, bridge
-from ..generation import InputError, encode_prompt, response_body
+from ...assessment import response_body
+from ...engine import ScoreJob
+from ...prompts import InputError, encode_prompt
+from .. import running
 from ..schemas import ScoreRequest, ScoreResponse
 from .generate import unprocessable
 
@@ -11,7 +13,9 @@ router = APIRouter()
 
 
 @router.post("/score", response_model=ScoreResponse,
-             responses={422: {"description": "invalid field"}, 503: {"description": "engine queue full"}})
+             responses={422: {"description": "invalid field"},
+                        503: {"description": "engine queue full, or the job was cancelled at shutdown"},
+                        504: {"description": "request timeout"}})
 async def score(req: ScoreRequest, request: Request):
     """Score `response` to the prompt: the same scores, quadrant and trace /generate gives for its output."""
     state = request.app.state
@@ -27,18 +31,7 @@ async def score(req: ScoreRequest, request: Request):
     except InputError as e:
         raise unprocessable(e.field, str(e)) from None
     job = ScoreJob(ids, response_ids, req.top_logprobs, probe=params.probe if params else None)
-    events = bridge(job)
-    try:
-        state.engine.submit(job)
-    except EngineBusy as e:
-        raise HTTPException(503, str(e), headers={"Retry-After": "1"}) from None
-    try:
-        item = await events.get()
-    finally:
-        job.cancelled.set()
-    if isinstance(item, Exception):
-        raise HTTPException(500, f"scoring failed: {item}")
-    records, fin = item
+    records, fin = await running.run(request, job)
     body = response_body(records, fin, params, params_reason, req.include_trace)
     body["usage"] = {"prompt_tokens": fin.prompt_tokens, "response_tokens": len(records)}
     for key in ("finish_reason", "timing"):

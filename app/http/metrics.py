@@ -4,7 +4,7 @@
 as in the tests, never share or collide), a pure-ASGI middleware that counts requests and times
 them by route *template* (`/calibrate/{job_id}`, never the raw path), and the `/metrics` route.
 `observe_response(app, body)` records one finished generation; call it with the /generate-shaped
-body (`app.generation.response_body`'s dict) of every finished /generate or /v1 response.
+body (`app.assessment.response_body`'s dict) of every finished /generate or /v1 response.
 Engine and calibration-job gauges are read when /metrics is scraped.
 """
 
@@ -164,28 +164,3 @@ def observe_response(app: FastAPI, body: dict) -> dict:
         except Exception:  # metrics never break a response
             log.exception("recording response metrics failed")
     return body
-
-
-class _ObservedEvents:
-    """A job's event queue that records the finished response as it passes (for SSE handlers)."""
-
-    def __init__(self, app: FastAPI, events, params, params_reason):
-        self._app, self._events = app, events
-        self._params, self._params_reason = params, params_reason
-        self._records: list = []
-
-    async def get(self):
-        from .engine import Finished, StepRecord
-        from .generation import response_body
-
-        item = await self._events.get()
-        if isinstance(item, StepRecord):
-            self._records.append(item)
-        elif isinstance(item, Finished) and item.finish_reason != "cancelled":
-            observe_response(self._app, response_body(self._records, item, self._params, self._params_reason, False))
-        return item
-
-
-def observe_events(app: FastAPI, events, params, params_reason):
-    """Wrap the queue from `bridge(job)` so that a streamed /generate response is recorded when it finishes."""
-    return _ObservedEvents(app, events, params, params_reason)

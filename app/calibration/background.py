@@ -15,8 +15,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from . import calibration
-from .engine import Engine
+from ..engine import Engine
+from . import runs as calibration
+from .params import activate
 
 ACTIVE = ("queued", "running")
 COLUMNS = ("id", "status", "request", "done", "total", "eta_s", "result", "error", "created_utc", "updated_utc")
@@ -92,11 +93,9 @@ class JobStore:
 class JobRunner:
     """Runs one calibration job at a time on its own thread."""
 
-    def __init__(self, store: JobStore, engine: Engine, params_dir: Path, reports_dir: Path,
-                 on_success: Callable[[dict, Path], None]):
-        self.store, self.engine = store, engine
-        self.params_dir, self.reports_dir = Path(params_dir), Path(reports_dir)
-        self.on_success = on_success
+    def __init__(self, store: JobStore, engine: Engine, settings, on_activated: Callable[[Path], None]):
+        self.store, self.engine, self.settings = store, engine, settings
+        self.on_activated = on_activated
         self._lock = threading.Lock()
         self._cancel: dict = {}  # job id -> Event, for the job in hand
         self._stopping = False
@@ -146,14 +145,15 @@ class JobRunner:
                                    probes=request.get("probes", True))
         self.store.update(job_id, status="running")
         try:
-            path = calibration.calibrate(self.engine, spec, self.params_dir, self.reports_dir,
-                                         progress=progress, cancelled=cancelled)
+            path = calibration.calibrate(self.engine, spec, self.settings.calibrations_dir,
+                                         self.settings.reports_dir, progress=progress, cancelled=cancelled)
             params = json.loads(path.read_text())
             result = {"params_path": str(path), "activated": bool(request.get("activate")),
                       **{k: params[k] for k in ("auroc_hbar", "auroc_pri", "auroc_joint", "tau_hbar", "tau_pri")},
                       "risk": params.get("risk"), "probe": params.get("probe")}
             if request.get("activate"):
-                self.on_success(result, path)
+                activate(self.settings.state_dir, path, f"calibration job {job_id}")
+                self.on_activated(path)
             self.store.update(job_id, status="succeeded", result=result, eta_s=0)
         except calibration.Cancelled:
             self.store.update(job_id, status="interrupted" if self._stopping else "cancelled")

@@ -16,19 +16,12 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import auc, roc_curve  # noqa: E402
 
-from signals.calibration import joint_probability  # noqa: E402
+from signals.statistics import joint_probability  # noqa: E402
+from signals import detectors  # noqa: E402
 from signals.quadrant import LABELS  # noqa: E402
 
+# The seed detectors' threshold rules, as the seed-signal tables name them.
 DETECTORS = {"hbar": "ℏₛ (flag if ℏₛ ≤ τ)", "pri": "PRI (flag if PRI ≥ τ)", "joint": "joint (logistic)"}
-# What each detector of the selection reads (signals/selection.py).
-DESCRIPTIONS = {
-    "hbar": "seed: ℏₛ, top-5 mean", "pri": "seed: PRI, top-5 mean", "joint": "seed: logistic on (ℏₛ, PRI)",
-    "surprise_mean": "mean token surprise (log-perplexity)", "surprise_max": "max token surprise",
-    "entropy_mean": "mean token entropy", "entropy_max": "max token entropy",
-    "prob_min": "min chosen-token probability", "verdict_p_no": "step-0 probability of \"No\"",
-    "verdict_p_yes": "step-0 probability of \"Yes\"",
-    "probe_prompt_end": "linear probe, prompt end", "probe_last_step": "linear probe, last step",
-}
 # Heat-map cells: rows ℏₛ > τ / ℏₛ ≤ τ, columns PRI < τ / PRI ≥ τ.
 QUADRANT_GRID = (("Q1", "Q3"), ("Q4", "Q2"))
 GROUPS = ((1, "hallucinated", "tab:red"), (0, "correct", "tab:blue"))
@@ -56,8 +49,8 @@ def roc_figure(records: list[dict], params: dict, path: Path, scores: dict | Non
     with _figure(path, figsize=(7, 6)) as (fig, ax):
         for name, score in scores.items():
             fpr, tpr, _ = roc_curve(labels, score)
-            seed = name in DETECTORS
-            ax.plot(fpr, tpr, lw=2.2 if seed else 1.4, ls="-" if seed or name.startswith("probe") else "--",
+            seed = detectors.get(name).seed
+            ax.plot(fpr, tpr, lw=2.2 if seed else 1.4, ls="-" if seed or detectors.is_probe(name) else "--",
                     label=f"{name}: AUROC {auc(fpr, tpr):.3f}")
         ax.plot([0, 1], [0, 1], "k:", lw=1, label="chance")
         ax.set(xlabel="false positive rate", ylabel="true positive rate (hallucinations found)",
@@ -173,13 +166,7 @@ def auroc_with_ci(d: dict) -> str:
 
 def describe(name: str, params: dict) -> str:
     """What a detector of the params reads, and which side flags (or its block, for a probe)."""
-    entry = params["detectors"][name]
-    text = DESCRIPTIONS.get(name, name)
-    if "layer" in entry:
-        return f"{text}, block {entry['layer'] + 1} of {len(entry['layer_cv_auroc'])}"
-    if name not in DETECTORS:
-        return f"{text} ({'higher' if entry['direction'] > 0 else 'lower'} flags)"
-    return text
+    return detectors.get(name).describe(params["detectors"][name])
 
 
 def selection_lines(metrics: dict, params: dict, transfer: bool = False) -> list[str]:

@@ -4,25 +4,21 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from .engine import Engine
-from .jobs import JobRunner, JobStore
-from .params import Params, find_params, load_params
+from ..calibration.background import JobRunner, JobStore
+from ..calibration.params import Served, check_model, load_params, resolve
+from ..engine import Engine
+from ..settings import Settings
 from .metrics import install_metrics
-from .routes import calibrate, generate, info, openai, score
+from .openai import routes as openai
+from .routes import calibrate, generate, info, score
 from .routes.ui import mount_ui
 from .security import ApiKeyMiddleware, BodyLimitMiddleware
-from .settings import Settings
 
 
-def resolve_params(settings: Settings, model_id: str) -> tuple[Params | None, str | None]:
-    """The params in effect (the --params file, else the newest match) and, if none, why."""
-    if settings.params is not None:
-        return load_params(settings.params), None
-    params = find_params(model_id, settings.params_dir)
-    if params is None:
-        return None, (f"no calibrated params for model {model_id!r} in {settings.params_dir}; "
-                      "run `halluwatch calibrate` or pass --params")
-    return params, None
+def serve_params(app: FastAPI, served: Served) -> None:
+    """Put `served` in effect: one attribute swap each, so a request sees old or new, never a mix."""
+    app.state.served = served
+    app.state.params, app.state.params_reason = served.params, served.reason
 
 
 def create_app(settings: Settings, engine: Engine) -> FastAPI:
@@ -41,14 +37,16 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.streams = 0  # streaming responses in progress
-    app.state.params, app.state.params_reason = resolve_params(settings, engine.lm.model_id)
+    serve_params(app, resolve(settings, engine.lm.fingerprint))
 
-    def activate(result: dict, path) -> None:  # one attribute swap: the next request sees the new params
-        app.state.params, app.state.params_reason = load_params(path), None
+    def activated(path) -> None:  # a job activated its params: serve them from the next request on
+        params = load_params(path)
+        check_model(params, engine.lm.fingerprint)
+        serve_params(app, Served(params, None, "active"))
 
     store = JobStore(settings.state_dir / "jobs.sqlite3")
     store.mark_interrupted()
-    app.state.jobs = JobRunner(store, engine, settings.params_dir, settings.reports_dir, activate)
+    app.state.jobs = JobRunner(store, engine, settings, activated)
 
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     if settings.api_key:  # added after the body limit, so it runs first

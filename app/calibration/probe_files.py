@@ -5,7 +5,7 @@ from pathlib import Path
 
 from signals.probe import Probe, ProbeError, from_bytes, to_bytes
 
-from .storage import write_bytes_atomic
+from ..storage import write_bytes_atomic
 
 
 def save_probe(probe: Probe, path: Path) -> str:

@@ -1,0 +1,1 @@
+"""Calibration: runs that score data sources, background jobs, params and probe files, reports."""

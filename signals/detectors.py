@@ -1,0 +1,136 @@
+"""Every detector one forward pass gives, one small unit each: what it reads, how it is fitted,
+how it scores a sample, and how a report describes it. Selection, params, the report and the
+README table look detectors up here instead of checking their names.
+
+A detector maps a sample to a score, higher = more likely hallucinated. Its inputs are
+`features` (name → value per sample: response scores and step-0 verdict masses, plus a probe's
+logit where whoever holds the states computed it) and, while fitting, `states` (position →
+block outputs (n, L, D)). `fit` returns the detector's params entry (JSON-ready; a probe's entry
+also carries the fitted Probe under "probe", which the caller saves and removes).
+"""
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from signals.probe import POSITIONS, fit_probe
+from signals.statistics import fit_joint, joint_logit
+
+
+class Feature:
+    """One response score or step-0 verdict mass, times a direction: fixed (the seed signals keep
+    the protocol's: ℏₛ −1, as it is inverted on HaluEval; PRI +1) or oriented on the training data."""
+
+    seed = False  # one of the prototype's signals
+
+    def __init__(self, name: str, source: str, key: str, reads: str, direction: int | None = None):
+        self.name, self.source, self.key, self.reads, self.direction = name, source, key, reads, direction
+
+    def feature(self, scores: dict, verdict: dict):
+        """This detector's input for one response (its scores dict and step-0 verdict masses)."""
+        return (scores if self.source == "scores" else verdict)[self.key]
+
+    def available(self, features: dict, states: dict) -> bool:
+        return self.name in features
+
+    def fit(self, features: dict, labels: np.ndarray, states: dict, seed: int) -> dict:
+        if self.direction is not None:
+            return {"direction": self.direction}
+        return {"direction": 1 if roc_auc_score(labels, features[self.name]) >= 0.5 else -1}
+
+    def score(self, entry: dict, features: dict, joint_weights: dict | None = None) -> np.ndarray:
+        return entry.get("direction", 1) * np.asarray(features[self.name], dtype=float)
+
+    def describe(self, entry: dict) -> str:
+        if self.seed:
+            return self.reads
+        return f"{self.reads} ({'higher' if entry['direction'] > 0 else 'lower'} flags)"
+
+
+class SeedFeature(Feature):
+    seed = True
+
+
+class Joint:
+    """The prototype's joint logistic model on (ℏₛ, PRI): its logit."""
+
+    name, reads, seed = "joint", "seed: logistic on (ℏₛ, PRI)", True
+
+    def available(self, features: dict, states: dict) -> bool:
+        return "hbar" in features and "pri" in features
+
+    def fit(self, features: dict, labels: np.ndarray, states: dict, seed: int) -> dict:
+        return {"weights": fit_joint(features["hbar"], features["pri"], labels, seed=seed)}
+
+    def score(self, entry: dict, features: dict, joint_weights: dict | None = None) -> np.ndarray:
+        return joint_logit(features["hbar"], features["pri"], joint_weights or entry["weights"])
+
+    def describe(self, entry: dict) -> str:
+        return self.reads
+
+
+class LinearProbe:
+    """A linear probe (signals/probe.py) on the block outputs at one position; block and C chosen
+    by inner CV. Its feature is the probe's logit, computed by whoever holds the states."""
+
+    seed = False
+
+    def __init__(self, position: str):
+        self.position = position
+        self.name = f"probe_{position}"
+        self.reads = f"linear probe, {position.replace('_', ' ')}"
+
+    def available(self, features: dict, states: dict) -> bool:
+        return self.position in states or self.name in features
+
+    def fit(self, features: dict, labels: np.ndarray, states: dict, seed: int) -> dict:
+        probe, curve = fit_probe(states[self.position], labels, self.position, seed=seed)
+        return {"direction": 1, "probe": probe, "layer": probe.layer, "C": curve["layer_C"][probe.layer],
+                "layer_cv_auroc": curve["layer_auroc"], "layer_C": curve["layer_C"]}
+
+    def score(self, entry: dict, features: dict, joint_weights: dict | None = None) -> np.ndarray:
+        return np.asarray(features[self.name], dtype=float)
+
+    def score_states(self, entry: dict, states: dict) -> np.ndarray:
+        """The score of a probe just fitted (its entry still holds the Probe) on these states."""
+        return entry["probe"].logit(states[self.position])
+
+    def describe(self, entry: dict) -> str:
+        return f"{self.reads}, block {entry['layer'] + 1} of {len(entry['layer_cv_auroc'])}"
+
+
+FEATURES = (
+    SeedFeature("hbar", "scores", "hbar_s", "seed: ℏₛ, top-5 mean", direction=-1),
+    SeedFeature("pri", "scores", "pri", "seed: PRI, top-5 mean", direction=1),
+    Feature("surprise_mean", "scores", "surprise_mean", "mean token surprise (log-perplexity)"),
+    Feature("surprise_max", "scores", "surprise_max", "max token surprise"),
+    Feature("entropy_mean", "scores", "entropy_mean", "mean token entropy"),
+    Feature("entropy_max", "scores", "entropy_max", "max token entropy"),
+    Feature("prob_min", "scores", "prob_min", "min chosen-token probability"),
+    Feature("verdict_p_no", "verdict", "p_no", "step-0 probability of \"No\""),
+    Feature("verdict_p_yes", "verdict", "p_yes", "step-0 probability of \"Yes\""),
+)
+PROBES = tuple(LinearProbe(position) for position in POSITIONS)
+# In ranking order for ties: single features first, then the joint model, then the probes.
+REGISTRY = {d.name: d for d in (*FEATURES, Joint(), *PROBES)}
+
+
+def get(name: str):
+    """The detector called `name`; KeyError naming the known ones otherwise."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown detector {name!r}; known: {', '.join(REGISTRY)}") from None
+
+
+def is_probe(name: str) -> bool:
+    return isinstance(REGISTRY.get(name), LinearProbe)
+
+
+def probe_for(position: str) -> LinearProbe:
+    return get(f"probe_{position}")
+
+
+def features(scores: dict, verdict: dict) -> dict:
+    """The single-feature detectors' inputs of one response: its response scores (ResponseScores
+    keys) and the step-0 probability mass on the verdict tokens (p_yes, p_no)."""
+    return {d.name: d.feature(scores, verdict) for d in FEATURES}
