@@ -1,11 +1,12 @@
-"""The README's detection-quality table, generated from the committed params and reports.
+"""The detection-quality table of docs/results.md, generated from the committed params and reports.
 
-The README holds the table between ``<!-- quality-table: PARAMS_FILE -->`` and
-``<!-- /quality-table -->``; this script rebuilds it from PARAMS_FILE and the reports written by
-`halluwatch evaluate` for it (``reports/<params stem>_eval_<task>_n<N>.json``, one per task).
+docs/results.md holds the table between ``<!-- quality-table: PARAMS_FILE -->`` and
+``<!-- /quality-table -->`` (PARAMS_FILE relative to the repository root); this script rebuilds it
+from PARAMS_FILE and the reports written by `halluwatch evaluate` for it
+(``reports/<params stem>_eval_<task>_n<N>.json``, one per task).
 
-    python bench/readme_table.py            # rewrite the table in README.md
-    python bench/readme_table.py --check    # exit 1 if README.md is not what the reports say
+    python bench/readme_table.py            # rewrite the table in docs/results.md
+    python bench/readme_table.py --check    # exit 1 if docs/results.md is not what the reports say
 """
 
 import argparse
@@ -19,6 +20,7 @@ sys.path.insert(0, str(REPO))
 
 from app.calibration.report import auroc_with_ci, describe, num  # noqa: E402
 
+DOC = REPO / "docs" / "results.md"
 BLOCK = re.compile(r"(<!-- quality-table: (?P<params>\S+) -->\n)(?P<table>.*?)(<!-- /quality-table -->)", re.S)
 TASKS = ("qa", "dialogue", "summarization")
 
@@ -60,10 +62,10 @@ def table(params: dict, reports: dict) -> str:
 
 
 def render(readme: str) -> str:
-    """`readme` with its quality table rebuilt."""
+    """`readme` (the text of docs/results.md) with its quality table rebuilt."""
     match = BLOCK.search(readme)
     if match is None:
-        raise SystemExit("README.md has no <!-- quality-table: PARAMS --> … <!-- /quality-table --> block")
+        raise SystemExit("the document has no <!-- quality-table: PARAMS --> … <!-- /quality-table --> block")
     params_path = REPO / match["params"]
     params = json.loads(params_path.read_text())
     new = table(params, reports_for(params_path, REPO / "reports"))
@@ -72,16 +74,17 @@ def render(readme: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="exit 1 when README.md differs from the reports")
-    parser.add_argument("--readme", default=str(REPO / "README.md"))
+    parser.add_argument("--check", action="store_true", help="exit 1 when the table differs from the reports")
+    parser.add_argument("--doc", "--readme", dest="doc", default=str(DOC),
+                        help="the Markdown file holding the table (default: docs/results.md)")
     args = parser.parse_args()
-    path = Path(args.readme)
+    path = Path(args.doc)
     text = path.read_text()
     new = render(text)
     if args.check:
         if new != text:
-            sys.exit("README.md's quality table differs from the reports: run python bench/readme_table.py")
-        print("README.md quality table matches the reports")
+            sys.exit(f"{path}'s quality table differs from the reports: run python bench/readme_table.py")
+        print(f"{path} quality table matches the reports")
     elif new != text:
         path.write_text(new)
         print(f"rewrote the quality table in {path}")
