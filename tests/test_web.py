@@ -1,11 +1,15 @@
 """The live web view, end to end: a real uvicorn server and headless Chromium driven by Playwright.
 
 Needs Debian's `chromium` (/usr/bin/chromium) and the `playwright` Python package; the browser
-Playwright would download is never used. Screenshots go to test-output/ under the repo root.
+Playwright would download is never used. In CI (CI=true) a missing browser fails the run instead
+of skipping this module. Screenshots go to $HALLUWATCH_TEST_OUTPUT (default: a fresh temporary
+folder, printed), never into the checkout.
 """
 
 import json
+import os
 import re
+import tempfile
 import time
 from pathlib import Path
 
@@ -13,9 +17,15 @@ import httpx
 import pytest
 
 CHROMIUM = Path("/usr/bin/chromium")
+IN_CI = os.environ.get("CI") == "true"
 if not CHROMIUM.exists():
+    if IN_CI:
+        pytest.fail(f"{CHROMIUM} is missing: CI must install chromium (see .ci/run)", pytrace=False)
     pytest.skip(f"{CHROMIUM} is missing (Debian: apt-get install chromium)", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+if IN_CI:
+    import playwright.sync_api as sync_api
+else:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 sync_api.expect.set_options(timeout=30_000)  # a slow CI machine: be patient before failing
 
 from support.live_server import live_server as serve  # noqa: E402
@@ -24,8 +34,7 @@ from support.params import write_params  # noqa: E402
 from app.http.app import create_app  # noqa: E402
 from app.settings import Settings  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-SHOTS = ROOT / "test-output"
+SHOTS = Path(os.environ.get("HALLUWATCH_TEST_OUTPUT") or tempfile.mkdtemp(prefix="halluwatch-screens-"))
 PROMPT = "The capital of France is"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -72,7 +81,7 @@ def browser():
 def page(browser, server):
     """A fresh page; fails the test on any JavaScript error or any request that leaves the server."""
     base, _ = server
-    SHOTS.mkdir(exist_ok=True)
+    SHOTS.mkdir(parents=True, exist_ok=True)
     context = browser.new_context(viewport={"width": 1360, "height": 1000})
     pg = context.new_page()
     errors, outside = [], []
