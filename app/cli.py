@@ -35,7 +35,7 @@ def _params(settings: Settings, engine):
     return served.params, served.reason
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, args) -> None:
     import uvicorn
 
     from .http.security import warn_if_exposed
@@ -109,8 +109,9 @@ def _print(body: dict, as_json: bool) -> None:
     print(f"\n[finish: {body['finish_reason']}, tokens: {body['usage']['completion_tokens']}, "
           f"ℏₛ {s['hbar_s']:.4f}, PRI {s['pri']:.4f}, P_fail max {s['pfail_max']:.4f}]")
     print(f"[quadrant: {q['name']} — {q['label']}]" if q else f"[quadrant: none — {body['quadrant_reason']}]")
-    if body["risk"]:
-        print(f"[risk: {body['risk']['probability']:.3f} ({body['risk']['detector']})]")
+    if risk := body["risk"]:
+        caveat = ", outside the range it was calibrated on" if risk["in_distribution"] is False else ""
+        print(f"[risk: {risk['probability']:.3f} ({risk['detector']}{caveat})]")
 
 
 def _run_spec(args, model_ref: str):
@@ -252,16 +253,13 @@ def main(argv=None) -> None:
                  if (v := getattr(args, k, None)) is not None}
     settings = Settings(**overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.command == "serve":
-        serve(settings)
-    elif args.command == "generate":
-        generate(settings, args)
-    elif args.command == "score":
-        score(settings, args)
-    elif args.command == "activate":
-        activate(settings, args)
-    else:
-        calibrate_or_evaluate(settings, args)
+    command = {"serve": serve, "generate": generate, "score": score, "activate": activate}.get(
+        args.command, calibrate_or_evaluate)
+    try:
+        command(settings, args)
+    finally:
+        if "mlx.core" in sys.modules:  # streams made on this thread (mlx-lm makes one at import)
+            sys.modules["mlx.core"].clear_streams()
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Backpressure, timeouts, disconnects, auth on every route, path escapes, durable writes, SIGTERM."""
 
+import concurrent.futures
 import json
 import os
 import signal
@@ -10,12 +11,13 @@ import time
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from support import REPO_ROOT
 from support.live_server import free_port, live_server
 
 from app.engine import Engine, GenerationJob
 from app.http.app import create_app
 from app.settings import Settings
-from support import REPO_ROOT
+
 
 KEY = "s3cret-key"
 
@@ -199,3 +201,22 @@ def test_chunked_body_over_the_limit_is_413(engine, tmp_path):
             yield b'"}'
         r = c.post("/generate", content=chunks(), headers={"content-type": "application/json"})
         assert r.status_code == 413 and "max_body_bytes" in r.json()["detail"]
+
+
+def test_score_during_shutdown_is_a_clear_503(tiny_model_path, tmp_path):
+    """A request still queued when the engine stops is cancelled: 503 naming it, not a 500."""
+    engine = Engine(str(tiny_model_path("llama")), precision="native")
+    engine.start()
+    blocker = engine.submit(GenerationJob([5, 6, 7], 400))
+    with live_server(create_app(_settings(tmp_path), engine)) as url:
+        _wait(lambda: engine.busy)
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            scored = pool.submit(httpx.post, f"{url}/score", json={"prompt": "hi", "response": "there"}, timeout=60)
+            _wait(lambda: engine.queue_depth == 1)  # /score waits behind the blocker
+            stopping = pool.submit(engine.stop)  # the server is shutting down
+            _wait(lambda: engine.queue_depth == 2)  # stop's marker is queued ahead of /score
+            blocker.cancel()
+            stopping.result(timeout=30)
+            r = scored.result(timeout=30)
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert "cancelled" in r.json()["detail"]

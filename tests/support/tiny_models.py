@@ -187,7 +187,7 @@ def _scale_weights(weights: dict, config: dict, arch: str) -> dict:
     return out
 
 
-def make_tiny_model(arch: str, out_dir: Path | str, seed: int = 0) -> Path:
+def make_tiny_model(arch: str, out_dir: Path | str, seed: int = 0, layers: int | None = None) -> Path:
     """Write a complete, loadable model folder for ``arch`` into ``out_dir``.
 
     The weights come from mlx-lm's own ``Model(ModelArgs.from_dict(config))``
@@ -195,7 +195,8 @@ def make_tiny_model(arch: str, out_dir: Path | str, seed: int = 0) -> Path:
     global RNG), rescaled by a few fixed per-arch gains so greedy output is
     varied (see ``_INIT_GAINS``), and saved with
     ``mx.save_safetensors(..., metadata={"format": "mlx"})``. The same
-    ``(arch, seed)`` always gives byte-identical files. Returns ``out_dir``.
+    ``(arch, seed)`` always gives byte-identical files. ``layers`` overrides the
+    number of blocks (a model of another shape). Returns ``out_dir``.
     """
     import mlx.core as mx
     from mlx.utils import tree_flatten
@@ -204,6 +205,8 @@ def make_tiny_model(arch: str, out_dir: Path | str, seed: int = 0) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config = model_config(arch)
+    if layers is not None:
+        config["num_hidden_layers"] = layers
     model_cls, args_cls = _get_classes(config)
     mx.random.seed(seed)
     model = model_cls(args_cls.from_dict(config))
