@@ -195,6 +195,8 @@ def generate_batch(
     return steps
 
 
+# Takes the same leading parameters as generate_steps, on purpose: both are the model's decode
+# contract (one for generating, one for scoring a given response).
 def teacher_forced_steps(
     lm: LoadedModel,
     prompt_ids: list,

@@ -115,7 +115,7 @@ def _print(body: dict, as_json: bool) -> None:
 
 
 def _run_spec(args, model_ref: str):
-    from .calibration.runs import RunSpec
+    from .calibration.scoring import RunSpec
 
     return RunSpec(model_ref=model_ref, task=args.task, n=args.n, max_tokens=args.max_tokens, seed=args.seed,
                    prompt_format=args.prompt_format, dataset=args.dataset, batch_size=args.batch_size,

@@ -24,7 +24,7 @@ import mlx.core as mx  # noqa: E402
 from mlx_lm import stream_generate  # noqa: E402
 
 from adapters.loader import load  # noqa: E402
-from app.calibration.runs import RunSpec, score_batch  # noqa: E402
+from app.calibration.scoring import RunSpec, score_batch  # noqa: E402
 from app.engine import Engine  # noqa: E402
 from app.calibration.halueval import load_samples  # noqa: E402
 from signals.step import step_signals  # noqa: E402

@@ -1,4 +1,4 @@
-"""Risk quadrants from calibrated thresholds (SIGNALS.md, calibration step 6).
+"""Risk quadrants from calibrated thresholds (docs/signals.md, reference calibration protocol).
 
 ℏₛ is inverted on the calibration data: a response is flagged by ℏₛ when ℏₛ ≤ τ_hbar,
 and by PRI when PRI ≥ τ_pri.

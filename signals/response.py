@@ -1,4 +1,4 @@
-"""Response-level scores: the mean of the top-k per-step values (SIGNALS.md)."""
+"""Response-level scores: the mean of the top-k per-step values (docs/signals.md)."""
 
 from dataclasses import asdict, dataclass
 from typing import Sequence

@@ -1,4 +1,4 @@
-"""Calibration statistics for ℏₛ and PRI (SIGNALS.md, "Calibration protocol (reference)").
+"""Calibration statistics for ℏₛ and PRI (docs/signals.md, "Reference calibration protocol").
 
 Pure numpy / scikit-learn: inputs are 1-D arrays of response scores ``hbar`` (ℏₛ), ``pri`` and
 binary ``labels`` (1 = hallucinated); outputs are plain Python values, ready for ``json.dumps``.

@@ -1,4 +1,4 @@
-"""Per-step signals of SIGNALS.md, as lazy MLX array expressions.
+"""Per-step signals of docs/signals.md, as lazy MLX array expressions.
 
 Every function reduces over the last axis (vocabulary or hidden size) and keeps any leading
 batch axes, so the same code serves one sequence or a batch. All inputs are cast to float32

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from app.calibration.runs import RunSpec, calibrate, checkpoint_path, evaluate, read_checkpoint, score_all, states_dir
+from app.calibration.runs import calibrate, evaluate
+from app.calibration.scoring import RunSpec, checkpoint_path, read_checkpoint, score_all, states_dir
 from app.calibration.halueval import load_samples
 from app.calibration.params import load_params
 from app.http.app import create_app

@@ -5,7 +5,8 @@ import threading
 import numpy as np
 import pytest
 
-from app.calibration.runs import Cancelled, RunSpec, checkpoint_path, read_checkpoint, score_all
+from app.calibration.scoring import RunSpec, checkpoint_path, read_checkpoint, score_all
+from app.engine import Cancelled
 from app.engine import Engine
 from app.calibration.halueval import load_samples
 from support.qa_data import write_qa

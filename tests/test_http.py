@@ -153,3 +153,11 @@ def test_body_too_large_is_413(client):
 def test_malformed_json_is_422(client):
     r = client.post("/generate", content=b"{nope", headers={"content-type": "application/json"})
     assert r.status_code == 422
+
+
+def test_trace_schema_matches_the_engine_record():
+    from app.engine import StepRecord
+    from app.http.schemas import TraceStep
+
+    record = StepRecord(1, "a", -0.1, [], *([0.0] * 9))
+    assert set(TraceStep.model_fields) == set(record.as_dict())

@@ -12,7 +12,8 @@ from support.params import write_params
 from support.qa_data import write_qa
 from support.tiny_models import make_tiny_model
 
-from app.calibration.runs import RunSpec, calibrate, checkpoint_path
+from app.calibration.runs import calibrate
+from app.calibration.scoring import RunSpec, checkpoint_path
 from app.cli import main
 from app.engine import Engine
 from app.http.app import create_app

@@ -1,6 +1,6 @@
 """Calibration jobs: kept in SQLite, run one at a time on a worker thread.
 
-The worker drives `calibration.calibrate`, whose samples go to the engine at a lower priority
+The worker drives `runs.calibrate`, whose samples go to the engine at a lower priority
 than interactive requests, so a running job delays a /generate by at most one sample. Jobs
 survive a restart: one that was queued or running when the server stopped is marked
 `interrupted`; its checkpointed scores are kept, and resuming it continues from them.
@@ -15,8 +15,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from ..engine import Engine
-from . import runs as calibration
+from ..engine import Cancelled, Engine
+from . import runs
+from .scoring import RunSpec
 from .params import activate
 
 ACTIVE = ("queued", "running")
@@ -139,13 +140,13 @@ class JobRunner:
             eta = (total - done) / rate if rate > 0 else None
             self.store.update(job_id, done=done, total=total, eta_s=eta)
 
-        spec = calibration.RunSpec(model_ref=self.engine.model_ref, task=request["task"], n=request["n"],
+        spec = RunSpec(model_ref=self.engine.model_ref, task=request["task"], n=request["n"],
                                    max_tokens=request["max_tokens"], seed=request["seed"],
                                    dataset=request.get("dataset_path"), batch_size=request.get("batch_size", 1),
                                    probes=request.get("probes", True))
         self.store.update(job_id, status="running")
         try:
-            path = calibration.calibrate(self.engine, spec, self.settings.calibrations_dir,
+            path = runs.calibrate(self.engine, spec, self.settings.calibrations_dir,
                                          self.settings.reports_dir, progress=progress, cancelled=cancelled)
             params = json.loads(path.read_text())
             result = {"params_path": str(path), "activated": bool(request.get("activate")),
@@ -155,7 +156,7 @@ class JobRunner:
                 activate(self.settings.state_dir, path, f"calibration job {job_id}")
                 self.on_activated(path)
             self.store.update(job_id, status="succeeded", result=result, eta_s=0)
-        except calibration.Cancelled:
+        except Cancelled:
             self.store.update(job_id, status="interrupted" if self._stopping else "cancelled")
         except Exception as e:  # the job fails; served thresholds and params files are untouched
             self.store.update(job_id, status="failed", error=f"{type(e).__name__}: {e}")

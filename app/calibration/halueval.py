@@ -1,4 +1,4 @@
-"""HaluEval samples for calibration (SIGNALS.md, "Calibration protocol (reference)").
+"""HaluEval samples for calibration (docs/signals.md, "Reference calibration protocol").
 
 Each HaluEval item yields two judgment prompts: one with the right answer (label 0) and one with
 the hallucinated answer (label 1). Items come from a file the user names, the copy packaged in

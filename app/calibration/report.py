@@ -2,7 +2,7 @@
 
 Inputs are the per-sample score records ({"key", "task", "item", "label", "hbar_s", "pri",
 "steps": {"pri": [...], "hbar_s": [...]}}), the params dict and the metrics dict of a validation
-run (SIGNALS.md, calibration step 7), and each detector's scores on the same samples.
+run (docs/signals.md, reference calibration protocol), and each detector's scores on the same samples.
 """
 
 from contextlib import contextmanager

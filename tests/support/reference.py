@@ -1,4 +1,4 @@
-"""Independent numpy versions of the SIGNALS.md formulas, for tests."""
+"""Independent numpy versions of the docs/signals.md formulas, for tests."""
 
 import math
 
@@ -11,7 +11,7 @@ def np_unit(h):
 
 
 def reference(logits, hidden, token, prev_final, tau=2.0, lam=5.0):
-    """SIGNALS.md, written out in numpy (float64), from MLX's float32 softmax."""
+    """docs/signals.md, written out in numpy (float64), from MLX's float32 softmax."""
     p = probs(logits)
     hidden = hidden.astype(np.float64)
     d_mu = 1 / math.sqrt(1 - (p * p).sum() + 0.01)

@@ -1,0 +1,145 @@
+"""Scoring samples for calibration: each sample through the engine (greedy, batched at low
+priority), its record appended to a JSONL checkpoint and fsynced, its block outputs saved beside
+it. An interrupted run loses nothing and a re-run resumes where it stopped; checkpoints are keyed
+by the model's fingerprint, so no other model's run ever reads them."""
+
+import io
+import json
+import os
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from signals.response import response_scores
+
+from ..engine import Cancelled, Engine, GenerationJob
+from ..prompts import encode_prompt
+from ..storage import write_bytes_atomic
+from .halueval import Sample
+
+
+PROMPT_FORMATS = ("raw", "chat")
+
+
+@dataclass
+class RunSpec:
+    """What to score: model, task, split, size and protocol options."""
+
+    model_ref: str
+    task: str = "qa"
+    n: int = 200
+    max_tokens: int = 20
+    seed: int = 42
+    prompt_format: str = "raw"
+    dataset: str | None = None
+    n_boot: int = 1000
+    batch_size: int = 1  # >1 scores that many samples per engine job (batched decode; higher throughput)
+    probes: bool = True  # capture block outputs at the prompt's end and the last step; fit probes on them
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a model id."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text.rsplit("/", 1)[-1]).strip("-").lower() or "model"
+
+
+def checkpoint_path(reports_dir: Path, lm, spec: RunSpec, split: str) -> Path:
+    """Where the scores of this model/task/split/protocol go; the same run of the same model (by
+    fingerprint, not by name) always finds it again, and no other model's run ever does."""
+    name = (f"{slug(lm.model_id)}-{lm.fingerprint.id}_{spec.task}_{split}_seed{spec.seed}_mt{spec.max_tokens}_"
+            f"{spec.prompt_format}.jsonl")
+    return Path(reports_dir) / "scores" / name
+
+
+def states_dir(checkpoint: Path) -> Path:
+    """Where the block outputs of a checkpoint's samples go: one .npy per sample, (2, L, D) float32
+    holding the last-position output of every block at step 0 (prompt end) and at the last step."""
+    return Path(checkpoint).with_name(Path(checkpoint).stem + "_states")
+
+
+def _states_path(checkpoint: Path, key: str) -> Path:
+    return states_dir(checkpoint) / (key.replace(":", "_") + ".npy")
+
+
+def load_states(checkpoint: Path, records: list) -> np.ndarray:
+    """The saved block outputs of these records, shape (n, 2, L, D) (positions as in POSITIONS)."""
+    return np.stack([np.load(_states_path(checkpoint, r["key"])) for r in records])
+
+
+def read_checkpoint(path: Path) -> dict:
+    """Scored records by sample key; a torn last line (a crash mid-write) is ignored."""
+    done = {}
+    if Path(path).exists():
+        for line in Path(path).read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            done[rec["key"]] = rec
+    return done
+
+
+def _encode(engine: Engine, sample: Sample, spec: RunSpec) -> list:
+    return encode_prompt(engine.lm, sample.prompt, None, spec.prompt_format == "chat", spec.max_tokens)
+
+
+def _score_record(sample: Sample, records: list, fin) -> dict:
+    return {
+        "key": sample.key, "task": sample.task, "item": sample.item, "label": sample.label,
+        **response_scores(records).as_dict(),
+        "tokens": len(records), "finish_reason": fin.finish_reason,
+        "text": "".join(r.text for r in records) + fin.text_tail,
+        "token_ids": [r.token_id for r in records],
+        "verdict": records[0].verdict,  # step-0 mass on "Yes"/"No": the model's own judgment
+        "steps": {"hbar_s": [r.hbar_s for r in records], "pri": [r.pri for r in records]},
+    }
+
+
+def score_batch(engine: Engine, samples: list, spec: RunSpec) -> list:
+    """Score records (response scores + per-step trajectories) of these samples.
+
+    One sample goes through the same pipelined path as /generate; several go as one batch job.
+    """
+    jobs = [GenerationJob(_encode(engine, s, spec), spec.max_tokens, priority=1, capture_hidden=spec.probes)
+            for s in samples]
+    handles = [engine.submit(jobs[0])] if len(jobs) == 1 else engine.submit_batch(jobs)
+    results = [h.wait() for h in handles]  # Cancelled if the engine stopped
+    return [(_score_record(s, records, fin), _states(records) if spec.probes else None)
+            for s, (records, fin) in zip(samples, results)]
+
+
+def _states(records: list) -> np.ndarray:
+    return np.stack([records[0].hidden, records[-1].hidden])
+
+
+def score_all(engine: Engine, samples: list, spec: RunSpec, checkpoint: Path,
+              progress: Callable[[int, int], None] = lambda done, total: None,
+              cancelled: threading.Event | None = None) -> list:
+    """Score every sample not yet in `checkpoint`, `spec.batch_size` at a time, appending each record.
+
+    With `spec.probes`, each sample's block outputs are saved (see `states_dir`) before its record,
+    and a sample whose states are missing is scored again.
+    """
+    done = read_checkpoint(checkpoint)
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    todo = [s for s in samples
+            if s.key not in done or (spec.probes and not _states_path(checkpoint, s.key).exists())]
+    progress(len(samples) - len(todo), len(samples))
+    with open(checkpoint, "a") as f:
+        for start in range(0, len(todo), spec.batch_size):
+            if cancelled is not None and cancelled.is_set():
+                raise Cancelled(f"cancelled after {len(samples) - len(todo) + start} of {len(samples)} samples")
+            for rec, states in score_batch(engine, todo[start:start + spec.batch_size], spec):
+                if states is not None:
+                    buf = io.BytesIO()
+                    np.save(buf, states)
+                    write_bytes_atomic(_states_path(checkpoint, rec["key"]), buf.getvalue())
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                done[rec["key"]] = rec
+            f.flush()
+            os.fsync(f.fileno())
+            progress(len(samples) - len(todo) + min(start + spec.batch_size, len(todo)), len(samples))
+    return [done[s.key] for s in samples]
