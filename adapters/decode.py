@@ -7,7 +7,7 @@ same expressions as mlx-lm, so they are bit-identical to `mlx_lm.generate`.
 """
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
 
 import mlx.core as mx
 import numpy as np
@@ -17,7 +17,7 @@ from mlx_lm.models.cache import KVCache, make_prompt_cache
 from .loader import LoadedModel
 
 # reduce(logits (1, V), hidden (1, L, D), token (1,), prev_final (1, D) or None) -> (1, F)
-Reduce = Callable[[mx.array, mx.array, mx.array, Optional[mx.array]], mx.array]
+Reduce = Callable[[mx.array, mx.array, mx.array, mx.array | None], mx.array]
 
 
 @dataclass
@@ -28,7 +28,7 @@ class RawStep:
     logprob: float
     values: list  # the F floats returned by `reduce`
     top: list  # [(token, logprob)], most likely first; empty unless top_logprobs > 0
-    hidden: Optional[np.ndarray] = None  # (L, D) float32 block outputs, with capture_hidden only
+    hidden: np.ndarray | None = None  # (L, D) float32 block outputs, with capture_hidden only
 
 
 def _top_k(logprobs: mx.array, k: int) -> tuple:
@@ -42,7 +42,7 @@ def _sorted_top(ids: list, lps: list) -> list:
     return sorted(zip(ids, lps), key=lambda t: (-t[1], t[0]))
 
 
-def _host_hidden(hidden: Optional[mx.array]) -> Optional[np.ndarray]:
+def _host_hidden(hidden: mx.array | None) -> np.ndarray | None:
     return None if hidden is None else np.array(hidden)
 
 
@@ -92,7 +92,7 @@ def generate_steps(
     *,
     top_logprobs: int = 0,
     prefill_step_size: int = 2048,
-    sampler: Optional[Callable[[mx.array], mx.array]] = None,
+    sampler: Callable[[mx.array], mx.array] | None = None,
     capture_hidden: bool = False,
 ) -> Iterator[RawStep]:
     """Yield up to `max_tokens` steps for `prompt_ids`; the caller decides when to stop.

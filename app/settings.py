@@ -22,18 +22,21 @@ def default_home() -> Path:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HALLUWATCH_", extra="ignore")
 
-    model: str = Field("default", description="model reference: default, a .gguf file, an mlx-lm folder or a cached repo id")
+    model: str = Field("default",
+                       description="model reference: default, a .gguf file, an mlx-lm folder or a cached repo id")
     params: Path | None = Field(None, description="calibrated params file to serve (else the model's active "
                                                   "calibration, else the newest shipped params that match)")
     home: Path = Field(default_factory=default_home, description="folder for everything the service writes")
-    params_dir: Path = Field(calibrated_params.DIR, description="shipped params, searched when no calibration is active")
+    params_dir: Path = Field(calibrated_params.DIR,
+                             description="shipped params, searched when no calibration is active")
     # Below `home` unless set: the job database and active-calibration pointers; params written by
     # calibration runs; score checkpoints, splits and reports; the only folder /calibrate reads data from.
     state_dir: Path | None = Field(None, description="default: HOME/state")
     calibrations_dir: Path | None = Field(None, description="default: HOME/calibrations")
     reports_dir: Path | None = Field(None, description="default: HOME/reports")
     data_dir: Path | None = Field(None, description="default: HOME/data")
-    precision: str = Field("auto", description="auto (float32 on Linux with OpenBLAS, else as stored), float32 or native")
+    precision: str = Field("auto",
+                           description="auto (float32 on Linux with OpenBLAS, else as stored), float32 or native")
     host: str = "127.0.0.1"
     port: int = 8000
     max_tokens_limit: int = Field(2048, ge=1, description="largest max_tokens a request may ask for")
@@ -43,7 +46,8 @@ class Settings(BaseSettings):
     prefill_step_size: int = Field(2048, ge=1)
     api_key: str | None = Field(None, description="require 'Authorization: Bearer <key>' on every route but /health")
     metrics_public: bool = Field(False, description="serve /metrics without the API key")
-    request_timeout_s: float = Field(300.0, gt=0, description="a generation running longer gets 504 (or an error event)")
+    request_timeout_s: float = Field(300.0, gt=0,
+                                     description="a generation running longer gets 504 (or an error event)")
     shutdown_grace_s: float = Field(10.0, ge=0, description="on SIGTERM, time in-flight requests get to finish")
     max_streams: int = Field(32, ge=1, description="concurrent streaming responses before 429")
     pfail_tau: float = Field(2.0, description="τ of P_fail (prototype default)")

@@ -1,7 +1,7 @@
 """Response-level scores: the mean of the top-k per-step values (docs/signals.md)."""
 
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from collections.abc import Sequence
 
 TOP_K = 5
 

@@ -99,10 +99,7 @@ def step_signals(logits, hidden, token, prev_final, tau: float, lam: float, verd
     d_sigma = delta_sigma(hidden)
     hbar = hbar_s(d_mu, d_sigma)
     s = surprise(probs, token)
-    if prev_final is None:
-        d_h = mx.zeros_like(s)
-    else:
-        d_h = delta_h(hidden[..., -1, :], prev_final)
+    d_h = mx.zeros_like(s) if prev_final is None else delta_h(hidden[..., -1, :], prev_final)  # Δh_0 = 0
     chosen = mx.take_along_axis(probs, token[..., None], axis=-1)[..., 0]
     values = [d_mu, d_sigma, hbar, s, d_h, pri(s, d_h), pfail(hbar, tau, lam), entropy(probs), chosen]
     if verdict_ids is not None:

@@ -11,9 +11,9 @@ import sqlite3
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from ..engine import Cancelled, Engine
 from . import runs
@@ -29,7 +29,7 @@ class JobConflict(RuntimeError):
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 class JobStore:
@@ -141,9 +141,9 @@ class JobRunner:
             self.store.update(job_id, done=done, total=total, eta_s=eta)
 
         spec = RunSpec(model_ref=self.engine.model_ref, task=request["task"], n=request["n"],
-                                   max_tokens=request["max_tokens"], seed=request["seed"],
-                                   dataset=request.get("dataset_path"), batch_size=request.get("batch_size", 1),
-                                   probes=request.get("probes", True))
+                       max_tokens=request["max_tokens"], seed=request["seed"],
+                       dataset=request.get("dataset_path"), batch_size=request.get("batch_size", 1),
+                       probes=request.get("probes", True), sources=tuple(request.get("source_paths") or ()))
         self.store.update(job_id, status="running")
         try:
             path = runs.calibrate(self.engine, spec, self.settings.calibrations_dir,

@@ -6,7 +6,7 @@ import json
 import logging
 import math
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 
 from adapters.fingerprint import Fingerprint
@@ -153,7 +153,7 @@ def activate(state_dir: Path, params_path: Path, by: str) -> Fingerprint:
     except (OSError, ValueError):
         pointers = {}
     pointers[fp.id] = {"params": str(Path(params_path).resolve()), "model": params.data.get("model"),
-                       "set_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "by": by}
+                       "set_utc": datetime.now(UTC).isoformat(timespec="seconds"), "by": by}
     write_json_atomic(path, pointers)
     log.info("activated %s for %s (%s)", params_path, params.data.get("model"), by)
     return fp

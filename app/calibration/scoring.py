@@ -10,7 +10,7 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -19,10 +19,12 @@ from signals.response import response_scores
 from ..engine import Cancelled, Engine, GenerationJob
 from ..prompts import encode_prompt
 from ..storage import write_bytes_atomic
-from .halueval import Sample
+from .halueval import load_samples
+from .questions import load_questions
 
 
 PROMPT_FORMATS = ("raw", "chat")
+ANSWERS = "answers"  # the task of own-answer runs: the model answers questions, labelled by their gold answers
 
 
 @dataclass
@@ -35,10 +37,22 @@ class RunSpec:
     max_tokens: int = 20
     seed: int = 42
     prompt_format: str = "raw"
-    dataset: str | None = None
+    dataset: str | None = None  # a HaluEval file (default: the packaged copy)
+    sources: tuple = ()  # task "answers": question sources (questions.SOURCES or question files)
     n_boot: int = 1000
     batch_size: int = 1  # >1 scores that many samples per engine job (batched decode; higher throughput)
     probes: bool = True  # capture block outputs at the prompt's end and the last step; fit probes on them
+
+    def __post_init__(self):
+        if self.task == ANSWERS:
+            self.prompt_format = "chat"  # the model answers questions as a chat
+
+    def samples(self, split: str, cache_dir: Path) -> tuple:
+        """This run's samples of `split` and the split's description: HaluEval judgment prompts
+        (task qa, dialogue or summarization) or questions the model answers (task "answers")."""
+        if self.task == ANSWERS:
+            return load_questions(list(self.sources), split, self.n, self.seed, self.dataset)
+        return load_samples(self.task, split, self.n, self.seed, self.dataset, cache_dir)
 
 
 def slug(text: str) -> str:
@@ -82,16 +96,16 @@ def read_checkpoint(path: Path) -> dict:
     return done
 
 
-def _encode(engine: Engine, sample: Sample, spec: RunSpec) -> list:
+def _encode(engine: Engine, sample, spec: RunSpec) -> list:
     return encode_prompt(engine.lm, sample.prompt, None, spec.prompt_format == "chat", spec.max_tokens)
 
 
-def _score_record(sample: Sample, records: list, fin) -> dict:
+def _score_record(sample, records: list, fin) -> dict:
+    text = "".join(r.text for r in records) + fin.text_tail
     return {
-        "key": sample.key, "task": sample.task, "item": sample.item, "label": sample.label,
+        "key": sample.key, "task": sample.task, "item": sample.item, "label": sample.label_for(text),
         **response_scores(records).as_dict(),
-        "tokens": len(records), "finish_reason": fin.finish_reason,
-        "text": "".join(r.text for r in records) + fin.text_tail,
+        "tokens": len(records), "finish_reason": fin.finish_reason, "text": text,
         "token_ids": [r.token_id for r in records],
         "verdict": records[0].verdict,  # step-0 mass on "Yes"/"No": the model's own judgment
         "steps": {"hbar_s": [r.hbar_s for r in records], "pri": [r.pri for r in records]},

@@ -16,7 +16,8 @@ class PromptInput(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     prompt: str | None = Field(None, min_length=1, description="raw prompt (no chat template unless chat_template)")
-    messages: list[ChatMessage] | None = Field(None, min_length=1, description="chat, rendered with the model's template")
+    messages: list[ChatMessage] | None = Field(None, min_length=1,
+                                               description="chat, rendered with the model's template")
     chat_template: bool = Field(False, description="apply the chat template to `prompt` as one user message")
     include_trace: bool = Field(False, description="add the per-step trace to the JSON response")
     top_logprobs: int = Field(0, ge=0, le=20, description="alternatives per step in the trace")
