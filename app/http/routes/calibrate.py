@@ -6,8 +6,10 @@ from typing import Literal
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from ...calibration.halueval import DatasetError, load_samples
 from ...calibration.background import JobConflict
+from ...calibration.halueval import DatasetError
+from ...calibration.questions import SOURCES
+from ...calibration.scoring import RunSpec
 
 router = APIRouter(prefix="/calibrate")
 PACKAGED = "halueval"
@@ -15,8 +17,13 @@ PACKAGED = "halueval"
 
 class CalibrateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    task: Literal["qa", "dialogue", "summarization"] = "qa"
-    n: int = Field(200, ge=10, description="samples to score (even; two per HaluEval item)")
+    task: Literal["qa", "dialogue", "summarization", "answers"] = Field(
+        "qa", description="a HaluEval judgment task, or 'answers': the model answers questions itself, labelled "
+                          "by their gold answers")
+    n: int = Field(200, ge=10, description="samples to score (HaluEval: even, two per item)")
+    sources: list[str] = Field(list(SOURCES), min_length=1,
+                               description="task 'answers': shipped question sources, or question files (JSONL/CSV) "
+                                           "inside the server's data folder")
     max_tokens: int = Field(20, ge=1, le=512)
     seed: int = Field(42, ge=0)
     dataset: str = Field(PACKAGED, description="'halueval' (the packaged copy) or a file name inside the "
@@ -28,9 +35,9 @@ class CalibrateRequest(BaseModel):
                                            "per sample for a 135M model, under reports/scores)")
 
 
-def _dataset_path(data_dir: Path, name: str) -> str | None:
-    """The dataset file, which must resolve inside `data_dir` (no `..`, absolute paths or symlink escapes)."""
-    if name == PACKAGED:
+def _dataset_path(data_dir: Path, name: str, field: str = "dataset") -> str | None:
+    """The data file, which must resolve inside `data_dir` (no `..`, absolute paths or symlink escapes)."""
+    if name == PACKAGED and field == "dataset":
         return None
     root = Path(data_dir).resolve()
     try:
@@ -38,7 +45,7 @@ def _dataset_path(data_dir: Path, name: str) -> str | None:
     except (OSError, ValueError):  # e.g. an embedded NUL byte
         path = None
     if path is None or not path.is_relative_to(root) or not path.is_file():
-        raise HTTPException(400, f"dataset: {name!r} is not a file inside the server's data folder")
+        raise HTTPException(400, f"{field}: {name!r} is not a file inside the server's data folder")
     return str(path)
 
 
@@ -49,8 +56,12 @@ async def start(req: CalibrateRequest, request: Request) -> dict:
     state = request.app.state
     body = req.model_dump()
     body["dataset_path"] = _dataset_path(state.settings.data_dir, req.dataset)
+    body["source_paths"] = [s if s in SOURCES else _dataset_path(state.settings.data_dir, s, "sources")
+                            for s in req.sources]
+    spec = RunSpec("", task=req.task, n=req.n, seed=req.seed, dataset=body["dataset_path"],
+                   sources=tuple(body["source_paths"]))
     try:
-        load_samples(req.task, "train", req.n, req.seed, body["dataset_path"], state.settings.reports_dir / "data")
+        spec.samples("train", state.settings.reports_dir / "data")
     except DatasetError as e:
         raise HTTPException(422, detail=[{"loc": ["body", e.field], "msg": str(e), "type": "value_error"}]) from None
     try:
