@@ -19,6 +19,7 @@ from signals.quadrant import Thresholds, quadrant
 DETECTORS = ("hbar", "pri", "joint")
 MIN_RECALL = 0.9
 MIN_SAMPLES = 10
+CV_FOLDS = 5  # the joint model's C is chosen by stratified CV
 JOINT_CS = tuple(float(c) for c in np.logspace(-4, 4, 9))  # the C grid of the joint model
 
 
@@ -102,7 +103,7 @@ def fit_joint(hbar, pri, labels, seed: int = 42) -> dict:
     Returns {"w_hbar", "w_pri", "intercept", "C", "cv_auroc"}.
     """
     x = np.column_stack([hbar, pri])
-    cv = StratifiedKFold(5, shuffle=True, random_state=seed)
+    cv = StratifiedKFold(CV_FOLDS, shuffle=True, random_state=seed)
     cv_auroc = {c: cross_val_score(LogisticRegression(C=c, max_iter=10_000), x, labels, cv=cv,
                                    scoring="roc_auc").mean() for c in JOINT_CS}
     best = max(cv_auroc.values())
@@ -215,6 +216,9 @@ def _check_inputs(hbar, pri, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray
         raise ValueError("labels must be 0 (correct) or 1 (hallucinated)")
     if labels.min() == labels.max():
         raise ValueError(f"labels hold one class only (all {int(labels[0])}); need both 0 and 1")
+    if (smaller := min(np.count_nonzero(labels == 0), np.count_nonzero(labels == 1))) < CV_FOLDS:
+        raise ValueError(f"the smaller class has {smaller} samples; the joint model's {CV_FOLDS}-fold CV needs "
+                         f"at least {CV_FOLDS} of each of 0 (correct) and 1 (hallucinated)")
     return hbar, pri, labels.astype(int)
 
 

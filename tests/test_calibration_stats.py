@@ -315,3 +315,11 @@ def test_same_stratum_auroc_counts_only_pairs_within_a_stratum():
     assert same_stratum_auroc(scores, labels, strata) == (0.5, 2)
     assert same_stratum_auroc([1, 1, 2, 3], [0, 1, 0, 1], [1, 1, 2, 2]) == (0.75, 2)  # a tie counts half
     assert same_stratum_auroc([1, 2], [0, 1], [1, 2]) == (None, 0)
+
+
+def test_too_few_of_a_class_for_the_joint_cv_is_refused():
+    from signals.statistics import calibrate
+
+    labels = [0] * 4 + [1] * 26
+    with pytest.raises(ValueError, match="smaller class has 4 samples"):
+        calibrate(np.arange(30.0), np.arange(30.0), labels)

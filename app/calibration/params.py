@@ -41,6 +41,7 @@ class Params:
             "path": str(self.path),
             "model": self.data.get("model"),
             "source": self.data.get("source"),
+            "task": self.data.get("task"),  # the traffic it was calibrated on: a HaluEval task, or "answers"
             "tau_hbar": self.data["tau_hbar"],
             "tau_pri": self.data["tau_pri"],
             "risk_detector": (self.data.get("risk") or {}).get("detector"),

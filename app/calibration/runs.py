@@ -80,11 +80,12 @@ def calibrate(engine: Engine, spec: RunSpec, out_dir: Path, reports_dir: Path, *
     ckpt = checkpoint_path(reports_dir, engine.lm, spec, "train")
     records = score_all(engine, samples, spec, ckpt, **hooks)
     hbar, pri, labels = _arrays(records)
-    if len(set(labels.tolist())) < 2:
-        raise DatasetError(f"every one of the {len(labels)} training samples is labelled {int(labels[0])} "
-                           f"({'wrong' if labels[0] else 'right'}): calibration needs both; add samples or sources "
-                           f"where the model answers some questions right and some wrong", "sources")
-    result = stats.calibrate(hbar, pri, labels, seed=spec.seed, n_boot=spec.n_boot)
+    try:
+        result = stats.calibrate(hbar, pri, labels, seed=spec.seed, n_boot=spec.n_boot)
+    except ValueError as e:  # e.g. the model answered (nearly) every question right, or every one wrong
+        raise DatasetError(f"{np.count_nonzero(labels == 0)} of the {len(labels)} training samples are labelled "
+                           f"correct: {e}; score more samples, or sources the model answers more evenly",
+                           "n") from None
     now = _utc_now()
     stem = f"{slug(engine.lm.model_id)}_{now:%Y%m%dT%H%M%SZ}_n{spec.n}"
     states = _positions(load_states(ckpt, records)) if spec.probes else None
