@@ -23,7 +23,8 @@ def _files(root: Path) -> set:
 def test_non_editable_install_serves_the_shipped_params(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", venv], check=True)
-    site = Path(subprocess.run([venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+    purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    site = Path(subprocess.run([venv / "bin" / "python", "-c", purelib],
                                capture_output=True, text=True, check=True).stdout.strip())
     # The dependencies (and the embedded model's package) come from this test run's environment,
     # added as a plain path: its editable halluwatch is not on it.
