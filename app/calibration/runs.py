@@ -35,7 +35,7 @@ def _features(records: list) -> dict:
     return {name: np.array([row[name] for row in rows]) for name in rows[0]}
 
 
-def _positions(states: np.ndarray) -> dict:
+def states_by_position(states: np.ndarray) -> dict:
     """(n, 2, L, D) saved states → {position: (n, L, D)}."""
     return {position: states[:, i] for i, position in enumerate(POSITIONS)}
 
@@ -88,7 +88,7 @@ def calibrate(engine: Engine, spec: RunSpec, out_dir: Path, reports_dir: Path, *
                            "n") from None
     now = _utc_now()
     stem = f"{slug(engine.lm.model_id)}_{now:%Y%m%dT%H%M%SZ}_n{spec.n}"
-    states = _positions(load_states(ckpt, records)) if spec.probes else None
+    states = states_by_position(load_states(ckpt, records)) if spec.probes else None
     result.update(_select(records, labels, states, spec.seed, out_dir, stem))
     split_path = write_json_atomic(Path(reports_dir) / f"{stem}_split.json", split)
     params = {
@@ -124,22 +124,18 @@ def evaluate(engine: Engine, params_path: Path, spec: RunSpec, out_dir: Path, re
     metrics = stats.evaluate(hbar, pri, labels, params, seed=spec.seed, n_boot=spec.n_boot)
     scores = {}
     if "ranking" in params:  # params with the detector selection (older params have only the seed signals)
-        feats = _features(records)
         train_spec = _training_spec(params, spec)
         train = train_spec.samples("train", Path(reports_dir) / "data")[0]
-        if spec.probes:
-            test_states = _positions(load_states(ckpt, records))
-            probes = _load_probes(params, Path(params_path).parent)
-            for position, probe in probes.items():
-                feats[detectors.probe_for(position).name] = probe.logit(test_states[position])
+        test_states = states_by_position(load_states(ckpt, records)) if spec.probes else None
+        scores, probes = saved_detector_scores(params, Path(params_path).parent, records, test_states)
+        if probes:
             train_ckpt = checkpoint_path(reports_dir, engine.lm, train_spec, "train")
             metrics["probe_layers"] = _layer_curves(params, probes, test_states, labels, train, train_ckpt)
-        scores = selection.detector_scores(feats, params)
         evaluated = selection.evaluate_detectors(scores, labels, params, n_boot=spec.n_boot, seed=spec.seed)
         metrics["all_detectors"], metrics["risk"] = evaluated["detectors"], evaluated.get("risk")
         if spec.task != ANSWERS and params["task"] != ANSWERS:  # judged answers of HaluEval have a length
             metrics["answer_length"] = _length_check(samples, train, labels, scores, metrics["all_detectors"], spec)
-    stem = f"{Path(params_path).stem}_eval_{spec.task}_n{spec.n}"
+    stem = f"{Path(params_path).stem}_eval_{spec.label}_n{spec.n}"
     figures = report.write_figures(records, params, metrics, scores, out_dir, stem)
     meta = {"model": engine.lm.model_id, "params": Path(params_path).name, "params_task": params.get("task"),
             "task": spec.task, "n": spec.n, "seed": spec.seed, "max_tokens": spec.max_tokens,
@@ -148,6 +144,16 @@ def evaluate(engine: Engine, params_path: Path, spec: RunSpec, out_dir: Path, re
     body = {**meta, "split": split, "metrics": metrics, "figures": [p.name for p in figures]}
     write_atomic(Path(out_dir) / f"{stem}.md", report.markdown(metrics, params, meta, [p.name for p in figures]))
     return write_json_atomic(Path(out_dir) / f"{stem}.json", body)
+
+
+def saved_detector_scores(params: dict, params_dir: Path, records: list, states: dict | None) -> tuple:
+    """Every detector of saved params scored on these records, probes on their `states` (position →
+    (n, L, D)) when given: ({name: scores}, {position: Probe})."""
+    feats = _features(records)
+    probes = _load_probes(params, params_dir) if states is not None else {}
+    for position, probe in probes.items():
+        feats[detectors.probe_for(position).name] = probe.logit(states[position])
+    return selection.detector_scores(feats, params), probes
 
 
 def _words(samples: list) -> np.ndarray:
@@ -201,7 +207,7 @@ def _layer_curves(params: dict, probes: dict, test_states: dict, labels, samples
     train_states = None
     if len(train) == len(samples):
         with contextlib.suppress(OSError):  # states not kept (--no-probes, or cleaned up): no test curve
-            train_states = _positions(load_states(train_ckpt, train))
+            train_states = states_by_position(load_states(train_ckpt, train))
     curves = {}
     for position in probes:
         entry = params["detectors"][detectors.probe_for(position).name]

@@ -47,6 +47,13 @@ class RunSpec:
         if self.task == ANSWERS:
             self.prompt_format = "chat"  # the model answers questions as a chat
 
+    @property
+    def label(self) -> str:
+        """The task in file names: for own answers with their sources ("answers-nq_open")."""
+        if self.task != ANSWERS:
+            return self.task
+        return "-".join([ANSWERS, *(Path(s).stem if Path(s).suffix else s for s in self.sources)])
+
     def samples(self, split: str, cache_dir: Path) -> tuple:
         """This run's samples of `split` and the split's description: HaluEval judgment prompts
         (task qa, dialogue or summarization) or questions the model answers (task "answers")."""
