@@ -1,26 +1,54 @@
 """One assessment path for HTTP, the CLI and calibration: a response's step records and the
-params in effect → its scores, quadrant and `risk`, and the response body built from them."""
+calibrations in effect → its scores, quadrant and `risk`, and the response body built from them.
+
+A model can carry several calibrations (one per kind of traffic). A job runs the probe of each
+(`job_probes`), and the response is assessed by the calibration whose probe finds the request
+closest to its training states (distance ÷ its in-range limit), the first (default) one on ties or
+when none has a probe. A caller that names a calibration passes that one alone.
+"""
+
+import math
 
 from signals.probe import sigmoid
 from signals.response import response_scores
 
-from .calibration.params import Params, quadrant_of
+from .calibration.params import quadrant_of
 from .engine import Finished
 
 
-def response_body(records: list, fin: Finished, params: Params | None, params_reason: str | None,
+def job_probes(calibrations: tuple) -> tuple:
+    """The probes a job runs for these calibrations, in their order (one per calibration with a probe)."""
+    return tuple(params.probe for params in calibrations if params.probe is not None)
+
+
+def _readings(calibrations: tuple, records: list) -> list:
+    """Per calibration: (params, probe logit, in range, distance ÷ limit) from the records."""
+    out, j = [], 0
+    for params in calibrations:
+        probe, logit, inside, ratio = params.probe, None, None, math.inf
+        if probe is not None:
+            step = records[0 if probe.position == "prompt_end" else -1]  # where the probe reads
+            if j < len(step.probe_logits):
+                logit, distance = step.probe_logits[j], step.probe_distances[j]
+                if probe.distance_limit is not None:
+                    inside, ratio = bool(distance <= probe.distance_limit), distance / probe.distance_limit
+            j += 1
+        out.append((params, logit, inside, ratio))
+    return out
+
+
+def response_body(records: list, fin: Finished, calibrations: tuple, params_reason: str | None,
                   include_trace: bool) -> dict:
     """The JSON body of a finished generation (also the SSE `done` event, without trace)."""
     scores = response_scores(records).as_dict()
-    probe = params.probe if params else None
-    logit = inside = None
-    if probe is not None:  # the probe's position: the prompt's end (step 0) or the last step
-        step = records[0 if probe.position == "prompt_end" else -1]
-        logit = step.probe_logit
-        if step.probe_distance is not None and probe.distance_limit is not None:
-            inside = bool(step.probe_distance <= probe.distance_limit)
+    params, logit, inside = None, None, None
+    if calibrations:
+        params, logit, inside, _ = min(_readings(calibrations, records), key=lambda r: r[3])  # first on ties
     scores["probe_risk"] = None if logit is None else float(sigmoid(logit))
     scores["probe_in_distribution"] = inside
+    risk = params.risk(scores, records[0].verdict, logit, inside) if params else None
+    if risk is not None:
+        risk["calibration"] = params.path.name
     body = {
         "text": "".join(r.text for r in records) + fin.text_tail,
         "finish_reason": fin.finish_reason,
@@ -32,7 +60,7 @@ def response_body(records: list, fin: Finished, params: Params | None, params_re
         "scores": scores,
         "quadrant": quadrant_of(scores["hbar_s"], scores["pri"], params) if params else None,
         "quadrant_reason": None if params else params_reason,
-        "risk": params.risk(scores, records[0].verdict, logit, inside) if params else None,
+        "risk": risk,
         "timing": {"ttft_s": fin.ttft_s, "tokens_per_s": fin.tokens_per_s},
     }
     if include_trace:

@@ -24,15 +24,18 @@ def _engine(settings: Settings):
     return engine
 
 
-def _params(settings: Settings, engine):
-    """The params in effect for the loaded model, as the server would pick them (no app, no job store)."""
+def _calibrations(settings: Settings, engine, name: str | None) -> tuple:
+    """The calibrations that assess a request, as the server would pick them (no app, no job
+    store): (calibrations, why there are none)."""
     from .calibration.params import ParamsError, resolve
 
     try:
         served = resolve(settings, engine.lm.fingerprint)
+        return (served.calibrations if name is None else (served.named(name),)), served.reason
     except ParamsError as e:
         sys.exit(f"halluwatch: {e}")
-    return served.params, served.reason
+    except KeyError as e:
+        sys.exit(f"halluwatch: calibration: {e.args[0]}")
 
 
 def serve(settings: Settings, args) -> None:
@@ -49,9 +52,9 @@ def serve(settings: Settings, args) -> None:
         app = create_app(settings, engine)
     except ParamsError as e:
         sys.exit(f"halluwatch: {e}")
-    params = app.state.params
-    logging.getLogger("halluwatch").info(
-        "params: %s", params.path if params else app.state.params_reason)
+    served = app.state.served
+    logging.getLogger("halluwatch").info("calibrations: %s", ", ".join(
+        f"{p.path.name} ({p.data.get('task')})" for p in served.calibrations) or served.reason)
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level="info",
                     timeout_graceful_shutdown=settings.shutdown_grace_s)
@@ -61,29 +64,29 @@ def serve(settings: Settings, args) -> None:
 
 def _run_one(settings: Settings, args, make_job) -> None:
     """Load the model and the params, run one job, print its assessed response."""
-    from .assessment import response_body
+    from .assessment import job_probes, response_body
     from .prompts import InputError
 
     engine = _engine(settings)
     try:
-        params, reason = _params(settings, engine)
+        calibrations, reason = _calibrations(settings, engine, args.calibration)
         try:
-            job = make_job(engine.lm, params.probe if params else None)
+            job = make_job(engine.lm, job_probes(calibrations))
         except InputError as e:
             sys.exit(f"halluwatch: {e.field}: {e}")
         records, fin = engine.submit(job).wait()
     finally:
         engine.stop()
-    _print(response_body(records, fin, params, reason, args.trace), args.json)
+    _print(response_body(records, fin, calibrations, reason, args.trace), args.json)
 
 
 def generate(settings: Settings, args) -> None:
     from .engine import GenerationJob
     from .prompts import encode_prompt
 
-    def job(lm, probe):
+    def job(lm, probes):
         return GenerationJob(encode_prompt(lm, args.prompt, None, not args.raw, args.max_tokens), args.max_tokens,
-                             probe=probe)
+                             probes=probes)
 
     _run_one(settings, args, job)
 
@@ -92,10 +95,10 @@ def score(settings: Settings, args) -> None:
     from .engine import ScoreJob
     from .prompts import encode_prompt
 
-    def job(lm, probe):
+    def job(lm, probes):
         tok = lm.tokenizer
         response = tok.encode(args.response, add_special_tokens=False) + ([] if args.no_eos else [tok.eos_token_id])
-        return ScoreJob(encode_prompt(lm, args.prompt, None, not args.raw, len(response)), response, probe=probe)
+        return ScoreJob(encode_prompt(lm, args.prompt, None, not args.raw, len(response)), response, probes=probes)
 
     _run_one(settings, args, job)
 
@@ -111,7 +114,7 @@ def _print(body: dict, as_json: bool) -> None:
     print(f"[quadrant: {q['name']} — {q['label']}]" if q else f"[quadrant: none — {body['quadrant_reason']}]")
     if risk := body["risk"]:
         caveat = ", outside the range it was calibrated on" if risk["in_distribution"] is False else ""
-        print(f"[risk: {risk['probability']:.3f} ({risk['detector']}{caveat})]")
+        print(f"[risk: {risk['probability']:.3f} ({risk['detector']} of {risk['calibration']}{caveat})]")
 
 
 def _run_spec(args, model_ref: str):
@@ -210,7 +213,8 @@ def main(argv=None) -> None:
         p.add_argument("--model", help="default (embedded SmolLM2-135M-Instruct), a .gguf file, an mlx-lm "
                                        "folder or a Hugging Face repo id in the local cache")
         if params:
-            p.add_argument("--params", help="calibrated params JSON (default: newest match in calibrated_params/)")
+            p.add_argument("--params", help="serve this calibrated params JSON alone (default: the model's active "
+                                            "calibration, else its shipped ones)")
         p.add_argument("--precision", choices=["auto", "float32", "native"],
                        help="auto: float32 on Linux with OpenBLAS, else weights as stored")
 
@@ -218,21 +222,23 @@ def main(argv=None) -> None:
     common(p)
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8000)")
+    def one_request(p):
+        common(p)
+        p.add_argument("--raw", action="store_true", help="encode the prompt as is, without the chat template")
+        p.add_argument("--calibration", help="assess with this calibration of the model (its task, e.g. answers "
+                                             "or qa, or its params file name; default: the closest one)")
+        p.add_argument("--trace", action="store_true", help="with --json, include the per-step trace")
+        p.add_argument("--json", action="store_true", help="print the full JSON response")
+
     p = sub.add_parser("generate", help="generate once and print text, scores and quadrant")
-    common(p)
+    one_request(p)
     p.add_argument("prompt")
     p.add_argument("--max-tokens", type=int, default=128)
-    p.add_argument("--raw", action="store_true", help="encode the prompt as is, without the chat template")
-    p.add_argument("--trace", action="store_true", help="with --json, include the per-step trace")
-    p.add_argument("--json", action="store_true", help="print the full JSON response")
     p = sub.add_parser("score", help="score a given response to a prompt (one teacher-forced pass)")
-    common(p)
+    one_request(p)
     p.add_argument("--prompt", required=True)
     p.add_argument("--response", required=True)
-    p.add_argument("--raw", action="store_true", help="encode the prompt as is, without the chat template")
     p.add_argument("--no-eos", action="store_true", help="do not score an EOS step after the response")
-    p.add_argument("--trace", action="store_true", help="with --json, include the per-step trace")
-    p.add_argument("--json", action="store_true", help="print the full JSON response")
 
     def run_options(p, n_default):
         p.add_argument("--task", default="qa", choices=["qa", "dialogue", "summarization", "answers"],

@@ -40,7 +40,7 @@ def plain_run(lm, ids, max_tokens) -> tuple:
 
 
 def engine_run(engine, ids, max_tokens, probe=None) -> tuple:
-    handle = engine.submit(GenerationJob(ids, max_tokens, probe=probe))
+    handle = engine.submit(GenerationJob(ids, max_tokens, probes=(probe,) if probe else ()))
     stamps = []
     emit = handle.emit
 

@@ -81,7 +81,8 @@ def test_serving_equals_calibration_on_the_same_sample(engine, calibrated, datas
             inside = body["scores"]["probe_in_distribution"] if name.startswith("probe_") else None
             probability = float(selection.risk_probability(score, params.data["risk"]))
             assert body["risk"] == {"detector": name, "task": "qa", "in_distribution": inside,
-                                    "probability": pytest.approx(probability, abs=1e-5)}
+                                    "probability": pytest.approx(probability, abs=1e-5),
+                                    "calibration": path.name}
 
 
 def test_evaluate_reports_every_detector_and_the_layer_curves(engine, calibrated, dataset):

@@ -42,7 +42,7 @@ def test_captured_states_are_the_ones_the_signals_saw(engine):
         u = np_unit(r.hidden.astype(np.float64))
         d_sigma = np.sqrt(np.mean(np.sum((u - u.mean(axis=0)) ** 2, axis=-1)))
         assert d_sigma == pytest.approx(r.delta_sigma, rel=1e-4)
-    assert "hidden" not in records[0].as_dict() and "probe_logit" not in records[0].as_dict()
+    assert "hidden" not in records[0].as_dict() and "probe_logits" not in records[0].as_dict()
     plain, _ = engine.submit(GenerationJob(_ids(engine, PROMPTS[0]), 8)).wait()
     assert plain[0].hidden is None
 
@@ -61,16 +61,16 @@ def test_batched_capture_equals_one_at_a_time(engine):
 def test_served_probe_equals_the_probe_on_captured_states(engine, layer):
     probe = _probe(engine, layer)
     ids = _ids(engine, PROMPTS[0])
-    records, _ = engine.submit(GenerationJob(ids, 8, probe=probe, capture_hidden=True)).wait()
+    records, _ = engine.submit(GenerationJob(ids, 8, probes=(probe,), capture_hidden=True)).wait()
     expected = probe.logit(np.stack([r.hidden for r in records]))
-    np.testing.assert_allclose([r.probe_logit for r in records], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose([r.probe_logits[0] for r in records], expected, rtol=1e-5, atol=1e-5)
     states = np.stack([r.hidden for r in records])
-    np.testing.assert_allclose([r.probe_distance for r in records], probe.distance(states), rtol=1e-5)
+    np.testing.assert_allclose([r.probe_distances[0] for r in records], probe.distance(states), rtol=1e-5)
     # teacher forcing the same tokens serves the same probe values (one pass, all positions)
-    forced, _ = engine.submit(ScoreJob(ids, [r.token_id for r in records], probe=probe)).wait()
-    np.testing.assert_allclose([r.probe_logit for r in forced], expected, rtol=1e-4, atol=1e-4)
+    forced, _ = engine.submit(ScoreJob(ids, [r.token_id for r in records], probes=(probe,))).wait()
+    np.testing.assert_allclose([r.probe_logits[0] for r in forced], expected, rtol=1e-4, atol=1e-4)
     without, _ = engine.submit(GenerationJob(ids, 2)).wait()
-    assert without[0].probe_logit is None
+    assert without[0].probe_logits == ()
 
 
 def _params_with_probe(tmp_path, engine, probe, **extra):

@@ -31,7 +31,8 @@ sync_api.expect.set_options(timeout=30_000)  # a slow CI machine: be patient bef
 from support.live_server import live_server as serve  # noqa: E402
 from support.params import write_params  # noqa: E402
 
-from app.http.app import create_app  # noqa: E402
+from app.calibration.params import Served  # noqa: E402
+from app.http.app import create_app, serve_params  # noqa: E402
 from app.settings import Settings  # noqa: E402
 
 SHOTS = Path(os.environ.get("HALLUWATCH_TEST_OUTPUT") or tempfile.mkdtemp(prefix="halluwatch-screens-"))
@@ -199,9 +200,8 @@ def test_halt_on_pfail_marks_the_halted_step(page, server):
 
 def test_uncalibrated_scale_and_no_quadrant(page, server):
     base, app = server
-    state = app.state
-    saved = state.params, state.params_reason
-    state.params, state.params_reason = None, "no calibrated params (test)"
+    saved = app.state.served
+    serve_params(app, Served(None, "no calibrated params (test)", None))
     try:
         page.goto(base + "/")
         page.wait_for_selector("#model-info .model-id")
@@ -214,7 +214,7 @@ def test_uncalibrated_scale_and_no_quadrant(page, server):
         assert page.locator("#tokens .tok.flag").count() == 0  # no thresholds, nothing flagged
         page.screenshot(path=str(SHOTS / "web_view_uncalibrated.png"), full_page=True)
     finally:
-        state.params, state.params_reason = saved
+        serve_params(app, saved)
 
 
 def test_errors_are_readable(page, server):
@@ -262,10 +262,10 @@ def test_api_key_is_asked_once_and_kept_in_session_storage(browser, engine, work
 def restore_state(server):
     """Afterwards: no calibration job left running, and the params in effect as they were."""
     base, app = server
-    saved = app.state.params, app.state.params_reason
+    saved = app.state.served
     yield
     _wait_idle(base)
-    app.state.params, app.state.params_reason = saved
+    serve_params(app, saved)
 
 
 def test_calibration_jobs_start_conflict_cancel_activate(page, server, restore_state):

@@ -112,9 +112,9 @@ def check_model(params: Params, fp: Fingerprint) -> None:
                           f"{probe.coef.size} does not fit a model of {fp.blocks} blocks × {fp.hidden_size}")
 
 
-def find_params(fp: Fingerprint, params_dir: Path) -> tuple[Params | None, list]:
-    """The newest params file in `params_dir` calibrated on the model `fp`, and the files passed
-    over, each as {"path", "reason"}. Newest: the largest `created_utc` (ISO-8601), then the name."""
+def matching_params(fp: Fingerprint, params_dir: Path) -> tuple[list, list]:
+    """The params files in `params_dir` calibrated on the model `fp`, newest first, and the files
+    passed over, each as {"path", "reason"}. Newest: the largest `created_utc` (ISO-8601), then the name."""
     found, skipped = [], []
     for path in sorted(Path(params_dir).glob("*.json")):
         try:
@@ -124,7 +124,14 @@ def find_params(fp: Fingerprint, params_dir: Path) -> tuple[Params | None, list]
             skipped.append({"path": str(path), "reason": str(e)})
             continue
         found.append((str(p.data.get("created_utc", "")), path.name, p))
-    return (max(found, key=lambda t: t[:2])[2] if found else None), skipped
+    return [p for *_, p in sorted(found, key=lambda t: t[:2], reverse=True)], skipped
+
+
+def find_params(fp: Fingerprint, params_dir: Path) -> tuple[Params | None, list]:
+    """The newest params file in `params_dir` calibrated on the model `fp` (or None), and the files
+    passed over."""
+    found, skipped = matching_params(fp, params_dir)
+    return (found[0] if found else None), skipped
 
 
 def _pointers_path(state_dir: Path) -> Path:
@@ -162,37 +169,62 @@ def activate(state_dir: Path, params_path: Path, by: str) -> Fingerprint:
 
 @dataclass(frozen=True)
 class Served:
-    """The params in effect for a model, where they came from, and the files passed over."""
+    """The calibrations in effect for a model: the default one (`params`), where it came from, the
+    model's shipped calibrations for other kinds of traffic (`others`, the newest per task), and
+    the files passed over. A request is assessed by the one whose probe's training states its own
+    lie closest to, or by the one it names."""
 
     params: Params | None
     reason: str | None  # why there are none
     source: str | None  # "flag" (--params), "active" (activated calibration) or "shipped"
     skipped: tuple = ()  # ({"path", "reason"}, ...)
+    others: tuple = ()
+
+    @property
+    def calibrations(self) -> tuple:
+        """Every calibration a request may be assessed by, the default first."""
+        return (self.params, *self.others) if self.params is not None else ()
+
+    def named(self, name: str) -> Params:
+        """The calibration called `name` (its task, e.g. "answers" or "qa", or its file name or
+        stem); KeyError listing the names otherwise."""
+        for params in self.calibrations:
+            if name in (params.data.get("task"), params.path.name, params.path.stem):
+                return params
+        known = ", ".join(f"{p.data.get('task')} ({p.path.name})" for p in self.calibrations) or "none"
+        raise KeyError(f"no calibration {name!r}; loaded: {known}")
 
 
 def resolve(settings, fp: Fingerprint) -> Served:
-    """What to serve for the model `fp`: the --params file (refused with ParamsError if it does
-    not fit the model), else its activated calibration, else the newest matching shipped params."""
+    """What to serve for the model `fp`: the --params file alone (refused with ParamsError if it
+    does not fit the model); else its activated calibration, else the newest matching shipped
+    params, as the default, beside the newest shipped calibration of each other task."""
     if settings.params is not None:
         params = load_params(settings.params)
         check_model(params, fp)
         return Served(params, None, "flag")
-    skipped = []
+    skipped, active = [], None
     if (path := active_params_path(settings.state_dir, fp)) is not None:
         try:
-            params = load_params(path)
-            check_model(params, fp)
-            return Served(params, None, "active")
+            active = load_params(path)
+            check_model(active, fp)
         except ParamsError as e:
             skipped.append({"path": str(path), "reason": f"activated, but unusable: {e}"})
-    params, passed = find_params(fp, settings.params_dir)
+            active = None
+    found, passed = matching_params(fp, settings.params_dir)
     skipped += passed
     for entry in skipped:
         log.warning("skipping %s", entry["reason"])
-    if params is None:
+    if active is None and not found:
         return Served(None, f"no calibrated params for this model (fingerprint {fp.id}) in {settings.params_dir} "
                             "and none activated; run `halluwatch calibrate` or pass --params", None, tuple(skipped))
-    return Served(params, None, "shipped", tuple(skipped))
+    default = active or found[0]
+    others, tasks = [], {default.data.get("task")}
+    for params in found:  # newest first: the newest calibration of each other task
+        if (task := params.data.get("task")) not in tasks:
+            tasks.add(task)
+            others.append(params)
+    return Served(default, None, "active" if active else "shipped", tuple(skipped), tuple(others))
 
 
 def quadrant_of(hbar_s: float, pri: float, params: Params) -> dict:

@@ -18,7 +18,6 @@ from mlx_lm.sample_utils import make_sampler
 from adapters.decode import generate_batch, generate_steps, teacher_forced_steps
 from adapters.loader import LoadedModel, load
 from adapters.text import TextDeltas, verdict_token_ids
-from signals.probe import Probe
 from signals.step import STEP_FIELDS, VERDICT_FIELDS, probe_values, step_signals
 
 from .handle import Handle
@@ -50,7 +49,7 @@ class Engine:
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="halluwatch-engine", daemon=True)
         self.lm: LoadedModel | None = None  # other threads may use its tokenizer and metadata only
-        self._probe_arrays: tuple = (None, None)  # (probe, its weights as MLX arrays of this thread)
+        self._probe_arrays: dict = {}  # id(probe) -> (probe, its weights as MLX arrays of this thread)
         self.busy = False  # a job is running
 
     def start(self) -> LoadedModel:
@@ -135,19 +134,30 @@ class Engine:
             for _, handle in live:
                 handle.emit(e)
 
-    def _reducer(self, probe: Probe | None = None):
-        """The per-step reduction: step_signals, then the probe's outputs when there is a probe."""
-        if probe is not None and self._probe_arrays[0] is not probe:
-            weights = (mx.array(probe.mean, dtype=mx.float32), mx.array(probe.scale, dtype=mx.float32),
-                       mx.array(probe.coef, dtype=mx.float32), probe.intercept)
-            self._probe_arrays = (probe, weights)
+    def _weights(self, probes: tuple) -> list:
+        """The probes' weights as MLX arrays of this thread, made once per probe (kept for the
+        latest job's probes: the served ones)."""
+        cache = {}
+        for probe in probes:
+            cached = self._probe_arrays.get(id(probe))
+            if cached is None or cached[0] is not probe:
+                cached = (probe, (mx.array(probe.mean, dtype=mx.float32), mx.array(probe.scale, dtype=mx.float32),
+                                  mx.array(probe.coef, dtype=mx.float32), probe.intercept))
+            cache[id(probe)] = cached
+        self._probe_arrays = cache
+        return [(probe.layer, cache[id(probe)][1]) for probe in probes]
+
+    def _reducer(self, probes: tuple = ()):
+        """The per-step reduction: step_signals, then each probe's (logit, distance)."""
+        weights = self._weights(probes)
 
         def reduce(logits, hidden, token, prev_final):
             values = step_signals(logits, hidden, token, prev_final, self.pfail_tau, self.pfail_lambda,
                                   self._verdict)
-            if probe is None:
+            if not weights:
                 return values
-            return mx.concatenate([values, probe_values(hidden[..., probe.layer, :], *self._probe_arrays[1])], axis=-1)
+            outputs = [probe_values(hidden[..., layer, :], *w) for layer, w in weights]
+            return mx.concatenate([values, *outputs], axis=-1)
 
         return reduce
 
@@ -158,9 +168,8 @@ class Engine:
     def _record(self, raw, text: str) -> StepRecord:
         n, m = len(STEP_FIELDS), len(STEP_FIELDS) + len(VERDICT_FIELDS)
         return StepRecord(raw.token, text, raw.logprob, self._top(raw.top), **dict(zip(STEP_FIELDS, raw.values)),
-                          verdict=dict(zip(VERDICT_FIELDS, raw.values[n:m])),
-                          probe_logit=raw.values[m] if len(raw.values) > m else None,
-                          probe_distance=raw.values[m + 1] if len(raw.values) > m else None, hidden=raw.hidden)
+                          verdict=dict(zip(VERDICT_FIELDS, raw.values[n:m])), probe_logits=tuple(raw.values[m::2]),
+                          probe_distances=tuple(raw.values[m + 1::2]), hidden=raw.hidden)
 
     def _emit_all(self, handle: Handle, steps: list, prompt_tokens: int) -> None:
         """Report finished steps (a batch member, a scored response) and their Finished."""
@@ -181,7 +190,7 @@ class Engine:
             self._emit_all(handle, steps[:job.max_tokens], len(job.prompt_ids))
 
     def _score(self, job: ScoreJob, handle: Handle) -> None:
-        steps = teacher_forced_steps(self.lm, job.prompt_ids, job.response_ids, self._reducer(job.probe),
+        steps = teacher_forced_steps(self.lm, job.prompt_ids, job.response_ids, self._reducer(job.probes),
                                      top_logprobs=job.top_logprobs, prefill_step_size=self.prefill_step_size)
         self._emit_all(handle, steps, len(job.prompt_ids))
 
@@ -193,7 +202,7 @@ class Engine:
             if job.seed is not None:
                 mx.random.seed(job.seed)
             sampler = make_sampler(temp=job.temperature, top_p=job.top_p)
-        steps = generate_steps(lm, job.prompt_ids, job.max_tokens, self._reducer(job.probe),
+        steps = generate_steps(lm, job.prompt_ids, job.max_tokens, self._reducer(job.probes),
                                top_logprobs=job.top_logprobs,
                                prefill_step_size=self.prefill_step_size, sampler=sampler,
                                capture_hidden=job.capture_hidden)

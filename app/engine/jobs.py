@@ -6,8 +6,6 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from signals.probe import Probe
-
 
 class EngineBusy(RuntimeError):
     """The engine's queue is full."""
@@ -33,7 +31,7 @@ class GenerationJob(Job):
     temperature: float = 0.0  # > 0 samples with mlx-lm's sampler (the signals stay at temperature 1)
     top_p: float = 1.0
     seed: int | None = None  # seeds MLX's random state for this job when sampling
-    probe: Probe | None = None  # adds each step's probe outputs (StepRecord.probe_logit, probe_distance)
+    probes: tuple = ()  # Probes whose outputs each step adds (StepRecord.probe_logits, probe_distances)
     capture_hidden: bool = False  # records carry their block outputs (probe fitting)
 
 
@@ -44,7 +42,7 @@ class ScoreJob(Job):
     prompt_ids: list
     response_ids: list
     top_logprobs: int = 0
-    probe: Probe | None = None
+    probes: tuple = ()
 
 
 @dataclass
@@ -66,8 +64,8 @@ class StepRecord:
     prob: float
     # Kept for the response scores and calibration, not in the trace:
     verdict: dict | None = None  # p_yes / p_no at this step
-    probe_logit: float | None = None  # the job's probe applied to this step's block outputs
-    probe_distance: float | None = None  # and how far they lie from its training states (Probe.distance)
+    probe_logits: tuple = ()  # each of the job's probes applied to this step's block outputs
+    probe_distances: tuple = ()  # and how far they lie from its training states (Probe.distance)
     hidden: np.ndarray | None = None  # (L, D) block outputs, when captured
 
     def as_dict(self) -> dict:
@@ -75,7 +73,7 @@ class StepRecord:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _INTERNAL}
 
 
-_INTERNAL = ("verdict", "probe_logit", "probe_distance", "hidden")
+_INTERNAL = ("verdict", "probe_logits", "probe_distances", "hidden")
 
 
 @dataclass

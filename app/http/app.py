@@ -16,9 +16,8 @@ from .security import ApiKeyMiddleware, BodyLimitMiddleware
 
 
 def serve_params(app: FastAPI, served: Served) -> None:
-    """Put `served` in effect: one attribute swap each, so a request sees old or new, never a mix."""
+    """Put `served` in effect: one attribute swap, so a request sees old or new, never a mix."""
     app.state.served = served
-    app.state.params, app.state.params_reason = served.params, served.reason
 
 
 def create_app(settings: Settings, engine: Engine) -> FastAPI:
@@ -42,7 +41,9 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     def activated(path) -> None:  # a job activated its params: serve them from the next request on
         params = load_params(path)
         check_model(params, engine.lm.fingerprint)
-        serve_params(app, Served(params, None, "active"))
+        serve_params(app, Served(params, None, "active", app.state.served.skipped,
+                                 tuple(p for p in app.state.served.calibrations
+                                       if p.data.get("task") != params.data.get("task"))))
 
     store = JobStore(settings.state_dir / "jobs.sqlite3")
     store.mark_interrupted()

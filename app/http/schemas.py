@@ -21,6 +21,9 @@ class PromptInput(BaseModel):
     chat_template: bool = Field(False, description="apply the chat template to `prompt` as one user message")
     include_trace: bool = Field(False, description="add the per-step trace to the JSON response")
     top_logprobs: int = Field(0, ge=0, le=20, description="alternatives per step in the trace")
+    calibration: str | None = Field(None, description="assess with this calibration of the model (its task, e.g. "
+                                                       "'answers' or 'qa', or its params file name); default: the "
+                                                       "one whose training prompts this one lies closest to")
 
     @model_validator(mode="after")
     def _one_input(self):
@@ -100,10 +103,14 @@ class Risk(BaseModel):
     probability: float = Field(description="P(hallucinated) from the detector that calibration selected, "
                                            "Platt-scaled on the training split")
     detector: str = Field(description="the selected detector (see the params' `ranking`)")
-    task: str | None = Field(description="the HaluEval task whose judgment prompts calibrated it: the probability "
-                                         "holds for prompts of that kind")
+    task: str | None = Field(description="the traffic that calibrated it: 'answers' (the model's own chat answers "
+                                         "to questions) or a HaluEval judgment task; the probability holds for "
+                                         "prompts of that kind")
     in_distribution: bool | None = Field(description="for a probe detector, scores.probe_in_distribution; "
                                                      "null for the others")
+    calibration: str = Field(description="the params file of the calibration that assessed this response: the "
+                                         "one named in the request, else the one whose probe found the prompt "
+                                         "closest to its training prompts")
 
 
 class Quadrant(BaseModel):

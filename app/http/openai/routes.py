@@ -36,6 +36,7 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from ...assessment import job_probes
 from ...engine import GenerationJob, StepRecord
 from ...prompts import InputError, encode_prompt
 from .. import running
@@ -111,12 +112,15 @@ def _start(request: Request, req, prompt: str | None, messages: list | None):
         raise OpenAIError(400, str(e), param=e.field, code=code) from None
     cutoff = (req.pfail_cutoff or settings.pfail_cutoff) if req.halt_on_pfail else None
     sampling = req.sampling
-    params = state.params  # fixed for this request
+    try:  # fixed for this request
+        chosen = state.served.calibrations if req.calibration is None else (state.served.named(req.calibration),)
+    except KeyError as e:
+        raise OpenAIError(400, e.args[0], param="calibration") from None
     job = GenerationJob(ids, max_tokens, req.n_top, cutoff,
                         temperature=req.temperature if sampling else 0.0,
                         top_p=req.top_p if sampling and req.top_p is not None else 1.0,
-                        seed=req.seed if sampling else None, probe=params.probe if params else None)
-    run = Run(job, lm.stop_ids, req.stop or [], params, state.params_reason, sampling)
+                        seed=req.seed if sampling else None, probes=job_probes(chosen))
+    run = Run(job, lm.stop_ids, req.stop or [], chosen, state.served.reason, sampling)
     return running.submit(request, job), run
 
 

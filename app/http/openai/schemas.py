@@ -71,6 +71,8 @@ class _Common(BaseModel):
     # halluwatch extensions
     halt_on_pfail: bool = Field(False, description="stop before appending a token whose P_fail exceeds the cutoff")
     pfail_cutoff: float | None = Field(None, gt=0, lt=1, description="cutoff for halt_on_pfail (server default)")
+    calibration: str | None = Field(None, description="assess with this calibration (its task or params file "
+                                                       "name); default: the closest one")
 
     @field_validator("stop")
     @classmethod

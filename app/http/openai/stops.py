@@ -85,9 +85,9 @@ class Piece(NamedTuple):
 class Run:
     """Turns a job's steps into released pieces of (text, content tokens), honouring stop strings."""
 
-    def __init__(self, job: GenerationJob, stop_ids, stops: list, params, params_reason, sampling: bool):
+    def __init__(self, job: GenerationJob, stop_ids, stops: list, calibrations: tuple, params_reason, sampling: bool):
         self.job, self.stop_ids, self.stops = job, stop_ids, stops
-        self.params, self.params_reason, self.sampling = params, params_reason, sampling
+        self.calibrations, self.params_reason, self.sampling = calibrations, params_reason, sampling
         self.records: list = []  # every step of the response (scored), EOS / P_fail step included
         self.spans: list = []  # content tokens
         self.full = ""  # their text so far
@@ -163,10 +163,10 @@ class Run:
         fin = self.fin
         if self.stopped:
             fin = dataclasses.replace(fin, finish_reason="stop")
-        return response_body(self.records, fin, self.params, self.params_reason, False)
+        return response_body(self.records, fin, self.calibrations, self.params_reason, False)
 
     def risk(self, body: dict) -> dict:
-        calibrated = self.params is not None and not self.sampling
+        calibrated = bool(self.calibrations) and not self.sampling
         reason = None if calibrated else (SAMPLED_REASON if self.sampling else self.params_reason)
         return {
             "scores": body["scores"],

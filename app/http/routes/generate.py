@@ -2,29 +2,24 @@
 
 import json
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from ...assessment import response_body
+from ...assessment import job_probes, response_body
 from ...engine import Cancelled, GenerationJob, StepRecord
 from ...prompts import InputError, encode_prompt
-from .. import running
+from .. import deps, running
 from ..metrics import observe_response
 from ..schemas import GenerateRequest, GenerateResponse
 
 router = APIRouter()
 
 
-def unprocessable(field: str, message: str) -> HTTPException:
-    """A 422 in FastAPI's own validation-error shape, naming the field."""
-    return HTTPException(422, detail=[{"loc": ["body", field], "msg": message, "type": "value_error"}])
-
-
 def _sse(event: str, data: dict) -> str:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n"
 
 
-async def _stream(request: Request, handle, slot, params, params_reason):
+async def _stream(request: Request, handle, slot, calibrations, params_reason):
     """SSE events of a job; a client that goes away closes this generator, which cancels the job."""
     records = []
     with slot:
@@ -36,7 +31,7 @@ async def _stream(request: Request, handle, slot, params, params_reason):
                 elif item.finish_reason == "cancelled":
                     raise Cancelled
                 else:
-                    body = response_body(records, item, params, params_reason, False)
+                    body = response_body(records, item, calibrations, params_reason, False)
                     yield _sse("done", observe_response(request.app, body))
         except TimeoutError:
             yield _sse("error", {"error": running.timed_out(request).detail})
@@ -55,20 +50,20 @@ async def generate(req: GenerateRequest, request: Request):
     """Generate greedily; JSON body, or Server-Sent Events (`token`…, then `done`) with `stream`."""
     state = request.app.state
     settings = state.settings
-    params, params_reason = state.params, state.params_reason  # fixed for this request
+    chosen, params_reason = deps.calibrations(request, req.calibration), state.served.reason  # fixed for this request
     max_tokens = req.max_tokens or settings.default_max_tokens
     if max_tokens > settings.max_tokens_limit:
-        raise unprocessable("max_tokens", f"max_tokens must be at most {settings.max_tokens_limit}")
+        raise deps.unprocessable("max_tokens", f"max_tokens must be at most {settings.max_tokens_limit}")
     try:
         ids = encode_prompt(state.engine.lm, req.prompt, req.chat(), req.chat_template, max_tokens)
     except InputError as e:
-        raise unprocessable(e.field, str(e)) from None
+        raise deps.unprocessable(e.field, str(e)) from None
     cutoff = (req.pfail_cutoff or settings.pfail_cutoff) if req.halt_on_pfail else None
-    job = GenerationJob(ids, max_tokens, req.top_logprobs, cutoff, probe=params.probe if params else None)
+    job = GenerationJob(ids, max_tokens, req.top_logprobs, cutoff, probes=job_probes(chosen))
     if req.stream:
         slot = running.StreamSlot(request)
         handle = running.submit(request, job)
-        return StreamingResponse(_stream(request, handle, slot, params, params_reason),
+        return StreamingResponse(_stream(request, handle, slot, chosen, params_reason),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     records, fin = await running.run(request, job)
-    return observe_response(request.app, response_body(records, fin, params, params_reason, req.include_trace))
+    return observe_response(request.app, response_body(records, fin, chosen, params_reason, req.include_trace))

@@ -9,14 +9,15 @@ router = APIRouter()
 async def health(request: Request) -> dict:
     """Liveness: the model is loaded; says whether calibrated params are in effect."""
     state = request.app.state
-    return {"status": "ok", "model_loaded": state.engine.lm is not None, "params_loaded": state.params is not None}
+    return {"status": "ok", "model_loaded": state.engine.lm is not None,
+            "params_loaded": state.served.params is not None}
 
 
 @router.get("/model")
 async def model(request: Request) -> dict:
-    """The loaded model and the params in effect."""
+    """The loaded model, the params in effect (the default calibration) and every calibration it carries."""
     state = request.app.state
-    lm = state.engine.lm
+    lm, served = state.engine.lm, state.served
     return {
         "id": lm.model_id,
         "path": str(lm.path),
@@ -28,8 +29,9 @@ async def model(request: Request) -> dict:
         "context_length": lm.context_length,
         "stop_token_ids": sorted(lm.stop_ids),
         "fingerprint": {**lm.fingerprint.as_dict(), "id": lm.fingerprint.id},
-        "params": state.params.summary() if state.params else None,
-        "params_reason": state.params_reason,
-        "params_source": state.served.source,
-        "params_skipped": list(state.served.skipped),
+        "params": served.params.summary() if served.params else None,
+        "params_reason": served.reason,
+        "params_source": served.source,
+        "params_skipped": list(served.skipped),
+        "calibrations": [params.summary() for params in served.calibrations],
     }

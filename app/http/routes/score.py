@@ -2,12 +2,11 @@
 
 from fastapi import APIRouter, Request
 
-from ...assessment import response_body
+from ...assessment import job_probes, response_body
 from ...engine import ScoreJob
 from ...prompts import InputError, encode_prompt
-from .. import running
+from .. import deps, running
 from ..schemas import ScoreRequest, ScoreResponse
-from .generate import unprocessable
 
 router = APIRouter()
 
@@ -19,20 +18,20 @@ router = APIRouter()
 async def score(req: ScoreRequest, request: Request):
     """Score `response` to the prompt: the same scores, quadrant and trace /generate gives for its output."""
     state = request.app.state
-    params, params_reason = state.params, state.params_reason
+    chosen = deps.calibrations(request, req.calibration)
     lm = state.engine.lm
     response_ids = lm.tokenizer.encode(req.response, add_special_tokens=False)
     if not response_ids:
-        raise unprocessable("response", "the response encodes to no tokens")
+        raise deps.unprocessable("response", "the response encodes to no tokens")
     if req.end_with_eos:
         response_ids.append(lm.tokenizer.eos_token_id)
     try:
         ids = encode_prompt(lm, req.prompt, req.chat(), req.chat_template, len(response_ids))
     except InputError as e:
-        raise unprocessable(e.field, str(e)) from None
-    job = ScoreJob(ids, response_ids, req.top_logprobs, probe=params.probe if params else None)
+        raise deps.unprocessable(e.field, str(e)) from None
+    job = ScoreJob(ids, response_ids, req.top_logprobs, probes=job_probes(chosen))
     records, fin = await running.run(request, job)
-    body = response_body(records, fin, params, params_reason, req.include_trace)
+    body = response_body(records, fin, chosen, state.served.reason, req.include_trace)
     body["usage"] = {"prompt_tokens": fin.prompt_tokens, "response_tokens": len(records)}
     for key in ("finish_reason", "timing"):
         del body[key]
