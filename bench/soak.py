@@ -135,7 +135,7 @@ def soak(url: str, config: dict, dtype: str, n: int = 1000, every: int = 50, max
         health = client.get("/health").status_code
     slope, fitted = slope_kib_per_request(samples, warmup)
     kv_longest = kv_bytes_per_token(config, dtype) * longest
-    result = {"model": None, "requests": sent, "max_tokens": max_tokens, "failures": failures,
+    result = {"requests": sent, "max_tokens": max_tokens, "failures": failures,
               "health_after": health, "seconds": time.monotonic() - start, "warmup": warmup, "every": every,
               "rss_first_mib": samples[0][1] / 2**20 if samples else None,
               "rss_last_mib": samples[-1][1] / 2**20 if samples else None,
@@ -184,14 +184,14 @@ def main(argv=None) -> int:
         with serve(model, Path(tmp) / "server", precision="auto" if args.model else "native",
                    max_tokens_limit=args.max_tokens) as (url, _app, engine):
             config = engine.lm.config
+            name = f"{engine.lm.model_id if args.model else 'tiny random llama'} ({engine.lm.dtype})"
             print(f"{args.n} sequential requests ({', '.join(KINDS)} in turn), max_tokens {args.max_tokens}, "
-                  f"model {engine.lm.model_id} ({engine.lm.dtype}), RSS every {args.every}")
+                  f"model {name}, RSS every {args.every}")
             result = soak(url, config, engine.lm.dtype, args.n, args.every, args.max_tokens, args.timeout,
                           args.deadline, args.warmup, args.max_slope)
-            result["model"] = f"{engine.lm.model_id} ({engine.lm.dtype})"
     ok = not result["failures"] and result["health_after"] == 200 and result["slope_pass"]
     print("RESULT: " + ("OK" if ok else "FAIL"))
-    write_json(args.json, "soak", {**result, "ok": ok}, argv)
+    write_json(args.json, "soak", {"model": name, **result, "ok": ok}, argv)
     return 0 if ok else 1
 
 
