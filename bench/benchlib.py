@@ -39,10 +39,10 @@ def judge(figure: dict, label: str, goal: tuple | None = None) -> dict:
     return out
 
 
-def describe(figure: dict) -> str:
-    """'ours/plain = 0.981 (median of per-pair ratios; range 0.95–1.01; IQR 0.97–0.99; n = 7); goal
-    ≥ 0.97: PASS'. Three significant digits; the range from 2 values on, the IQR from 4; a figure
-    reconstructed from an older table shows only what that table gave."""
+def figure_text(figure: dict) -> str:
+    """'0.981 (median of per-pair ratios; range 0.95–1.01; IQR 0.97–0.99; n = 7)': three significant
+    digits; the range from 2 values on, the IQR from 4; a figure reconstructed from an older table
+    shows only what that table gave."""
     f = "{:.3g}".format
     n = figure.get("n") or 0
     parts = [figure["statistic"]]
@@ -52,7 +52,12 @@ def describe(figure: dict) -> str:
         parts.append(f"IQR {f(figure['q1'])}–{f(figure['q3'])}")
     if n:
         parts.append(f"n = {n}")
-    text = f"{figure['label']} = {f(figure['value'])} ({'; '.join(parts)})"
+    return f"{f(figure['value'])} ({'; '.join(parts)})"
+
+
+def describe(figure: dict) -> str:
+    """'ratio ours/plain = 0.981 (…); goal ≥ 0.97: PASS'."""
+    text = f"{figure['label']} = {figure_text(figure)}"
     if "goal" in figure:
         text += f"; goal {figure['goal']}: {'PASS' if figure['pass'] else 'FAIL'}"
     return text
