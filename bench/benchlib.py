@@ -82,10 +82,12 @@ def machine() -> str:
 
 
 def _commit() -> str | None:
-    """The checkout's commit, with '+dirty' when tracked files differ from it (None outside git)."""
+    """The checkout's commit, with '+dirty' when tracked files other than the results in bench/results/
+    differ from it (None outside git)."""
     try:
         run = lambda *a: subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, check=True).stdout
-        return run("rev-parse", "--short", "HEAD").strip() + ("+dirty" if run("status", "--porcelain", "-uno") else "")
+        dirty = run("status", "--porcelain", "-uno", "--", ".", ":!bench/results")
+        return run("rev-parse", "--short", "HEAD").strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return None
 
