@@ -12,7 +12,7 @@ import shlex
 import statistics
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -84,8 +84,10 @@ def machine() -> str:
 def _commit() -> str | None:
     """The checkout's commit, with '+dirty' when tracked files other than the results in bench/results/
     differ from it (None outside git)."""
+    def run(*args) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout
+
     try:
-        run = lambda *a: subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, check=True).stdout
         dirty = run("status", "--porcelain", "-uno", "--", ".", ":!bench/results")
         return run("rev-parse", "--short", "HEAD").strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
@@ -99,7 +101,7 @@ def write_json(path: Path | None, bench: str, result: dict, argv: list | None = 
         return
     argv = sys.argv[1:] if argv is None else argv
     doc = {"bench": bench, "command": shlex.join(["python", f"bench/{bench}.py", *argv]),
-           "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": _commit(),
+           "date": datetime.now(UTC).isoformat(timespec="seconds"), "commit": _commit(),
            "machine": machine(), **result}
     Path(path).write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
     print(f"wrote {path}")

@@ -81,8 +81,8 @@ def summary(rows: list, batches: list, batch: int) -> dict:
 
     methods = {k: mean_of(k, [r[k] for r in rows if k in r]) for k in "abc"}
     n_d, secs_d = sum(b["size"] for b in batches), sum(b["seconds"] for b in batches)
-    methods["d"] = {"name": NAMES["d"].format(batch=batch), "s_per_sample": secs_d / n_d,
-                    "samples_per_s": n_d / secs_d, "n": n_d, "batches": len(batches), "s_per_batch": secs_d / len(batches)}
+    methods["d"] = {"name": NAMES["d"].format(batch=batch), "s_per_sample": secs_d / n_d, "samples_per_s": n_d / secs_d,
+                    "n": n_d, "batches": len(batches), "s_per_batch": secs_d / len(batches)}
     c_of_group = {g: sum(r["c"] for r in rows if r["group"] == g) for g in {r["group"] for r in rows}}
     per_sample = "median of per-sample ratios"
     ratios = [

@@ -43,7 +43,8 @@ def overhead(results: list) -> str:
     for r in results:
         ratio = r["ratio"]
         rows.append(f"| {r['machine']}, {r['dtype']} + {r['blas']} | {r['model']} | {r['plain_tok_s']:.2f} tok/s "
-                    f"| {r['ours_tok_s']:.2f} tok/s | {figure_text(ratio)} | {ratio['goal']} | {verdict(ratio['pass'])} |")
+                    f"| {r['ours_tok_s']:.2f} tok/s | {figure_text(ratio)} | {ratio['goal']} "
+                    f"| {verdict(ratio['pass'])} |")
     return "\n".join(rows) + "\n\n" + "".join(f"Command: {provenance(r)}.\n" for r in results)
 
 
@@ -53,7 +54,9 @@ def calibration_speed(results: list) -> str:
     for key, m in r["methods"].items():
         timed_on = f"{m['n']} samples"
         if "batches" in m:
-            timed_on += f" in {m['batches']} batches" + (f", {m['s_per_batch']:.3g} s/batch" if m.get("s_per_batch") else "")
+            timed_on += f" in {m['batches']} batches"
+        if m.get("s_per_batch"):
+            timed_on += f", {m['s_per_batch']:.3g} s/batch"
         rows.append(f"| ({key}) {m['name']} | {m['s_per_sample']:.3g} | {m['samples_per_s']:.3g} | {timed_on} |")
     return ("\n".join(rows) + "\n\n" + "".join(f"- {describe(x)}\n" for x in r["ratios"])
             + f"\nMeasured on {r['machine']}, {r['dtype']} + {r['blas']}, model {r['model']}, max_tokens "
@@ -62,21 +65,22 @@ def calibration_speed(results: list) -> str:
 
 def fuzz_row(r: dict) -> tuple:
     statuses = ", ".join(f"{k}×{v}" for k, v in r["by_status"].items())
-    return ("fuzz (schemathesis, all routes, from `/openapi.json`)",
-            f"{r['requests']} requests: {statuses}; **{r['server_errors']} responses ≥ 500, {r['schema_violations']} "
+    text = (f"{r['requests']} requests: {statuses}; **{r['server_errors']} responses ≥ 500, {r['schema_violations']} "
             f"schema violations, {r['undocumented_status']} undocumented status codes**; {r['jobs_started']} "
             f"calibration jobs started, each cancelled")
+    return "fuzz (schemathesis, all routes, from `/openapi.json`)", text
 
 
 def load_row(r: dict) -> tuple:
     statuses = ", ".join(f"{v}×{k}" for k, v in r["by_status"].items())
     clean = " (clean: JSON + `Retry-After`)" if "503" in r["by_status"] and not r["problems"] else ""
     lat = r["latency_s"]
-    return (f"load ({r['clients']} streaming clients × {r['requests_per_client']} requests, queue {r['queue_depth']})",
-            f"{statuses}{clean}; **{r['identical']}/{r['ok_answers']} outputs identical to a sequential run**; "
+    text = (f"{statuses}{clean}; **{r['identical']}/{r['ok_answers']} outputs identical to a sequential run**; "
             f"p50/p95 total {lat['total']['p50']:.2f}/{lat['total']['p95']:.2f} s, TTFT {lat['ttft']['p50']:.2f}/"
             f"{lat['ttft']['p95']:.2f} s; {len(r['problems'])} problems; "
             f"{'healthy' if r['healthy_after'] else 'unhealthy'} after")
+    bench = f"load ({r['clients']} streaming clients × {r['requests_per_client']} requests, queue {r['queue_depth']})"
+    return bench, text
 
 
 def soak_row(r: dict) -> tuple:
@@ -136,7 +140,8 @@ def update(path: Path, render_fn, check: bool, what: str, command: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="exit 1 when a table differs from its result files")
-    parser.add_argument("--doc", default=str(DOC), help="the Markdown file holding the tables (default: docs/results.md)")
+    parser.add_argument("--doc", default=str(DOC),
+                        help="the Markdown file holding the tables (default: docs/results.md)")
     args = parser.parse_args()
     update(Path(args.doc), render, args.check, "bench tables", "python bench/tables.py")
 
