@@ -79,7 +79,7 @@ def summary(rows: list, batches: list, batch: int) -> dict:
         mean = statistics.mean(values)
         return {"name": NAMES[k], "s_per_sample": mean, "samples_per_s": 1 / mean, "n": len(values)}
 
-    methods = {k: mean_of(k, [r[k] for r in rows if k in r]) for k in "abc"}
+    methods = {k: mean_of(k, [r[k] for r in rows if k in r]) for k in "abc" if any(k in r for r in rows)}
     n_d, secs_d = sum(b["size"] for b in batches), sum(b["seconds"] for b in batches)
     methods["d"] = {"name": NAMES["d"].format(batch=batch), "s_per_sample": secs_d / n_d, "samples_per_s": n_d / secs_d,
                     "n": n_d, "batches": len(batches), "s_per_batch": secs_d / len(batches)}
@@ -90,8 +90,9 @@ def summary(rows: list, batches: list, batch: int) -> dict:
         judge(spread([c_of_group[b["group"]] / b["seconds"] for b in batches],
                      "median of per-group ratios: a group's one-at-a-time seconds ÷ its batch's seconds"),
               "throughput (d)/(c)", ("≥", 2)),
-        judge(spread([r["a"] / r["c"] for r in rows if "a" in r], per_sample), "(a)/(c)"),
     ]
+    if "a" in methods:  # not with --proto 0
+        ratios.append(judge(spread([r["a"] / r["c"] for r in rows if "a" in r], per_sample), "(a)/(c)"))
     return {"methods": methods, "ratios": ratios}
 
 
@@ -123,7 +124,7 @@ def main(argv=None) -> int:
         batches.append({"group": g, "size": len(group), "seconds": t, "s_per_sample": t / len(group)})
         mine = [r for r in rows if r["group"] == g]
         print(f"group {g}: " + ", ".join(f"({k}) {statistics.mean(r[k] for r in mine if k in r):.2f} s/sample"
-                                         for k in "abc")
+                                         for k in "abc" if any(k in r for r in mine))
               + f", (d) a batch of {len(group)} in {t:.2f} s = {t / len(group):.2f} s/sample", flush=True)
     engine.stop()
     result = summary(rows, batches, args.batch)

@@ -66,6 +66,8 @@ def test_calibration_speed_pairs_samples_and_keeps_batches_whole():
     # per group: the group's one-at-a-time seconds ÷ its batch's seconds
     assert d_over_c["value"] == pytest.approx((4 / 1 + 4 / 4) / 2) and d_over_c["pass"]
     assert a_over_c["value"] == pytest.approx((10 + 5) / 2)  # (a) only against (c) of the same samples
+    without_a = speed.summary([{k: v for k, v in r.items() if k != "a"} for r in rows], batches, 2)  # --proto 0
+    assert "a" not in without_a["methods"] and len(without_a["ratios"]) == 2
     assert "| (d) halluwatch, batches of 2 | 1.25 | 0.8 | 4 samples in 2 batches, 2.5 s/batch |" in \
         tables.calibration_speed([{**result, "command": "python bench/calibration_speed.py", "date": "2026-01-01",
                                    "machine": "m", "dtype": "float32", "blas": "openblas", "model": "x",
