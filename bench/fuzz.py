@@ -29,13 +29,13 @@ Keeping the work bounded:
   in time is reported as a failure.
 
     python bench/fuzz.py [--total 1100 | --max-examples N] [--min-total 1000] [--strict-status] [--seed 0]
+                         [--json PATH]
 """
 
 import argparse
 import collections
 import contextlib
 import math
-import os
 import sys
 import tempfile
 import time
@@ -43,11 +43,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-for _p in (REPO_ROOT, REPO_ROOT / "tests"):
+for _p in (REPO_ROOT / "bench", REPO_ROOT, REPO_ROOT / "tests"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
 import adapters  # noqa: E402,F401  (first: preloads OpenBLAS before mlx)
+from benchlib import add_json_option, exit_now, write_json  # noqa: E402
 
 # The checks whose failure means the response does not conform to the schema: its body, content type
 # or headers. A status code the schema does not list (status_code_conformance) is reported on its own
@@ -70,15 +71,6 @@ def build_tiny_model(out_dir: Path, arch: str = "llama", seed: int = 0) -> Path:
     from support.tiny_models import make_tiny_model
 
     return make_tiny_model(arch, out_dir, seed=seed)
-
-
-def exit_now(code: int) -> None:
-    """Exit with `code` without interpreter teardown: MLX used on a thread other than the main one
-    (the engine thread) often aborts at exit ("terminate called without an active exception",
-    status 134; ml-explore/mlx#3126), which would hide the bench's own status."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
 
 
 @contextlib.contextmanager
@@ -151,6 +143,16 @@ class FuzzReport:
             out(f"  {' | '.join(map(str, k))}: {len(fs)}")
         for k, fs in sorted(groups.items(), key=lambda kv: str(kv[0])):
             out(f"\n  --- first case of {' | '.join(map(str, k))} ({fs[0].mode}):\n" + _indent(fs[0].report, "    "))
+
+    def summary(self, min_total: int = 0) -> dict:
+        """The figures of the docs table."""
+        return {"requests": self.requests, "seconds": self.elapsed_s, "stopped_early": self.stopped_early,
+                "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
+                "server_errors": self.server_errors, "transport_errors": self.transport_errors,
+                "schema_violations": len(self.schema_violations),
+                "undocumented_status": len(self.of_kind("undocumented status")),
+                "jobs_started": self.jobs_started, "jobs_not_bounded": len(self.of_kind("job")),
+                "ok": self.ok(min_total)}
 
     def print(self, out=print, min_total: int = 0) -> None:
         out(f"requests: {self.requests} in {self.elapsed_s:.1f} s"
@@ -421,6 +423,7 @@ def main(argv=None) -> int:
                     help="count a status code the schema does not list as a schema violation")
     ap.add_argument("--job-wait", type=float, default=120.0,
                     help="how long a cancelled calibration job may take to stop (s)")
+    add_json_option(ap)
     args = ap.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="halluwatch-fuzz-") as tmp:
@@ -433,6 +436,8 @@ def main(argv=None) -> int:
                               job_wait_s=args.job_wait, strict_status=args.strict_status,
                               max_tokens_limit=args.max_tokens_limit, include=args.include)
     report.print(min_total=args.min_total)
+    write_json(args.json, "fuzz", {"total": args.total, "max_examples": args.max_examples, "seed": args.seed,
+                                   **report.summary(args.min_total)}, argv)
     return 0 if report.ok(args.min_total) else 1
 
 

@@ -15,7 +15,7 @@ Printed: counts by status, p50/p95 of total latency and time to first token (cli
 only), every problem. Exit status 1 on any problem. All requests have client timeouts; the whole
 load phase has a deadline (`--deadline`).
 
-    python bench/load.py [--clients 32] [--requests 4] [--max-tokens 16] [--queue-depth 16]
+    python bench/load.py [--clients 32] [--requests 4] [--max-tokens 16] [--queue-depth 16] [--json PATH]
 """
 
 import argparse
@@ -36,6 +36,7 @@ for _p in (REPO_ROOT / "bench", REPO_ROOT, REPO_ROOT / "tests"):
 
 import adapters  # noqa: E402,F401  (first: preloads OpenBLAS before mlx)
 import httpx  # noqa: E402
+from benchlib import add_json_option, exit_now, write_json  # noqa: E402
 
 PROMPTS = ("hello", "The capital of France is", "Once upon a time, there was", "1 2 3 4 5",
            "What is the meaning of life?")
@@ -169,27 +170,38 @@ class LoadReport:
     def ok(self) -> bool:
         return not self.problems and not self.health and any(a.status == 200 for a in self.answers)
 
-    def print(self, out=print) -> None:
-        by_status = collections.Counter(a.status if a.exception is None else "no answer" for a in self.answers)
-        out(f"requests (attempts): {len(self.answers)} in {self.wall_s:.1f} s; by status: "
-            + ", ".join(f"{k}: {v}" for k, v in sorted(by_status.items(), key=str)))
+    def summary(self) -> dict:
+        """The figures `print` shows (and the docs table): counts, latencies (s), identical outputs."""
+        by_status = collections.Counter(str(a.status) if a.exception is None else "no answer" for a in self.answers)
         oks = [a for a in self.answers if a.status == 200 and a.done is not None]
-        n_tokens = sum(len(a.token_ids) for a in oks)
-        out(f"200 answers: {len(oks)}, {n_tokens} tokens, {n_tokens / max(self.wall_s, 1e-9):.1f} tokens/s overall")
-        for name, values in (("total", [a.total_s for a in oks]), ("ttft", [a.ttft_s for a in oks if a.ttft_s])):
-            if values:
-                out(f"latency {name:<5} (200s): p50 {percentile(values, 50):.3f} s, "
-                    f"p95 {percentile(values, 95):.3f} s, max {max(values):.3f} s")
-        rejected = [a.total_s for a in self.answers if a.status in (503, 504)]
-        if rejected:
-            out(f"latency of 503/504 answers: p50 {percentile(rejected, 50):.3f} s, max {max(rejected):.3f} s")
-        identical = sum(1 for a in oks if output(a) == self.expected.get(a.prompt))
-        out(f"200 outputs identical to the sequential run: {identical}/{len(oks)}")
+        latency = {name: {"p50": percentile(v, 50), "p95": percentile(v, 95), "max": max(v)}
+                   for name, v in (("total", [a.total_s for a in oks]), ("ttft", [a.ttft_s for a in oks if a.ttft_s]),
+                                   ("rejected", [a.total_s for a in self.answers if a.status in (503, 504)]))
+                   if v}
+        return {"attempts": len(self.answers), "seconds": self.wall_s, "by_status": dict(sorted(by_status.items())),
+                "ok_answers": len(oks), "tokens": sum(len(a.token_ids) for a in oks), "latency_s": latency,
+                "identical": sum(1 for a in oks if output(a) == self.expected.get(a.prompt)),
+                "healthy_after": not self.health, "problems": list(self.problems), "ok": self.ok()}
+
+    def print(self, out=print) -> None:
+        s = self.summary()
+        out(f"requests (attempts): {s['attempts']} in {s['seconds']:.1f} s; by status: "
+            + ", ".join(f"{k}: {v}" for k, v in s["by_status"].items()))
+        out(f"200 answers: {s['ok_answers']}, {s['tokens']} tokens, "
+            f"{s['tokens'] / max(s['seconds'], 1e-9):.1f} tokens/s overall")
+        for name in ("total", "ttft"):
+            if name in s["latency_s"]:
+                lat = s["latency_s"][name]
+                out(f"latency {name:<5} (200s): p50 {lat['p50']:.3f} s, p95 {lat['p95']:.3f} s, max {lat['max']:.3f} s")
+        if "rejected" in s["latency_s"]:
+            lat = s["latency_s"]["rejected"]
+            out(f"latency of 503/504 answers: p50 {lat['p50']:.3f} s, max {lat['max']:.3f} s")
+        out(f"200 outputs identical to the sequential run: {s['identical']}/{s['ok_answers']}")
         out(f"health after the load: {'OK' if not self.health else '; '.join(self.health)}")
         out(f"problems: {len(self.problems)}")
         for p in self.problems:
             out(f"  {p}")
-        out("RESULT: " + ("OK" if self.ok() else "FAIL"))
+        out("RESULT: " + ("OK" if s["ok"] else "FAIL"))
 
 
 def percentile(values: list, q: float) -> float:
@@ -262,6 +274,7 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=120.0, help="client time limit per request (s)")
     ap.add_argument("--deadline", type=float, default=600.0, help="time limit of the load phase (s)")
     ap.add_argument("--model", type=Path, help="a model folder (default: a tiny random llama built now)")
+    add_json_option(ap)
     args = ap.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="halluwatch-load-") as tmp:
@@ -274,10 +287,11 @@ def main(argv=None) -> int:
             report = asyncio.run(run_load(url, PROMPTS, args.clients, args.requests, args.max_tokens,
                                           args.timeout, args.retries, args.deadline))
     report.print()
+    write_json(args.json, "load", {"clients": args.clients, "requests_per_client": args.requests,
+                                   "max_tokens": args.max_tokens, "queue_depth": args.queue_depth,
+                                   "retries": args.retries, **report.summary()}, argv)
     return 0 if report.ok() else 1
 
 
 if __name__ == "__main__":
-    from fuzz import exit_now
-
     exit_now(main())

@@ -78,16 +78,9 @@ def main() -> None:
     parser.add_argument("--doc", "--readme", dest="doc", default=str(DOC),
                         help="the Markdown file holding the table (default: docs/results.md)")
     args = parser.parse_args()
-    path = Path(args.doc)
-    text = path.read_text()
-    new = render(text)
-    if args.check:
-        if new != text:
-            sys.exit(f"{path}'s quality table differs from the reports: run python bench/readme_table.py")
-        print(f"{path} quality table matches the reports")
-    elif new != text:
-        path.write_text(new)
-        print(f"rewrote the quality table in {path}")
+    from tables import update  # bench/, the script's folder
+
+    update(Path(args.doc), render, args.check, "quality table", "python bench/readme_table.py")
 
 
 if __name__ == "__main__":

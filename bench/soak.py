@@ -4,19 +4,24 @@ Builds a tiny llama (tests/tiny_models.py), serves it on a real uvicorn on 127.0
 process, and sends `--n` requests one after the other, cycling through JSON /generate (with trace),
 streaming /generate and /score over a few prompts. Every `--every` requests it samples the RSS of
 this process (the server runs in it) from /proc/self/status (VmRSS), and MLX's active and cached
-memory (allocator counters, for attribution). Growth is measured from the
-sample after the first `--every` requests (warm-up: lazy imports, allocator pools, MLX buffers)
-to the last sample, and compared with the size of the KV cache of the longest request,
-2 x layers x kv_heads x head_dim x tokens x bytes per element, from the model's config (tokens =
-prompt + generated, or prompt + response for /score). Growth below that bound means no request
-leaves anything near its KV cache behind. Every request has a client timeout; any non-200 answer is
-counted and fails the run.
+memory (allocator counters, for attribution).
 
-    python bench/soak.py [--n 1000] [--every 50] [--max-tokens 32] [--model DIR]
+The memory criterion is the growth per request: the least-squares slope of RSS (KiB) over the
+request index, fitted to the samples taken after the first `--warmup` requests (lazy imports,
+allocator pools, MLX buffers), must not exceed `--max-slope` KiB/request (default 1: a million
+requests would add at most about 1 GiB). A slope, unlike the difference between two samples, is not
+decided by one allocator step at either end. For scale it prints the KV cache of the longest
+request, 2 x layers x kv_heads x head_dim x tokens x bytes per element (tokens = prompt + generated,
+or prompt + response for /score): a request leaving that behind would show as a slope of that size.
+Every request has a client timeout; any non-200 answer is counted and fails the run.
+
+    python bench/soak.py [--n 1000] [--every 50] [--warmup 50] [--max-slope 1.0] [--max-tokens 32]
+                         [--model REF] [--json PATH]
 """
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -29,6 +34,7 @@ for _p in (REPO_ROOT / "bench", REPO_ROOT, REPO_ROOT / "tests"):
 
 import adapters  # noqa: E402,F401  (first: preloads OpenBLAS before mlx)
 import httpx  # noqa: E402
+from benchlib import add_json_option, exit_now, write_json  # noqa: E402
 
 PROMPTS = ("hello", "The capital of France is", "Once upon a time, there was a little robot who",
            "1 2 3 4 5 6 7 8 9", "Write a short poem about the sea and the wind and the rain.")
@@ -92,8 +98,18 @@ def one_request(client: httpx.Client, i: int, max_tokens: int) -> tuple[str, int
     return kind, 200, usage["prompt_tokens"] + usage["completion_tokens"]
 
 
+def slope_kib_per_request(samples: list, warmup: int) -> tuple[float | None, int]:
+    """Least-squares slope of RSS (KiB) over the request index, fitted to the samples taken after
+    the first `warmup` requests; (slope, samples fitted), slope None with fewer than two samples."""
+    fit = [(i, rss / 1024) for i, rss in samples if i >= warmup]
+    if len(fit) < 2:
+        return None, len(fit)
+    return statistics.linear_regression(*zip(*fit)).slope, len(fit)
+
+
 def soak(url: str, config: dict, dtype: str, n: int = 1000, every: int = 50, max_tokens: int = 32,
-         timeout_s: float = 60.0, deadline_s: float = 1800.0, out=print) -> dict:
+         timeout_s: float = 60.0, deadline_s: float = 1800.0, warmup: int = 50, max_slope: float = 1.0,
+         out=print) -> dict:
     """Send `n` sequential requests; sample RSS every `every`; return and print the figures."""
     samples, mlx_samples, failures, longest, sent = [], [], {}, 0, 0
     start = time.monotonic()
@@ -117,32 +133,33 @@ def soak(url: str, config: dict, dtype: str, n: int = 1000, every: int = 50, max
                     f"{mlx_samples[-1][0] / 2**10:8.1f} KiB, cache {mlx_samples[-1][1] / 2**10:8.1f} KiB "
                     f"({time.monotonic() - start:.0f} s)")
         health = client.get("/health").status_code
-    per_token = kv_bytes_per_token(config, dtype)
-    bound = per_token * longest
-    base = samples[0][1] if samples else 0
-    growth = samples[-1][1] - base if samples else 0
-    peak = max(s for _, s in samples) - base if samples else 0
-    result = {"requests": sent, "failures": failures,
-              "health_after": health, "seconds": time.monotonic() - start, "rss_first": base,
-              "rss_last": samples[-1][1] if samples else 0, "growth": growth, "peak_growth": peak,
-              "longest_tokens": longest, "kv_bytes_per_token": per_token, "kv_bound": bound,
-              "growth_below_bound": bool(samples) and growth < bound, "samples": samples}
-    out(f"requests: {result['requests']} in {result['seconds']:.0f} s; failures: {failures or 0}; "
-        f"GET /health after: {health}")
-    out(f"RSS after the first {every} requests: {base / 2**20:.2f} MiB; after the last: "
-        f"{result['rss_last'] / 2**20:.2f} MiB")
-    out(f"growth beyond the first {every} requests: {growth / 1024:+.1f} KiB (peak {peak / 1024:+.1f} KiB)")
-    out(f"KV cache of the longest request: 2 x {config['num_hidden_layers']} layers x "
+    slope, fitted = slope_kib_per_request(samples, warmup)
+    kv_longest = kv_bytes_per_token(config, dtype) * longest
+    result = {"requests": sent, "max_tokens": max_tokens, "failures": failures,
+              "health_after": health, "seconds": time.monotonic() - start, "warmup": warmup, "every": every,
+              "rss_first_mib": samples[0][1] / 2**20 if samples else None,
+              "rss_last_mib": samples[-1][1] / 2**20 if samples else None,
+              "slope_kib_per_request": slope, "samples_fitted": fitted, "max_slope_kib_per_request": max_slope,
+              "slope_pass": slope is not None and slope <= max_slope, "kv_longest_kib": kv_longest / 1024,
+              "longest_tokens": longest, "samples": samples}
+    out(f"requests: {sent} in {result['seconds']:.0f} s; failures: {failures or 0}; GET /health after: {health}")
+    if samples:
+        out(f"RSS after the first {samples[0][0]} requests: {result['rss_first_mib']:.2f} MiB; after the last: "
+            f"{result['rss_last_mib']:.2f} MiB")
+    if slope is None:
+        out(f"RSS slope: too few samples after the first {warmup} requests ({fitted}; need 2): FAIL")
+    else:
+        out(f"RSS slope after the first {warmup} requests (least squares over {fitted} samples): "
+            f"{slope:+.3f} KiB/request; bound {max_slope} KiB/request: {'PASS' if result['slope_pass'] else 'FAIL'}")
+    out(f"for scale: a request that left its KV cache behind would leave up to {kv_longest / 1024:.1f} KiB "
+        f"(the longest request, {longest} tokens: 2 x {config['num_hidden_layers']} layers x "
         f"{config.get('num_key_value_heads') or config['num_attention_heads']} kv_heads x "
         f"{config.get('head_dim') or config['hidden_size'] // config['num_attention_heads']} head_dim x "
-        f"{longest} tokens x {BYTES.get(dtype, 4)} bytes ({dtype}) = {bound / 1024:.1f} KiB")
-    out(f"growth < KV bound: {result['growth_below_bound']} ({growth / 1024:+.1f} KiB vs {bound / 1024:.1f} KiB); "
-        f"peak growth < KV bound: {peak < bound}")
+        f"{BYTES.get(dtype, 4)} bytes ({dtype}))")
     if mlx_samples:
-        mlx_growth = mlx_samples[-1][0] - mlx_samples[0][0]
-        result["mlx_active_growth"] = mlx_growth
-        out(f"MLX active memory growth over the same requests: {mlx_growth / 1024:+.1f} KiB "
-            f"(< KV bound: {mlx_growth < bound}); MLX cache at the end: {mlx_samples[-1][1] / 1024:.1f} KiB")
+        result["mlx_active_growth_kib"] = (mlx_samples[-1][0] - mlx_samples[0][0]) / 1024
+        out(f"MLX active memory growth over the same requests: {result['mlx_active_growth_kib']:+.1f} KiB; "
+            f"MLX cache at the end: {mlx_samples[-1][1] / 1024:.1f} KiB")
     return result
 
 
@@ -155,7 +172,11 @@ def main(argv=None) -> int:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--timeout", type=float, default=60.0, help="client time limit per request (s)")
     ap.add_argument("--deadline", type=float, default=1800.0, help="time limit of the whole soak (s)")
+    ap.add_argument("--warmup", type=int, default=50,
+                    help="requests before the RSS slope is fitted (lazy imports, allocator pools, MLX buffers)")
+    ap.add_argument("--max-slope", type=float, default=1.0, help="bound of the RSS slope (KiB/request)")
     ap.add_argument("--model", help="a model reference, e.g. default (default: a tiny random llama built now)")
+    add_json_option(ap)
     args = ap.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="halluwatch-soak-") as tmp:
@@ -163,16 +184,16 @@ def main(argv=None) -> int:
         with serve(model, Path(tmp) / "server", precision="auto" if args.model else "native",
                    max_tokens_limit=args.max_tokens) as (url, _app, engine):
             config = engine.lm.config
+            name = f"{engine.lm.model_id if args.model else 'tiny random llama'} ({engine.lm.dtype})"
             print(f"{args.n} sequential requests ({', '.join(KINDS)} in turn), max_tokens {args.max_tokens}, "
-                  f"model {engine.lm.model_id} ({engine.lm.dtype}), RSS every {args.every}")
+                  f"model {name}, RSS every {args.every}")
             result = soak(url, config, engine.lm.dtype, args.n, args.every, args.max_tokens, args.timeout,
-                          args.deadline)
-    ok = not result["failures"] and result["health_after"] == 200 and result["growth_below_bound"]
+                          args.deadline, args.warmup, args.max_slope)
+    ok = not result["failures"] and result["health_after"] == 200 and result["slope_pass"]
     print("RESULT: " + ("OK" if ok else "FAIL"))
+    write_json(args.json, "soak", {"model": name, **result, "ok": ok}, argv)
     return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    from fuzz import exit_now
-
     exit_now(main())

@@ -1,0 +1,150 @@
+"""The performance and robustness tables of docs/results.md, generated from the benches' JSON results.
+
+Each table sits between ``<!-- bench-table: KIND FILE… -->`` and ``<!-- /bench-table -->``. The
+FILEs (relative to the repository root) are results the benches wrote with ``--json``, committed
+under bench/results/. KIND is `overhead` (one result of bench/overhead.py), `calibration-speed`
+(one of bench/calibration_speed.py) or `robustness` (one row per result of bench/fuzz.py,
+bench/load.py or bench/soak.py). A result copied from an earlier docs table instead of written by
+a run carries "reconstructed_from", and its table says so.
+
+    python bench/tables.py            # rewrite the tables in docs/results.md
+    python bench/tables.py --check    # exit 1 if docs/results.md is not what its result files say
+"""
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchlib import REPO, describe, figure_text  # noqa: E402
+
+DOC = REPO / "docs" / "results.md"
+BLOCK = re.compile(r"(?P<open><!-- bench-table: (?P<kind>\S+)(?P<files>(?: \S+)+) -->\n)(?P<table>.*?)"
+                   r"(?P<close><!-- /bench-table -->)", re.S)
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def provenance(r: dict) -> str:
+    """'`python bench/…` (2026-11-29, commit 0c79815)', and whether the numbers were re-run."""
+    when = ", ".join(x for x in (r["date"][:10], r.get("commit") and f"commit {r['commit']}") if x)
+    copied = f"; numbers copied from the {r['reconstructed_from']}, not re-run" if r.get("reconstructed_from") else ""
+    return f"`{r['command']}` ({when}{copied})"
+
+
+def overhead(results: list) -> str:
+    rows = ["| machine | model | plain mlx-lm | halluwatch (all signals) | halluwatch ÷ plain | goal | result |",
+            "|---|---|---|---|---|---|---|"]
+    for r in results:
+        ratio = r["ratio"]
+        rows.append(f"| {r['machine']}, {r['dtype']} + {r['blas']} | {r['model']} | {r['plain_tok_s']:.2f} tok/s "
+                    f"| {r['ours_tok_s']:.2f} tok/s | {figure_text(ratio)} | {ratio['goal']} "
+                    f"| {verdict(ratio['pass'])} |")
+    return "\n".join(rows) + "\n\n" + "".join(f"Command: {provenance(r)}.\n" for r in results)
+
+
+def calibration_speed(results: list) -> str:
+    (r,) = results
+    rows = ["| method | s/sample | samples/s | timed on |", "|---|---|---|---|"]
+    for key, m in r["methods"].items():
+        timed_on = f"{m['n']} samples"
+        if "batches" in m:
+            timed_on += f" in {m['batches']} batches"
+        if m.get("s_per_batch"):
+            timed_on += f", {m['s_per_batch']:.3g} s/batch"
+        rows.append(f"| ({key}) {m['name']} | {m['s_per_sample']:.3g} | {m['samples_per_s']:.3g} | {timed_on} |")
+    return ("\n".join(rows) + "\n\n" + "".join(f"- {describe(x)}\n" for x in r["ratios"])
+            + f"\nMeasured on {r['machine']}, {r['dtype']} + {r['blas']}, model {r['model']}, max_tokens "
+              f"{r['max_tokens']}: {provenance(r)}.\n")
+
+
+def fuzz_row(r: dict) -> tuple:
+    statuses = ", ".join(f"{k}×{v}" for k, v in r["by_status"].items())
+    text = (f"{r['requests']} requests: {statuses}; **{r['server_errors']} responses ≥ 500, {r['schema_violations']} "
+            f"schema violations, {r['undocumented_status']} undocumented status codes**; {r['jobs_started']} "
+            f"calibration jobs started, each cancelled")
+    return "fuzz (schemathesis, all routes, from `/openapi.json`)", text
+
+
+def load_row(r: dict) -> tuple:
+    statuses = ", ".join(f"{v}×{k}" for k, v in r["by_status"].items())
+    clean = " (clean: JSON + `Retry-After`)" if "503" in r["by_status"] and not r["problems"] else ""
+    lat = r["latency_s"]
+    text = (f"{statuses}{clean}; **{r['identical']}/{r['ok_answers']} outputs identical to a sequential run**; "
+            f"p50/p95 total {lat['total']['p50']:.2f}/{lat['total']['p95']:.2f} s, TTFT {lat['ttft']['p50']:.2f}/"
+            f"{lat['ttft']['p95']:.2f} s; {len(r['problems'])} problems; "
+            f"{'healthy' if r['healthy_after'] else 'unhealthy'} after")
+    bench = f"load ({r['clients']} streaming clients × {r['requests_per_client']} requests, queue {r['queue_depth']})"
+    return bench, text
+
+
+def soak_row(r: dict) -> tuple:
+    text = (f"{r['model']}: {r['requests']} requests in {r['seconds']:.0f} s, {sum(r['failures'].values())} failures, "
+            f"{'healthy' if r['health_after'] == 200 else 'unhealthy'} after; RSS {r['rss_first_mib']:.2f} → "
+            f"{r['rss_last_mib']:.2f} MiB after the first {r['every']}; ")
+    if r.get("slope_kib_per_request") is not None:
+        text += (f"**RSS slope {r['slope_kib_per_request']:+.2f} KiB/request** after the first {r['warmup']} "
+                 f"(least squares, {r['samples_fitted']} samples; bound {r['max_slope_kib_per_request']} KiB/request: "
+                 f"{verdict(r['slope_pass'])})")
+    else:  # an older run, judged by its growth against one KV cache
+        text += (f"growth {r['growth_kib']:+.0f} KiB < {r['kv_longest_kib']:.0f} KiB, the KV cache of the longest "
+                 f"request ({r['longest_tokens']} tokens), the criterion then; its RSS slope was not recorded")
+    return (f"soak ({r['requests']} sequential requests: JSON, stream, `/score`)",
+            text + f"; MLX active memory {r['mlx_active_growth_kib']:+.0f} KiB")
+
+
+ROWS = {"fuzz": fuzz_row, "load": load_row, "soak": soak_row}
+
+
+def robustness(results: list) -> str:
+    rows = ["| bench | command | result | verdict |", "|---|---|---|---|"]
+    for r in results:
+        bench, text = ROWS[r["bench"]](r)
+        rows.append(f"| {bench} | {provenance(r)} | {text} | {'OK' if r['ok'] else 'FAIL'} |")
+    return "\n".join(rows) + "\n"
+
+
+KINDS = {"overhead": overhead, "calibration-speed": calibration_speed, "robustness": robustness}
+
+
+def render(doc: str) -> str:
+    """`doc` (the text of docs/results.md) with every bench table rebuilt from its result files."""
+    def rebuilt(m: re.Match) -> str:
+        if m["kind"] not in KINDS:
+            raise SystemExit(f"unknown bench table {m['kind']!r} (known: {', '.join(KINDS)})")
+        results = [json.loads((REPO / f).read_text()) for f in m["files"].split()]
+        return m["open"] + KINDS[m["kind"]](results) + m["close"]
+
+    return BLOCK.sub(rebuilt, doc)
+
+
+def update(path: Path, render_fn, check: bool, what: str, command: str) -> None:
+    """Rewrite the generated tables of `path` with `render_fn`, or with `check` exit 1 when they
+    differ (`what`: the tables, for the messages; `command`: what rewrites them)."""
+    text = path.read_text()
+    new = render_fn(text)
+    if check:
+        if new != text:
+            sys.exit(f"{path}: {what} out of date (they differ from their sources): run {command}")
+        print(f"{path}: {what} up to date")
+    elif new != text:
+        path.write_text(new)
+        print(f"rewrote the {what} in {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="exit 1 when a table differs from its result files")
+    parser.add_argument("--doc", default=str(DOC),
+                        help="the Markdown file holding the tables (default: docs/results.md)")
+    args = parser.parse_args()
+    update(Path(args.doc), render, args.check, "bench tables", "python bench/tables.py")
+
+
+if __name__ == "__main__":
+    main()
