@@ -133,3 +133,8 @@ def test_restart_marks_interrupted_and_resume_reuses_scores(engine, settings):
     # the 10 samples of the first job were checkpointed and reused: only 2 more were scored
     (scores,) = (settings.reports_dir / "scores").glob("*_train_*.jsonl")
     assert len(scores.read_text().splitlines()) == 12
+
+
+def test_a_dataset_name_too_long_for_the_file_system_is_a_400(client):
+    r = client.post("/calibrate", json={"n": 10, "dataset": "x" * 5000})
+    assert r.status_code == 400 and "data folder" in r.text

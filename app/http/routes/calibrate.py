@@ -42,9 +42,10 @@ def _dataset_path(data_dir: Path, name: str, field: str = "dataset") -> str | No
     root = Path(data_dir).resolve()
     try:
         path = (root / name).resolve()
-    except (OSError, ValueError):  # e.g. an embedded NUL byte
-        path = None
-    if path is None or not path.is_relative_to(root) or not path.is_file():
+        inside = path.is_relative_to(root) and path.is_file()
+    except (OSError, ValueError):  # e.g. an embedded NUL byte, a name too long for the file system
+        inside = False
+    if not inside:
         raise HTTPException(400, f"{field}: {name!r} is not a file inside the server's data folder")
     return str(path)
 
