@@ -1,9 +1,10 @@
 """The detection-quality table of docs/results.md, generated from the committed params and reports.
 
-docs/results.md holds the table between ``<!-- quality-table: PARAMS_FILE -->`` and
-``<!-- /quality-table -->`` (PARAMS_FILE relative to the repository root); this script rebuilds it
-from PARAMS_FILE and the reports written by `halluwatch evaluate` for it
-(``reports/<params stem>_eval_<task>_n<N>.json``, one per task).
+docs/results.md holds each table between ``<!-- quality-table: PARAMS_FILE -->`` and
+``<!-- /quality-table -->`` (PARAMS_FILE relative to the repository root); this script rebuilds
+them from PARAMS_FILE and the reports written by `halluwatch evaluate` for it
+(``reports/<params stem>_eval_<task>_n<N>.json``, one per evaluated task; for own-answer params
+the task names the sources, e.g. ``answers-nq_open``).
 
     python bench/readme_table.py            # rewrite the table in docs/results.md
     python bench/readme_table.py --check    # exit 1 if docs/results.md is not what the reports say
@@ -23,37 +24,46 @@ from app.calibration.report import auroc_with_ci, describe, num  # noqa: E402
 DOC = REPO / "docs" / "results.md"
 BLOCK = re.compile(r"(<!-- quality-table: (?P<params>\S+) -->\n)(?P<table>.*?)(<!-- /quality-table -->)", re.S)
 TASKS = ("qa", "dialogue", "summarization")
+REPORT = re.compile(r"_eval_(?P<task>.+)_n(?P<n>\d+)$")
 
 
 def reports_for(params_path: Path, reports_dir: Path) -> dict:
-    """The report of each task evaluated with these params (the largest n when there are several)."""
+    """The report of each task evaluated with these params (the largest n when there are several),
+    HaluEval tasks first, then the others by name."""
     found = {}
-    for task in TASKS:
-        paths = sorted(reports_dir.glob(f"{params_path.stem}_eval_{task}_n*.json"),
-                       key=lambda p: int(p.stem.rsplit("_n", 1)[1]))
-        if paths:
-            found[task] = json.loads(paths[-1].read_text())
-    return found
+    for path in reports_dir.glob(f"{params_path.stem}_eval_*.json"):
+        if (m := REPORT.search(path.stem)) and int(m["n"]) >= found.get(m["task"], (-1,))[0]:
+            found[m["task"]] = (int(m["n"]), path)
+    order = sorted(found, key=lambda t: (TASKS.index(t) if t in TASKS else len(TASKS), t))
+    return {task: json.loads(found[task][1].read_text()) for task in order}
+
+
+def own_task(params: dict) -> str:
+    """The task label of the split the params were calibrated on (own answers: with their sources)."""
+    if params["task"] != "answers":
+        return params["task"]
+    return "-".join(["answers", *params["protocol"]["sources"]])
 
 
 def table(params: dict, reports: dict) -> str:
     """The Markdown table: every detector on the calibration task's test split (with CI and the
     same-length AUROC) and on the other tasks with the same params."""
-    own = params["task"]
-    others = [t for t in TASKS if t in reports and t != own]
+    own = own_task(params)
+    others = [t for t in reports if t != own]
     main = reports[own]["metrics"]
+    length = main.get("answer_length")  # HaluEval only: the judged answer's length
+    same = f" {own} test, same-length pairs |" if length else ""
     head = (f"| detector | what it reads | train CV AUROC ({own}) | {own} test AUROC [95% CI], n = {reports[own]['n']} "
-            f"| {own} test, same-length pairs |"
-            + "".join(f" {t} (transfer), n = {reports[t]['n']} |" for t in others))
-    rows = [head, "|---|---|---:|---|---:|" + "---:|" * len(others)]
+            f"|{same}" + "".join(f" {t} (transfer), n = {reports[t]['n']} |" for t in others))
+    rows = [head, "|---|---|---:|---|" + "---:|" * (len(others) + bool(length))]
     chosen = params["risk"]["detector"]
     for name in params["ranking"]:
         d = main["all_detectors"][name]
         shown = f"**{name}** (`risk`)" if name == chosen else name
         transfer = "".join(f" {auroc_with_ci(reports[t]['metrics']['all_detectors'][name])} |" for t in others)
-        rows.append(f"| {shown} | {describe(name, params)} | {d['cv_auroc']:.3f} | {auroc_with_ci(d)} "
-                    f"| {num(d.get('auroc_same_length'))} |" + transfer)
-    length = main.get("answer_length")
+        same = f" {num(d.get('auroc_same_length'))} |" if length else ""
+        rows.append(f"| {shown} | {describe(name, params)} | {d['cv_auroc']:.3f} | {auroc_with_ci(d)} |{same}"
+                    + transfer)
     if length:
         transfer = "".join(f" {auroc_with_ci(reports[t]['metrics']['answer_length'])} |" for t in others)
         rows.append("| *answer length* | model-free reference: words in the judged answer | | "
@@ -61,15 +71,17 @@ def table(params: dict, reports: dict) -> str:
     return "\n".join(rows) + "\n"
 
 
-def render(readme: str) -> str:
-    """`readme` (the text of docs/results.md) with its quality table rebuilt."""
-    match = BLOCK.search(readme)
-    if match is None:
-        raise SystemExit("the document has no <!-- quality-table: PARAMS --> … <!-- /quality-table --> block")
+def _rebuilt(match: re.Match) -> str:
     params_path = REPO / match["params"]
     params = json.loads(params_path.read_text())
-    new = table(params, reports_for(params_path, REPO / "reports"))
-    return readme[:match.start("table")] + new + readme[match.end("table"):]
+    return match[1] + table(params, reports_for(params_path, REPO / "reports")) + match[4]
+
+
+def render(readme: str) -> str:
+    """`readme` (the text of docs/results.md) with each quality table rebuilt."""
+    if BLOCK.search(readme) is None:
+        raise SystemExit("the document has no <!-- quality-table: PARAMS --> … <!-- /quality-table --> block")
+    return BLOCK.sub(_rebuilt, readme)
 
 
 def main() -> None:
