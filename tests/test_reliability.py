@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,10 +13,11 @@ import pytest
 from fastapi.testclient import TestClient
 from support.live_server import free_port, live_server
 
-from app.engine import Engine, GenerationJob
+from app.engine import Engine, Finished, GenerationJob
 from app.http.app import create_app
 from app.settings import Settings
 from support import REPO_ROOT
+from support.spy import EngineSpy
 
 KEY = "s3cret-key"
 
@@ -95,18 +97,57 @@ def test_too_many_streams_is_429(engine, tmp_path):
         assert r.status_code == 429 and "max_streams" in r.json()["detail"]
 
 
-def test_disconnect_mid_stream_frees_the_engine(engine, tmp_path):
-    with live_server(create_app(_settings(tmp_path), engine)) as url, httpx.Client(base_url=url, timeout=30) as c:
-        with c.stream("POST", "/generate", json={"prompt": "hello", "max_tokens": 400, "stream": True}) as r:
-            for line in r.iter_lines():
-                if line.startswith("event: token"):
-                    break
-        t = time.monotonic()
-        _wait(lambda: not engine.busy, timeout=5)
-        freed = time.monotonic() - t
-        body = c.post("/generate", json={"prompt": "hello", "max_tokens": 3}).json()
-        # the abandoned 400-token generation was stopped, not run to the end
-        assert freed < 2.0 and body["timing"]["ttft_s"] < 2.0
+def _hang_up_mid_json_request(url: str, path: str, body: dict, spy: EngineSpy) -> None:
+    """Send a JSON request on a raw socket, wait until its job's first step reached the handle, hang up."""
+    host, port = url.removeprefix("http://").split(":")
+    data = json.dumps(body).encode()
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+        (job,) = spy.wait_for_jobs(1)
+        assert job.first_step.wait(60), "the job never started"
+        spy.mark("closing")  # before the close: the server cannot see the disconnect earlier than this
+
+
+def _hang_up_mid_stream(url: str, body: dict, spy: EngineSpy) -> None:
+    with httpx.Client(base_url=url, timeout=60) as c, c.stream("POST", "/generate", json=body) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("event: token"):
+                break
+        spy.mark("closing")  # leaving the block closes the connection mid-stream
+
+
+def check_cancelled_by_the_disconnect(job, spy: EngineSpy, max_tokens: int) -> None:
+    """The job finished `cancelled` because the client went away, within one step of the cancel.
+
+    The engine checks `job.cancelled` after each step it emits, so once the flag is set it emits
+    at most the step in progress (spy's cancel_seq is taken after the flag is set). How many steps
+    ran between the hang-up and the cancel depends on how soon the server notices the disconnect;
+    that is what `cancel after closing` and "far from max_tokens" bound."""
+    fin = job.wait_done()
+    assert isinstance(fin, Finished) and fin.finish_reason == "cancelled", fin
+    closing = spy.marks["closing"]
+    assert job.cancel_seq is not None and job.cancel_seq > closing, "cancelled before the client hung up"
+    assert job.steps_after(job.cancel_seq) <= 1, (
+        f"{job.steps_after(job.cancel_seq)} steps ran after the cancel (the engine stops within one)")
+    assert job.started < closing and len(job.steps) < max_tokens, (
+        f"{len(job.steps)} steps, {job.steps_after(closing)} of them after the disconnect")
+    assert job.finished_seq > job.cancel_seq
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_disconnect_cancels_the_generation(engine, tmp_path, monkeypatch, stream):
+    spy = EngineSpy().install(monkeypatch)
+    body = {"prompt": "hello", "max_tokens": 400, "stream": stream}
+    with live_server(create_app(_settings(tmp_path), engine)) as url:
+        if stream:
+            _hang_up_mid_stream(url, body, spy)
+        else:
+            _hang_up_mid_json_request(url, "/generate", body, spy)
+        check_cancelled_by_the_disconnect(spy.only(), spy, 400)
+        # the engine is free again: a new request is answered
+        assert httpx.post(f"{url}/generate", json={"prompt": "hello", "max_tokens": 3}, timeout=60).status_code == 200
 
 
 def test_symlink_escape_of_the_data_folder_is_rejected(engine, tmp_path):
@@ -179,15 +220,6 @@ def _up(url: str) -> bool:
         return httpx.get(f"{url}/health", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
-
-
-def test_disconnect_of_a_json_request_frees_the_engine(engine, tmp_path):
-    with live_server(create_app(_settings(tmp_path), engine)) as url:
-        with pytest.raises(httpx.ReadTimeout):
-            httpx.post(f"{url}/generate", json={"prompt": "hello", "max_tokens": 400}, timeout=1.0)
-        t = time.monotonic()
-        _wait(lambda: not engine.busy, timeout=10)
-        assert time.monotonic() - t < 3.0  # stopped, not run to 400 tokens
 
 
 def test_chunked_body_over_the_limit_is_413(engine, tmp_path):

@@ -1,0 +1,122 @@
+"""Watch what the engine reports to every job, in the order it happens, without timing anything.
+
+`EngineSpy.install(monkeypatch)` replaces the `Handle` class the engine builds in `submit` and
+`submit_batch`, so every handle made from then on (by a route, by calibration, by a test) logs
+each StepRecord and the Finished the engine emits to it, and each `cancel()`. Everything goes into
+one log with a global sequence number, together with the marks a test adds (`mark("closing")`),
+so a test can ask "how many steps did this job run after the client hung up / after it was
+cancelled" and "which job started first" as facts, not as durations.
+"""
+
+import itertools
+import threading
+from dataclasses import dataclass, field
+
+from app.engine import Finished, StepRecord
+from app.engine import core
+from app.engine.handle import Handle
+
+
+@dataclass
+class Tracked:
+    """One job as the engine saw it."""
+
+    job: object = field(repr=False)
+    handle: Handle = field(repr=False)
+    submitted: int  # sequence number of the submit
+    steps: list = field(default_factory=list)  # sequence numbers of its StepRecords
+    finished: Finished | BaseException | None = None
+    finished_seq: int | None = None
+    cancel_seq: int | None = None  # sequence number of the first cancel(), taken after the flag was set
+    first_step: threading.Event = field(default_factory=threading.Event, repr=False)
+    done: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    @property
+    def started(self) -> int | None:
+        """Sequence number of its first StepRecord (when the engine began running it)."""
+        return self.steps[0] if self.steps else None
+
+    def steps_after(self, seq: int) -> int:
+        return sum(s > seq for s in self.steps)
+
+    def wait_done(self, timeout: float = 120) -> Finished:
+        assert self.done.wait(timeout), f"the engine did not finish {self.job!r} within {timeout} s"
+        return self.finished
+
+
+class EngineSpy:
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._seq = itertools.count()
+        self.tracked: list[Tracked] = []
+        self.marks: dict = {}
+        self.submitted = threading.Condition(self._lock)
+
+    def install(self, monkeypatch) -> "EngineSpy":
+        spy = self
+
+        class SpyHandle(Handle):
+            def __init__(self, job):
+                super().__init__(job)
+                spy._add(self)
+
+            def emit(self, item):
+                spy._emitted(self, item)
+                super().emit(item)
+
+            def cancel(self):
+                super().cancel()  # the flag first: steps counted after this are surely after it
+                spy._cancelled(self)
+
+        monkeypatch.setattr(core, "Handle", SpyHandle)
+        return self
+
+    def mark(self, name: str) -> int:
+        """Put a named point (e.g. the moment a client hangs up) into the log; its sequence number."""
+        with self._lock:
+            self.marks[name] = seq = next(self._seq)
+        return seq
+
+    def of(self, handle: Handle) -> Tracked:
+        with self._lock:
+            return next(t for t in self.tracked if t.handle is handle)
+
+    def only(self) -> Tracked:
+        with self._lock:
+            assert len(self.tracked) == 1, f"expected one job, the engine got {len(self.tracked)}"
+            return self.tracked[0]
+
+    def wait_for_jobs(self, n: int, timeout: float = 120, where=lambda t: True) -> list:
+        """Wait until at least `n` matching jobs were submitted; return them."""
+        with self.submitted:
+            ok = self.submitted.wait_for(lambda: len([t for t in self.tracked if where(t)]) >= n, timeout)
+            found = [t for t in self.tracked if where(t)]
+        assert ok, f"only {len(found)} of {n} jobs were submitted within {timeout} s"
+        return found
+
+    def _add(self, handle: Handle) -> None:
+        with self._lock:
+            self.tracked.append(Tracked(handle.job, handle, next(self._seq)))
+            self.submitted.notify_all()
+
+    def _find(self, handle: Handle) -> Tracked:
+        return next(t for t in self.tracked if t.handle is handle)
+
+    def _emitted(self, handle: Handle, item) -> None:
+        with self._lock:
+            t = self._find(handle)
+            seq = next(self._seq)
+            if isinstance(item, StepRecord):
+                t.steps.append(seq)
+            else:
+                t.finished, t.finished_seq = item, seq
+        if isinstance(item, StepRecord):
+            t.first_step.set()
+        else:
+            t.done.set()
+
+    def _cancelled(self, handle: Handle) -> None:
+        with self._lock:
+            t = self._find(handle)
+            if t.cancel_seq is None:
+                t.cancel_seq = next(self._seq)
