@@ -5,13 +5,13 @@ Logprobs, text and `risk` are checked against /generate's own trace for the same
 
 import dataclasses
 import json
-import time
 
 import httpx
 import openai
 import pytest
 from support.live_server import live_server as serve
 from support.params import write_params
+from support.spy import EngineSpy, check_cancelled_by_the_disconnect, hang_up_mid_json_request
 from openai import OpenAI
 
 from app.engine import EngineBusy, Finished, GenerationJob, StepRecord
@@ -400,26 +400,15 @@ def test_request_timeout(engine, tmp_path_factory):
     ("/v1/chat/completions", {"messages": CHAT}),
 ])
 def test_client_disconnect_cancels_the_job(base, engine, monkeypatch, path, body):
-    finished = []
-    submit = engine.submit
-
-    def spy(job):  # taps what the engine emits for this job
-        handle = submit(job)
-        emit = handle.emit
-        handle.emit = lambda item: (finished.append(item) if isinstance(item, Finished) else None, emit(item))
-        return handle
-    monkeypatch.setattr(engine, "submit", spy)
-    body = {"model": "m", "max_tokens": 256, "stop": "\x00never", **body}  # ~2.5 s of generation
-    with httpx.Client(base_url=base, timeout=httpx.Timeout(30, read=0.3)) as c:
-        if body.get("stream"):
-            with c.stream("POST", path, json=body) as r:
-                assert r.status_code == 200
-                next(r.iter_lines())  # the stream has started; now hang up
-        else:
-            with pytest.raises(httpx.ReadTimeout):  # give up waiting, and hang up
-                c.post(path, json=body)
-    deadline = time.monotonic() + 10
-    while not finished:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    assert finished[0].finish_reason == "cancelled", "the engine kept generating for a client that went away"
+    spy = EngineSpy().install(monkeypatch)
+    body = {"model": "m", "max_tokens": 256, "stop": "\x00never", **body}
+    if body.get("stream"):
+        with httpx.Client(base_url=base, timeout=60) as c, c.stream("POST", path, json=body) as r:
+            assert r.status_code == 200
+            (job,) = spy.wait_for_jobs(1)
+            assert job.first_step.wait(60), "the job never started"
+            next(r.iter_lines())
+            spy.mark("closing")  # leaving the block hangs up mid-stream
+    else:
+        hang_up_mid_json_request(base, path, body, spy)
+    check_cancelled_by_the_disconnect(spy.only(), spy, 256)

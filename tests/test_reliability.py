@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,11 +12,11 @@ import pytest
 from fastapi.testclient import TestClient
 from support.live_server import free_port, live_server
 
-from app.engine import Engine, Finished, GenerationJob
+from app.engine import Engine, GenerationJob
 from app.http.app import create_app
 from app.settings import Settings
 from support import REPO_ROOT
-from support.spy import EngineSpy
+from support.spy import EngineSpy, check_cancelled_by_the_disconnect, hang_up_mid_json_request
 
 KEY = "s3cret-key"
 
@@ -97,18 +96,6 @@ def test_too_many_streams_is_429(engine, tmp_path):
         assert r.status_code == 429 and "max_streams" in r.json()["detail"]
 
 
-def _hang_up_mid_json_request(url: str, path: str, body: dict, spy: EngineSpy) -> None:
-    """Send a JSON request on a raw socket, wait until its job's first step reached the handle, hang up."""
-    host, port = url.removeprefix("http://").split(":")
-    data = json.dumps(body).encode()
-    with socket.create_connection((host, int(port)), timeout=30) as sock:
-        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-                     f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
-        (job,) = spy.wait_for_jobs(1)
-        assert job.first_step.wait(60), "the job never started"
-        spy.mark("closing")  # before the close: the server cannot see the disconnect earlier than this
-
-
 def _hang_up_mid_stream(url: str, body: dict, spy: EngineSpy) -> None:
     with httpx.Client(base_url=url, timeout=60) as c, c.stream("POST", "/generate", json=body) as r:
         assert r.status_code == 200
@@ -116,24 +103,6 @@ def _hang_up_mid_stream(url: str, body: dict, spy: EngineSpy) -> None:
             if line.startswith("event: token"):
                 break
         spy.mark("closing")  # leaving the block closes the connection mid-stream
-
-
-def check_cancelled_by_the_disconnect(job, spy: EngineSpy, max_tokens: int) -> None:
-    """The job finished `cancelled` because the client went away, within one step of the cancel.
-
-    The engine checks `job.cancelled` after each step it emits, so once the flag is set it emits
-    at most the step in progress (spy's cancel_seq is taken after the flag is set). How many steps
-    ran between the hang-up and the cancel depends on how soon the server notices the disconnect;
-    that is what `cancel after closing` and "far from max_tokens" bound."""
-    fin = job.wait_done()
-    assert isinstance(fin, Finished) and fin.finish_reason == "cancelled", fin
-    closing = spy.marks["closing"]
-    assert job.cancel_seq is not None and job.cancel_seq > closing, "cancelled before the client hung up"
-    assert job.steps_after(job.cancel_seq) <= 1, (
-        f"{job.steps_after(job.cancel_seq)} steps ran after the cancel (the engine stops within one)")
-    assert job.started < closing and len(job.steps) < max_tokens, (
-        f"{len(job.steps)} steps, {job.steps_after(closing)} of them after the disconnect")
-    assert job.finished_seq > job.cancel_seq
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
@@ -144,7 +113,7 @@ def test_disconnect_cancels_the_generation(engine, tmp_path, monkeypatch, stream
         if stream:
             _hang_up_mid_stream(url, body, spy)
         else:
-            _hang_up_mid_json_request(url, "/generate", body, spy)
+            hang_up_mid_json_request(url, "/generate", body, spy)
         check_cancelled_by_the_disconnect(spy.only(), spy, 400)
         # the engine is free again: a new request is answered
         assert httpx.post(f"{url}/generate", json={"prompt": "hello", "max_tokens": 3}, timeout=60).status_code == 200

@@ -9,6 +9,8 @@ cancelled" and "which job started first" as facts, not as durations.
 """
 
 import itertools
+import json
+import socket
 import threading
 from dataclasses import dataclass, field
 
@@ -120,3 +122,33 @@ class EngineSpy:
             t = self._find(handle)
             if t.cancel_seq is None:
                 t.cancel_seq = next(self._seq)
+
+
+def hang_up_mid_json_request(url: str, path: str, body: dict, spy: EngineSpy) -> None:
+    """Send a JSON request on a raw socket, wait until its job's first step reached the handle, hang up."""
+    host, port = url.removeprefix("http://").split(":")
+    data = json.dumps(body).encode()
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+        (job,) = spy.wait_for_jobs(1)
+        assert job.first_step.wait(60), "the job never started"
+        spy.mark("closing")  # before the close: the server cannot see the disconnect earlier than this
+
+
+def check_cancelled_by_the_disconnect(job, spy: EngineSpy, max_tokens: int) -> None:
+    """The job finished `cancelled` because the client went away, within one step of the cancel.
+
+    The engine checks `job.cancelled` after each step it emits, so once the flag is set it emits
+    at most the step in progress (the spy's cancel_seq is taken after the flag is set). How many
+    steps run between the hang-up and the cancel depends on how soon the server notices the
+    disconnect (machine load), so that part is only bounded by the job not running to the end."""
+    fin = job.wait_done()
+    assert isinstance(fin, Finished) and fin.finish_reason == "cancelled", fin
+    closing = spy.marks["closing"]
+    assert job.cancel_seq is not None and job.cancel_seq > closing, "cancelled before the client hung up"
+    assert job.steps_after(job.cancel_seq) <= 1, (
+        f"{job.steps_after(job.cancel_seq)} steps ran after the cancel (the engine stops within one)")
+    assert job.started < closing and len(job.steps) < max_tokens, (
+        f"{len(job.steps)} steps, {job.steps_after(closing)} of them after the disconnect")
+    assert job.finished_seq > job.cancel_seq
