@@ -9,6 +9,7 @@ from app.http.app import create_app
 from app.settings import Settings
 from signals.response import top_k_mean
 from support.params import other_model, params_for
+from support.token_text import text_of_tokens
 
 PROMPT = "The capital of France is"
 
@@ -138,10 +139,27 @@ def test_bad_input_is_422_naming_the_field(client, body, field):
 
 
 def test_prompt_plus_max_tokens_beyond_context(client, engine):
-    ctx = engine.lm.context_length
-    n = len(engine.lm.tokenizer.encode("word " * 100))
-    r = client.post("/generate", json={"prompt": "word " * 100, "max_tokens": 64})
-    assert (n + 64 > ctx) == (r.status_code == 422)
+    """A prompt that fits the context alone but not with max_tokens is refused (422 naming the
+    prompt); one that fills it exactly together with max_tokens is generated."""
+    lm = engine.lm
+    ctx, max_tokens = lm.context_length, 4
+    assert ctx == 512  # the tiny model's max_position_embeddings
+
+    def count(text):
+        return len(lm.tokenizer.encode(text))
+
+    over = text_of_tokens(count, ctx - max_tokens + 1)
+    r = client.post("/generate", json={"prompt": over, "max_tokens": max_tokens})
+    assert r.status_code == 422, r.text
+    (error,) = r.json()["detail"]
+    assert error["loc"] == ["body", "prompt"]
+    assert f"{ctx - max_tokens + 1} tokens" in error["msg"] and f"max_tokens={max_tokens}" in error["msg"]
+    assert f"context of {ctx} tokens" in error["msg"]
+    at = text_of_tokens(count, ctx - max_tokens)
+    r = client.post("/generate", json={"prompt": at, "max_tokens": max_tokens})
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["prompt_tokens"] == ctx - max_tokens
+    assert 1 <= r.json()["usage"]["completion_tokens"] <= max_tokens
 
 
 def test_body_too_large_is_413(client):

@@ -12,6 +12,7 @@ import pytest
 from support.live_server import live_server as serve
 from support.params import write_params
 from support.spy import EngineSpy, check_cancelled_by_the_disconnect, hang_up_mid_json_request
+from support.token_text import text_of_tokens
 from openai import OpenAI
 
 from app.engine import EngineBusy, Finished, GenerationJob, StepRecord
@@ -360,6 +361,47 @@ def test_bad_completion_requests(client, http):
     assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
     # /generate keeps FastAPI's own shape
     assert "detail" in http.post("/generate", json={"prompt": ""}).json()
+
+
+def _chat_tokens(lm, content: str) -> int:
+    """Tokens of one user message rendered with the chat template, as /v1/chat/completions encodes it."""
+    tok = lm.tokenizer
+    text = tok.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
+    return len(tok.encode(text, add_special_tokens=False))
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+def test_prompt_plus_max_tokens_beyond_context(http, engine, path):
+    """A prompt that fits alone but not with max_tokens: 400 context_length_exceeded naming the
+    prompt's param; one that fills the context exactly with max_tokens: answered."""
+    lm = engine.lm
+    ctx, max_tokens = lm.context_length, 4
+    assert ctx == 512
+    chat = path.endswith("chat/completions")
+    param = "messages" if chat else "prompt"
+
+    def body(n_tokens: int) -> dict:
+        count = (lambda t: _chat_tokens(lm, t)) if chat else (lambda t: len(lm.tokenizer.encode(t)))
+        text = text_of_tokens(count, n_tokens)
+        prompt = {"messages": [{"role": "user", "content": text}]} if chat else {"prompt": text}
+        return {"model": "m", "max_tokens": max_tokens, **prompt}
+
+    r = http.post(path, json=body(ctx - max_tokens + 1))
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert (err["type"], err["param"], err["code"]) == ("invalid_request_error", param, "context_length_exceeded")
+    assert f"context of {ctx} tokens" in err["message"]
+    r = http.post(path, json=body(ctx - max_tokens))
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["prompt_tokens"] == ctx - max_tokens
+    assert 1 <= r.json()["usage"]["completion_tokens"] <= max_tokens
+
+
+def test_empty_messages_is_400_naming_messages(http):
+    r = http.post("/v1/chat/completions", json={"model": "m", "messages": []})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert (err["type"], err["param"]) == ("invalid_request_error", "messages") and "messages" in err["message"]
 
 
 def test_queue_full_is_503_in_openai_shape(client, engine, monkeypatch):
