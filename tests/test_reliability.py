@@ -1,6 +1,7 @@
 """Backpressure, timeouts, disconnects, auth on every route, path escapes, durable writes, SIGTERM."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -43,7 +44,7 @@ def _wait(cond, timeout=30.0):
 
 def test_every_route_requires_the_key(engine, tmp_path):
     app = create_app(_settings(tmp_path, api_key=KEY), engine)
-    public = {"/health", "/", "/metrics"} - {"/metrics"}
+    public = {"/health"}  # the only public route in the schema; the others are checked below
     with TestClient(app) as c:
         routes = [(m.upper(), path) for path, ops in app.openapi()["paths"].items() for m in ops]
         assert len(routes) >= 8
@@ -61,6 +62,63 @@ def test_every_route_requires_the_key(engine, tmp_path):
             assert r.status_code in (200, 400, 404, 422), (method, path, r.status_code)
         assert c.get("/openapi.json", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
         assert c.get("/openapi.json").status_code == 401
+
+
+def _get_with_keys(c, path: str) -> dict:
+    """Status of GET `path` without a key, with a wrong one and with the right one."""
+    return {name: c.get(path, headers=headers).status_code for name, headers in (
+        ("none", {}), ("wrong", {"Authorization": "Bearer wrong"}), ("right", {"Authorization": f"Bearer {KEY}"}))}
+
+
+@pytest.mark.parametrize("metrics_public", [False, True])
+def test_key_on_the_routes_outside_the_schema(engine, tmp_path, metrics_public):
+    """/metrics needs the key unless metrics_public; the page (/) and its static files are public
+    by design (the page asks for the key, see app/http/security.py); the docs need the key."""
+    from app.http.routes.ui import STATIC_DIR
+
+    app = create_app(_settings(tmp_path, api_key=KEY, metrics_public=metrics_public), engine)
+    with TestClient(app) as c:
+        metrics = _get_with_keys(c, "/metrics")
+        if metrics_public:
+            assert metrics == {"none": 200, "wrong": 200, "right": 200}
+        else:
+            assert metrics == {"none": 401, "wrong": 401, "right": 200}
+        r = c.get("/metrics", headers={"Authorization": f"Bearer {KEY}"})
+        assert "halluwatch" in r.text and r.headers["content-type"].startswith("text/plain")
+        # metrics_public opens /metrics only
+        assert _get_with_keys(c, "/model") == {"none": 401, "wrong": 401, "right": 200}
+        for path in ("/docs", "/redoc", "/openapi.json"):
+            assert _get_with_keys(c, path) == {"none": 401, "wrong": 401, "right": 200}, path
+        # public: the page and every static file, with or without a key
+        page = c.get("/")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        files = sorted(p.name for p in STATIC_DIR.iterdir() if p.is_file())
+        assert {"index.html", "app.js", "style.css"} <= set(files)
+        for name in files:
+            assert _get_with_keys(c, f"/static/{name}") == {"none": 200, "wrong": 200, "right": 200}, name
+            assert c.get(f"/static/{name}").content == (STATIC_DIR / name).read_bytes()
+        # public means the static folder's files, nothing more
+        assert c.get("/static/nope.js").status_code == 404
+        assert c.get("/static/../settings.py").status_code in (401, 404)
+        assert _get_with_keys(c, "/metricsx")["none"] == 401 and _get_with_keys(c, "/health/x")["none"] == 401
+
+
+@pytest.mark.parametrize("host,key,warned", [
+    ("0.0.0.0", None, True), ("::", None, True), ("192.168.1.5", None, True), ("my-host.example", None, True),
+    ("0.0.0.0", KEY, False), ("192.168.1.5", KEY, False),
+    ("127.0.0.1", None, False), ("127.0.0.2", None, False), ("::1", None, False), ("localhost", None, False),
+])
+def test_warning_when_bound_beyond_loopback_without_a_key(caplog, host, key, warned):
+    from app.http.security import warn_if_exposed
+
+    with caplog.at_level(logging.WARNING, logger="halluwatch.security"):
+        warn_if_exposed(host, key)
+    warnings = [r for r in caplog.records if r.name == "halluwatch.security" and r.levelno == logging.WARNING]
+    if warned:
+        (w,) = warnings
+        assert host in w.getMessage() and "HALLUWATCH_API_KEY" in w.getMessage()
+    else:
+        assert warnings == []
 
 
 def test_queue_full_is_503_at_once(engine, tmp_path):
