@@ -53,6 +53,7 @@ class EngineSpy:
         self.tracked: list[Tracked] = []
         self.marks: dict = {}
         self.submitted = threading.Condition(self._lock)
+        self._holds: dict = {}  # id(job) -> (entered, release)
 
     def install(self, monkeypatch) -> "EngineSpy":
         spy = self
@@ -64,6 +65,10 @@ class EngineSpy:
 
             def emit(self, item):
                 spy._emitted(self, item)
+                if (hold := spy._holds.pop(id(self.job), None)) is not None:
+                    entered, release = hold
+                    entered.set()
+                    assert release.wait(120), "a held job was never released"
                 super().emit(item)
 
             def cancel(self):
@@ -72,6 +77,13 @@ class EngineSpy:
 
         monkeypatch.setattr(core, "Handle", SpyHandle)
         return self
+
+    def hold(self, job) -> tuple:
+        """Make the engine thread wait inside `job`'s first report until released, so the jobs
+        submitted meanwhile queue up: (entered, release) events. Call before submitting `job`."""
+        entered, release = threading.Event(), threading.Event()
+        self._holds[id(job)] = (entered, release)
+        return entered, release
 
     def mark(self, name: str) -> int:
         """Put a named point (e.g. the moment a client hangs up) into the log; its sequence number."""
@@ -82,6 +94,10 @@ class EngineSpy:
     def of(self, handle: Handle) -> Tracked:
         with self._lock:
             return next(t for t in self.tracked if t.handle is handle)
+
+    def of_job(self, job) -> Tracked:
+        with self._lock:
+            return next(t for t in self.tracked if t.job is job)
 
     def only(self) -> Tracked:
         with self._lock:
