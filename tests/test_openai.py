@@ -82,21 +82,22 @@ def _rec(token_id: int, text: str) -> StepRecord:
     return StepRecord(**{**values, "token_id": token_id, "text": text, "logprob": -1.0, "top_logprobs": []})
 
 
-@pytest.mark.parametrize("texts,stops,reason,want", [
+@pytest.mark.parametrize("texts,stops,reason,want,finish", [
     # "lo" could start "o wo": held back, then cut inside it; " wor" and later tokens never go out
-    (["Hel", "lo", " wor", "ld"], ["o wo"], "length", [("Hel", 1), ("l", 1)]),
+    (["Hel", "lo", " wor", "ld"], ["o wo"], "length", [("Hel", 1), ("l", 1)], ("stop", "stop_sequence")),
     # a held-back start that never completes goes out at the end
-    (["ab", "c"], ["cd"], "length", [("ab", 1), ("c", 1)]),
+    (["ab", "c"], ["cd"], "length", [("ab", 1), ("c", 1)], ("length", "length")),
     # the stop string inside one token: the text before it, and the token with it
-    (["xSTOPy", "z"], ["STOP", "zz"], "length", [("x", 1)]),
+    (["xSTOPy", "z"], ["STOP", "zz"], "length", [("x", 1)], ("stop", "stop_sequence")),
     # the stop string first: nothing at all
-    (["STOP", "a"], ["STOP"], "length", []),
+    (["STOP", "a"], ["STOP"], "length", [], ("stop", "stop_sequence")),
     # the EOS step (id 2) is scored but not a content token
-    (["a", ""], [], "eos", [("a", 1)]),
+    (["a", ""], [], "eos", [("a", 1)], ("stop", "eos")),
     # an incomplete character at the end (text_tail) goes out, with no token of its own
-    (["a", ""], [], "length", [("a", 1), ("", 1), ("\ufffd", 0)]),
+    (["a", ""], [], "length", [("a", 1), ("", 1), ("\ufffd", 0)], ("length", "length")),
 ])
-def test_run_releases_text_at_token_boundaries(texts, stops, reason, want):
+def test_run_releases_text_at_token_boundaries(texts, stops, reason, want, finish):
+    """`finish`: (OpenAI's finish_reason, risk.finish_reason)."""
     job = GenerationJob([1], 10)
     run = openai_routes.Run(job, frozenset({2}), stops, None, "no params", False)
     pieces = []
@@ -110,9 +111,7 @@ def test_run_releases_text_at_token_boundaries(texts, stops, reason, want):
     assert [(p.text, len(p.spans)) for p in pieces] == want
     text = "".join(p.text for p in pieces)
     assert not any(s in text for s in stops)
-    assert run.finish_reason == ("length" if reason == "length" and not run.stopped else "stop")
-    if run.stopped:  # steps after the one that completed the stop string are not part of the response
-        assert run.risk(run.body())["finish_reason"] == "stop_sequence"
+    assert (run.finish_reason, run.risk(run.body())["finish_reason"]) == finish
 
 
 # --- /v1/models ----------------------------------------------------------------------------------------
