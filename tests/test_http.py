@@ -8,6 +8,7 @@ from fastapi.testclient import TestClient
 from app.http.app import create_app
 from app.settings import Settings
 from signals.response import top_k_mean
+from support.halting import halt_cases
 from support.params import other_model, params_for
 from support.token_text import text_of_tokens
 
@@ -100,6 +101,32 @@ def test_halt_on_pfail(client):
     assert body["finish_reason"] == "pfail"
     assert body["usage"]["completion_tokens"] == 0 and body["text"] == ""
     assert len(body["trace"]) == 1
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_halt_on_pfail_at_the_first_step_over_the_cutoff(client, stream):
+    """Cutoffs from a first run's per-step P_fail: one between two steps halts exactly at the later
+    step (scored, its token not appended); one equal to a step's P_fail does not halt there (>)."""
+    req = {"prompt": PROMPT, "max_tokens": 24}
+    full = client.post("/generate", json={**req, "include_trace": True}).json()
+    steps = full["trace"]
+    for cutoff, at in halt_cases([t["pfail"] for t in steps]):
+        halted = {**req, "halt_on_pfail": True, "pfail_cutoff": cutoff}
+        if stream:
+            events = _sse(client.post("/generate", json={**halted, "stream": True}).text)
+            trace, body = [d for e, d in events if e == "token"], events[-1][1]
+            assert events[-1][0] == "done"
+        else:
+            body = client.post("/generate", json={**halted, "include_trace": True}).json()
+            trace = body["trace"]
+        if at is None:  # no step above the cutoff: the run is the full one
+            assert body["finish_reason"] == full["finish_reason"] and body["text"] == full["text"]
+            assert [t["token_id"] for t in trace] == [t["token_id"] for t in steps]
+            continue
+        assert body["finish_reason"] == "pfail", (cutoff, at, body)
+        assert [(t["token_id"], t["pfail"]) for t in trace] == [(t["token_id"], t["pfail"]) for t in steps[:at + 1]]
+        assert trace[-1]["text"] == "" and body["usage"]["completion_tokens"] == at
+        assert body["text"] == "".join(t["text"] for t in steps[:at])
 
 
 def test_health_and_model(client, engine):

@@ -9,6 +9,7 @@ import json
 import httpx
 import openai
 import pytest
+from support.halting import halt_cases
 from support.live_server import live_server as serve
 from support.params import write_params
 from support.spy import EngineSpy, check_cancelled_by_the_disconnect, hang_up_mid_json_request
@@ -316,6 +317,24 @@ def test_pfail_halt_is_stop_and_said_in_risk(client):
                                        extra_body={"halt_on_pfail": True, "pfail_cutoff": 1e-9})
     assert r.choices[0].finish_reason == "stop" and r.choices[0].message.content == ""
     assert risk_of(r)["finish_reason"] == "pfail" and r.usage.completion_tokens == 0
+
+
+def test_pfail_halt_lands_at_the_first_step_over_the_cutoff(client, http):
+    """Cutoffs from /generate's per-step P_fail for the same chat: the /v1 response halts at the
+    first step whose P_fail is greater (risk.finish_reason "pfail"), or runs on (equal is not greater)."""
+    full = generate(http, messages=CHAT, max_tokens=24)
+    steps = full["trace"]
+    for cutoff, at in halt_cases([t["pfail"] for t in steps]):
+        r = client.chat.completions.create(model="m", messages=CHAT, max_tokens=24,
+                                           extra_body={"halt_on_pfail": True, "pfail_cutoff": cutoff})
+        if at is None:
+            assert risk_of(r)["finish_reason"] == full["finish_reason"]
+            assert r.choices[0].message.content == full["text"]
+            continue
+        assert r.choices[0].finish_reason == "stop" and risk_of(r)["finish_reason"] == "pfail"
+        assert r.usage.completion_tokens == at
+        assert r.choices[0].message.content == "".join(t["text"] for t in steps[:at])
+        assert risk_of(r)["scores"]["pfail_max"] == steps[at]["pfail"]
 
 
 # --- errors in OpenAI's shape --------------------------------------------------------------------------
