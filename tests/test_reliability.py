@@ -194,22 +194,37 @@ sys.path.insert(0, {root!r})
 from app.storage import write_json_atomic
 for i in itertools.count():
     write_json_atomic({path!r}, {{"model": "m", "tau_hbar": 1.0, "tau_pri": float(i), "pad": "x" * 200000}})
+    print(i, flush=True)  # write i is complete
 """
 
 
-def test_sigkill_during_params_writes_leaves_a_loadable_file(tmp_path):
+@pytest.mark.parametrize("after", [1, 2, 5, 8])
+def test_sigkill_during_params_writes_leaves_a_loadable_file(tmp_path, after):
+    """Killed while rewriting a params file over and over, once `after` writes were reported
+    complete: the file is whole and is the last complete write (or the one whose rename had
+    happened but was not reported yet), never a torn one or the old one."""
     from app.calibration.params import load_params
     from app.storage import write_json_atomic
 
     path = tmp_path / "p.json"
     write_json_atomic(path, {"model": "m", "tau_hbar": 1.0, "tau_pri": -1.0})
-    for delay in (0.3, 0.45, 0.6, 0.75):
-        proc = subprocess.Popen([sys.executable, "-c", WRITER.format(root=str(REPO_ROOT), path=str(path))])
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
+    proc = subprocess.Popen([sys.executable, "-c", WRITER.format(root=str(REPO_ROOT), path=str(path))],
+                            stdout=subprocess.PIPE, text=True)
+    reported = []
+    try:
+        while len(reported) < after:
+            line = proc.stdout.readline()
+            assert line, f"the writer stopped (exit status {proc.poll()})"
+            reported.append(line)
+    finally:
+        proc.kill()  # SIGKILL, somewhere inside one of the next writes
+        reported.append(proc.stdout.read())
         proc.wait()
-        p = load_params(path)  # never half-written
-        assert p.data["model"] == "m"
+    completed = [int(n) for n in "".join(reported).split()]
+    assert completed[:after] == list(range(after))
+    p = load_params(path)  # never half-written
+    assert p.data["model"] == "m" and p.data["pad"] == "x" * 200000
+    assert p.data["tau_pri"] in (completed[-1], completed[-1] + 1), (p.data["tau_pri"], completed[-1])
     assert not [f for f in tmp_path.iterdir() if f.name != "p.json" and not f.name.startswith(".p.json.")]
 
 
