@@ -100,16 +100,19 @@ class Engine:
             self._ready.set()
         log.info("loaded %s (%s, %d blocks, %s, BLAS %s)", self.lm.model_id, self.lm.family.name,
                  self.lm.n_layers, self.lm.dtype, self.lm.blas)
-        while (work := self._jobs.get()[2]) is not None:
-            self.busy = True
-            try:
-                self._do(work)
-            finally:
-                self.busy = False
-        while not self._jobs.empty():  # stopped: nobody will run what is still waiting
-            if (work := self._jobs.get_nowait()[2]) is not None:
-                for job, handle in _members(work):
-                    handle.emit(_cancelled(job))
+        try:
+            while (work := self._jobs.get()[2]) is not None:
+                self.busy = True
+                try:
+                    self._do(work)
+                finally:
+                    self.busy = False
+            while not self._jobs.empty():  # stopped: nobody will run what is still waiting
+                if (work := self._jobs.get_nowait()[2]) is not None:
+                    for job, handle in _members(work):
+                        handle.emit(_cancelled(job))
+        finally:
+            mx.clear_streams()  # this thread's MLX streams; left to process exit they can abort it
 
     def _do(self, work) -> None:
         """Run one queued unit; report a failure to every handle it concerns."""
