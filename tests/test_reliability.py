@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -121,20 +122,32 @@ def test_warning_when_bound_beyond_loopback_without_a_key(caplog, host, key, war
         assert warnings == []
 
 
-def test_queue_full_is_503_at_once(engine, tmp_path):
-    blockers = [GenerationJob([5, 6, 7], 400) for _ in range(3)]
+def test_queue_full_is_503_at_once(engine, tmp_path, monkeypatch):
+    """With the engine held inside a job and its queue (depth 2) full, /generate is answered 503
+    while the engine is still held: it does not wait for room, and its job never reaches the engine."""
+    spy = EngineSpy().install(monkeypatch)
+    blockers = [GenerationJob([5, 6, 7], 2) for _ in range(3)]
+    entered, release = spy.hold(blockers[0])
     with TestClient(create_app(_settings(tmp_path), engine)) as c:
         engine.submit(blockers[0])
-        _wait(lambda: engine.busy)
+        assert entered.wait(60), "the first blocker never started"
         engine.submit(blockers[1])
         engine.submit(blockers[2])  # the queue (depth 2) is now full
-        t = time.monotonic()
-        r = c.post("/generate", json={"prompt": "hi", "max_tokens": 2})
+        answer = {}
+        request = threading.Thread(target=lambda: answer.update(r=c.post("/generate", json={"prompt": "hi",
+                                                                                        "max_tokens": 2})))
+        request.start()
+        request.join(60)  # generous: a request waiting for room would wait as long as the engine is held
+        answered_while_held = not request.is_alive()
+        release.set()
+        request.join(120)
+        assert answered_while_held, "the request waited for room in the queue"
+        r = answer["r"]
         assert r.status_code == 503 and r.headers["retry-after"] == "1" and "full" in r.json()["detail"]
-        assert time.monotonic() - t < 1.0
         for job in blockers:
-            job.cancelled.set()
-        _wait(lambda: not engine.busy and engine.queue_depth == 0)
+            assert spy.of_job(job).wait_done().finish_reason == "length"
+        (refused,) = [t for t in spy.tracked if t.job not in blockers]
+        assert refused.started is None and refused.finished is None
 
 
 def test_timeout_is_504_and_an_error_event(engine, tmp_path):
