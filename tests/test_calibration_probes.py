@@ -8,8 +8,8 @@ import pytest
 from sklearn.metrics import brier_score_loss
 from fastapi.testclient import TestClient
 
-from app.calibration.runs import (RunSpec, calibrate, checkpoint_path, evaluate, load_states, read_checkpoint, score_all,
-                                  states_dir)
+from app.calibration.runs import (RunSpec, calibrate, checkpoint_path, evaluate, load_states, read_checkpoint,
+                                  score_all, states_dir)
 from app.calibration.halueval import load_samples
 from app.calibration.params import load_params
 from app.calibration.probe_files import load_probe

@@ -14,8 +14,7 @@ import socket
 import threading
 from dataclasses import dataclass, field
 
-from app.engine import Finished, StepRecord
-from app.engine import core
+from app.engine import Finished, StepRecord, core
 from app.engine.handle import Handle
 
 
