@@ -75,6 +75,7 @@ def _hold_calibration(monkeypatch, engine) -> tuple:
     return arrived, release
 
 
+@pytest.mark.slow
 def test_lifecycle_and_hot_switch(client, settings, engine, monkeypatch):
     assert client.get("/model").json()["params"] is None
     arrived, release = _hold_calibration(monkeypatch, engine)
@@ -132,7 +133,7 @@ def _fail_writing_params(monkeypatch, settings):
     monkeypatch.setattr(runs, "write_json_atomic", full_disk)
 
 
-@pytest.mark.parametrize("failure", ["scoring", "writing"])
+@pytest.mark.parametrize("failure", ["scoring", pytest.param("writing", marks=pytest.mark.slow)])
 def test_failure_later_leaves_params_untouched(engine, settings, monkeypatch, failure):
     """A job that fails after it started (activate requested): while scoring (a prompt beyond the
     context), or when writing its params file after the probes were fitted and saved. The params
@@ -218,6 +219,7 @@ def _until(cond, timeout: float = 60) -> None:
         time.sleep(0.01)
 
 
+@pytest.mark.slow
 def test_restart_marks_interrupted_and_resume_reuses_scores(engine, settings):
     with TestClient(create_app(settings, engine)) as c:
         job_id = c.post("/calibrate", json={"n": 10, "max_tokens": 3, "dataset": "qa.jsonl"}).json()["job_id"]
