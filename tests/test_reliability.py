@@ -170,9 +170,9 @@ def test_too_many_streams_is_429(engine, tmp_path):
 def _hang_up_mid_stream(url: str, body: dict, spy: EngineSpy) -> None:
     with httpx.Client(base_url=url, timeout=60) as c, c.stream("POST", "/generate", json=body) as r:
         assert r.status_code == 200
-        for line in r.iter_lines():
-            if line.startswith("event: token"):
-                break
+        lines = r.iter_lines()  # held: dropping a half-read iterator already closes the connection
+        while not next(lines).startswith("event: token"):
+            pass
         spy.mark("closing")  # leaving the block closes the connection mid-stream
 
 
