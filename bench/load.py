@@ -90,7 +90,7 @@ async def stream_once(client: httpx.AsyncClient, prompt: str, max_tokens: int, t
 
     try:
         await asyncio.wait_for(go(), timeout_s)
-    except (httpx.HTTPError, asyncio.TimeoutError, json.JSONDecodeError) as e:
+    except (TimeoutError, httpx.HTTPError, json.JSONDecodeError) as e:
         answer.exception = f"{type(e).__name__}: {e}"
     answer.total_s = time.perf_counter() - t0
     return answer

@@ -14,7 +14,7 @@ import tempfile  # noqa: E402
 os.environ["HALLUWATCH_HOME"] = tempfile.mkdtemp(prefix="halluwatch-test-home-")
 
 from pathlib import Path  # noqa: E402
-from typing import Callable  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 
 import pytest  # noqa: E402
 from support.tiny_models import make_tiny_model  # noqa: E402

@@ -5,12 +5,14 @@ import json
 
 import numpy as np
 import pytest
+from sklearn.metrics import brier_score_loss
 from fastapi.testclient import TestClient
 
 from app.calibration.runs import calibrate, evaluate
-from app.calibration.scoring import RunSpec, checkpoint_path, read_checkpoint, score_all, states_dir
+from app.calibration.scoring import RunSpec, checkpoint_path, load_states, read_checkpoint, score_all, states_dir
 from app.calibration.halueval import load_samples
 from app.calibration.params import load_params
+from app.calibration.probe_files import load_probe
 from app.http.app import create_app
 from app.settings import Settings
 from support.qa_data import write_qa
@@ -94,14 +96,38 @@ def test_evaluate_reports_every_detector_and_the_layer_curves(engine, calibrated
     assert list(metrics["all_detectors"]) == params["ranking"]
     for d in metrics["all_detectors"].values():
         assert d["auroc_ci"][0] <= d["auroc"] <= d["auroc_ci"][1]
-    assert 0 <= metrics["risk"]["brier"] <= 1
+    # recompute the risk's Brier score and the probes' in-distribution shares from the stored test
+    # scores and states: the params' probes on the saved block outputs, the selected detector's
+    # score, its Platt probability
+    test_samples, _ = load_samples("qa", "test", N, 42, dataset)
+    ckpt = checkpoint_path(root / "reports", engine.lm, _spec(None), "test")
+    stored = read_checkpoint(ckpt)
+    records = [stored[s.key] for s in test_samples]
+    labels = np.array([r["label"] for r in records])
+    assert labels.sum() == N // 2
+    states = load_states(ckpt, records)
+    rows = [detectors.features(r, r["verdict"]) for r in records]
+    feats = {name: np.array([row[name] for row in rows]) for name in rows[0]}
+    inside = {}
+    for position in POSITIONS:
+        entry = params["detectors"][f"probe_{position}"]
+        probe = load_probe(path.parent / entry["file"], entry["sha256"])
+        at = states[:, POSITIONS.index(position)]
+        feats[f"probe_{position}"] = probe.logit(at)
+        inside[position] = float(np.mean(probe.distance(at) <= probe.distance_limit))
+    risk = params["risk"]
+    score = selection.detector_score(risk["detector"], feats, params["detectors"], params["joint_model_weights"])
+    platt = 1 / (1 + np.exp(-(risk["a"] * score + risk["b"])))
+    assert metrics["risk"]["detector"] == risk["detector"]
+    assert metrics["risk"]["brier"] == pytest.approx(brier_score_loss(labels, platt), abs=1e-9)
+    assert metrics["risk"]["brier_base_rate"] == pytest.approx(0.25)  # balanced test split
     length = metrics["answer_length"]  # "The city {i} burned in {i}." is longer than "The river {i} flooded."
     assert length["direction"] == 1 and length["auroc"] == 1.0 and length["same_length_pairs"] == 0
     assert all(d["auroc_same_length"] is None for d in metrics["all_detectors"].values())
     for position in POSITIONS:
         curve = metrics["probe_layers"][position]
         assert len(curve["test_auroc"]) == len(curve["train_cv_auroc"]) == engine.lm.n_layers
-        assert 0 <= curve["in_distribution"] <= 1
+        assert curve["in_distribution"] == pytest.approx(inside[position], abs=1e-12)
     assert any(name.endswith("_probe_layers.png") for name in body["figures"])
     text = report.with_suffix(".md").read_text()
     assert "## Every detector" in text and "probe_prompt_end" in text and "Goal (selected detector" in text

@@ -50,7 +50,8 @@ def test_batched_scores_equal_one_at_a_time(engine, samples, tmp_path):
         engine.lm.stop_ids = saved
     assert len({r["tokens"] for r in one}) > 1, "all sequences ran equally long: filtering untested"
     for a, b in zip(one, batched):
-        assert (a["key"], a["tokens"], a["finish_reason"], a["text"]) == (b["key"], b["tokens"], b["finish_reason"], b["text"])
+        fields = ("key", "tokens", "finish_reason", "text")
+        assert [a[f] for f in fields] == [b[f] for f in fields]
         np.testing.assert_allclose([a[f] for f in FIELDS], [b[f] for f in FIELDS], rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(a["steps"]["pri"], b["steps"]["pri"], rtol=1e-4, atol=1e-6)
 

@@ -2,14 +2,19 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
-
 import pytest
+from support import REPO_ROOT
+from support.live_server import free_port
+from support.qa_data import write_qa
 
+from app.calibration.params import load_params
 from app.cli import main
 
 
@@ -43,6 +48,110 @@ def test_score_command_flags_the_wrong_answer(capsys):
     assert pri["Berlin"] > 2 * pri["Paris"]
 
 
+# --- calibrate, evaluate and serve --params on the tiny model, as a user runs them -------------------
+
+def _cli(args: list, home: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`halluwatch ARGS` in a subprocess with HALLUWATCH_HOME=home; it must not abort on exit."""
+    env = {**os.environ, "HALLUWATCH_HOME": str(home)}
+    r = subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, timeout=timeout,
+                       env=env, cwd=REPO_ROOT)
+    assert "terminate called" not in r.stderr, r.stderr[-2000:]
+    return r
+
+
+def _up(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def cli_run(tiny_model_path, tmp_path_factory):
+    """`halluwatch calibrate` on the tiny llama and a synthetic QA file: (model, home, data, result)."""
+    model = str(tiny_model_path("llama"))
+    root = tmp_path_factory.mktemp("cli")
+    home, data = root / "home", write_qa(root / "qa.jsonl", 40)
+    r = _cli(["calibrate", "--model", model, "--precision", "native", "--dataset", str(data), "--n", "20",
+              "--max-tokens", "3"], home)
+    return model, home, data, r
+
+
+@pytest.mark.slow
+def test_calibrate_prints_the_params_path_last(cli_run, engine):
+    model, home, _, r = cli_run
+    assert r.returncode == 0, r.stderr[-2000:]
+    path = Path(r.stdout.strip().splitlines()[-1])
+    assert path.parent == home / "calibrations" and path.suffix == ".json"
+    params = json.loads(path.read_text())
+    assert params["n"] == 20 and params["protocol"]["max_tokens"] == 3 and params["model_ref"] == model
+    assert params["model_fingerprint"] == engine.lm.fingerprint.as_dict()
+    assert params["risk"]["detector"] == params["ranking"][0] and params["probe"] is not None
+    assert load_params(path).probe is not None  # its probe file is beside it, checksum and all
+    assert not (home / "state" / "active_calibrations.json").exists()  # not activated without --activate
+
+
+@pytest.mark.slow
+def test_evaluate_prints_the_report_path_last(cli_run):
+    _, home, data, cal = cli_run
+    path = Path(cal.stdout.strip().splitlines()[-1])
+    r = _cli(["evaluate", "--params", str(path), "--precision", "native", "--dataset", str(data), "--n", "20"], home)
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = Path(r.stdout.strip().splitlines()[-1])
+    assert report.parent == home / "reports" and report.suffix == ".json"
+    body = json.loads(report.read_text())
+    assert body["params"] == path.name and body["n"] == 20 and body["max_tokens"] == 3  # the params' protocol
+    assert list(body["metrics"]["all_detectors"]) == json.loads(path.read_text())["ranking"]
+    assert report.with_suffix(".md").is_file()
+
+
+@pytest.mark.slow
+def test_serve_params_serves_them(cli_run):
+    model, home, _, cal = cli_run
+    path = Path(cal.stdout.strip().splitlines()[-1])
+    port = free_port()
+    env = {**os.environ, "HALLUWATCH_HOME": str(home)}
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--model", model, "--precision", "native",
+                             "--params", str(path), "--port", str(port)], env=env, cwd=REPO_ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while not _up(url):
+            assert proc.poll() is None and time.monotonic() < deadline, "the server did not come up"
+            time.sleep(0.1)
+        served = httpx.get(f"{url}/model").json()
+        assert served["params"]["path"] == str(path) and served["params_source"] == "flag"
+        assert served["params"]["probe"]["position"] == json.loads(path.read_text())["probe"]
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode in (0, -signal.SIGTERM) and "terminate called" not in stderr, stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_serve_refuses_a_probe_file_with_a_bad_checksum(cli_run, tmp_path):
+    """Refused at start (before listening) with exit status != 0 and one line naming the file."""
+    model, home, _, cal = cli_run
+    shipped = Path(cal.stdout.strip().splitlines()[-1])
+    params = json.loads(shipped.read_text())
+    path = tmp_path / shipped.name
+    path.write_bytes(shipped.read_bytes())
+    for entry in params["detectors"].values():
+        if "file" in entry:
+            (tmp_path / entry["file"]).write_bytes((shipped.parent / entry["file"]).read_bytes())
+    probe = tmp_path / params["detectors"][f"probe_{params['probe']}"]["file"]
+    data = probe.read_bytes()
+    probe.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    r = _cli(["serve", "--model", model, "--precision", "native", "--params", str(path), "--port", str(free_port())],
+             home, timeout=120)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    # the engine thread's "loaded" log line may come after it, so look for the line, not the last one
+    (line,) = [x for x in r.stderr.splitlines() if x.startswith("halluwatch: ")]
+    assert str(path) in line and str(probe) in line and "SHA-256" in line and "does not match" in line, line
+
+
 def test_cli_and_server_give_the_same_risk(capsys):
     """One assessment path: the CLI serves the same params (and probe) as the server would."""
     from fastapi.testclient import TestClient
@@ -68,18 +177,12 @@ def test_cli_and_server_give_the_same_risk(capsys):
     assert cli["quadrant"] == server["quadrant"]
 
 
-def _cli(*args, env=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, timeout=timeout,
-                          env=env)
-
-
 def test_cli_runs_exit_cleanly(tiny_model_path, tmp_path):
-    env = {**os.environ, "HALLUWATCH_HOME": str(tmp_path)}
     for args in (["generate", "hello", "--raw", "--max-tokens", "4"],
                  ["score", "--prompt", "hello", "--response", "world", "--raw"]):
-        r = _cli(*args, "--model", str(tiny_model_path("llama")), "--precision", "native", env=env)
-        assert r.returncode == 0, r.stderr
-        assert "terminate called" not in r.stderr and "[finish:" in r.stdout
+        r = _cli([*args, "--model", str(tiny_model_path("llama")), "--precision", "native"], tmp_path)
+        assert r.returncode == 0, r.stderr  # and no "terminate called" (checked by _cli)
+        assert "[finish:" in r.stdout
 
 
 def test_cli_beside_a_live_server_leaves_its_running_job_running(engine, tiny_model_path, tmp_path):
@@ -98,9 +201,9 @@ def test_cli_beside_a_live_server_leaves_its_running_job_running(engine, tiny_mo
         while c.get(f"/calibrate/{job_id}").json()["status"] == "queued":
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        env = {**os.environ, "HALLUWATCH_HOME": str(tmp_path)}  # the same data folder and job database
-        r = _cli("generate", "hello", "--raw", "--max-tokens", "2", "--model", str(tiny_model_path("llama")),
-                 "--precision", "native", env=env)
+        # the same data folder and job database
+        r = _cli(["generate", "hello", "--raw", "--max-tokens", "2", "--model", str(tiny_model_path("llama")),
+                  "--precision", "native"], tmp_path)
         assert r.returncode == 0, r.stderr
         assert c.get(f"/calibrate/{job_id}").json()["status"] == "running"
         assert c.post("/calibrate", json={"n": 20, "dataset": "qa.jsonl"}).status_code == 409  # still the one job

@@ -172,3 +172,27 @@ def test_batch_shares_prompt_prefixes_and_matches_single(tiny_model_path, monkey
         single = list(generate_steps(lm, ids, 12, _reduce))
         assert [s.token for s in got] == [s.token for s in single]
         np.testing.assert_allclose([s.values for s in got], [s.values for s in single], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("at", [0, 3])
+def test_cancel_stops_after_the_step_in_progress(engines, monkeypatch, at):
+    """The engine checks `job.cancelled` after each step it emits: a job cancelled while step `at`
+    is being reported (here from inside the report, so nothing races) emits no further step."""
+    from app.engine import Cancelled, Finished, core
+    from app.engine.handle import Handle
+
+    seen = []
+
+    class CancelAt(Handle):
+        def emit(self, item):
+            seen.append(item)
+            if len(seen) == at + 1:
+                self.cancel()
+            super().emit(item)
+
+    monkeypatch.setattr(core, "Handle", CancelAt)
+    engine = engines("llama")
+    handle = engine.submit(GenerationJob(_prompt(engine.lm.tokenizer, 10), N_TOKENS))
+    with pytest.raises(Cancelled):
+        handle.wait()
+    assert len(seen) == at + 2 and isinstance(seen[-1], Finished) and seen[-1].finish_reason == "cancelled"

@@ -8,7 +8,9 @@ from fastapi.testclient import TestClient
 from app.http.app import create_app
 from app.settings import Settings
 from signals.response import top_k_mean
+from support.halting import halt_cases
 from support.params import other_model, params_for
+from support.token_text import text_of_tokens
 
 PROMPT = "The capital of France is"
 
@@ -101,6 +103,32 @@ def test_halt_on_pfail(client):
     assert len(body["trace"]) == 1
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_halt_on_pfail_at_the_first_step_over_the_cutoff(client, stream):
+    """Cutoffs from a first run's per-step P_fail: one between two steps halts exactly at the later
+    step (scored, its token not appended); one equal to a step's P_fail does not halt there (>)."""
+    req = {"prompt": PROMPT, "max_tokens": 24}
+    full = client.post("/generate", json={**req, "include_trace": True}).json()
+    steps = full["trace"]
+    for cutoff, at in halt_cases([t["pfail"] for t in steps]):
+        halted = {**req, "halt_on_pfail": True, "pfail_cutoff": cutoff}
+        if stream:
+            events = _sse(client.post("/generate", json={**halted, "stream": True}).text)
+            trace, body = [d for e, d in events if e == "token"], events[-1][1]
+            assert events[-1][0] == "done"
+        else:
+            body = client.post("/generate", json={**halted, "include_trace": True}).json()
+            trace = body["trace"]
+        if at is None:  # no step above the cutoff: the run is the full one
+            assert body["finish_reason"] == full["finish_reason"] and body["text"] == full["text"]
+            assert [t["token_id"] for t in trace] == [t["token_id"] for t in steps]
+            continue
+        assert body["finish_reason"] == "pfail", (cutoff, at, body)
+        assert [(t["token_id"], t["pfail"]) for t in trace] == [(t["token_id"], t["pfail"]) for t in steps[:at + 1]]
+        assert trace[-1]["text"] == "" and body["usage"]["completion_tokens"] == at
+        assert body["text"] == "".join(t["text"] for t in steps[:at])
+
+
 def test_health_and_model(client, engine):
     assert client.get("/health").json() == {"status": "ok", "model_loaded": True, "params_loaded": True}
     m = client.get("/model").json()
@@ -138,10 +166,27 @@ def test_bad_input_is_422_naming_the_field(client, body, field):
 
 
 def test_prompt_plus_max_tokens_beyond_context(client, engine):
-    ctx = engine.lm.context_length
-    n = len(engine.lm.tokenizer.encode("word " * 100))
-    r = client.post("/generate", json={"prompt": "word " * 100, "max_tokens": 64})
-    assert (n + 64 > ctx) == (r.status_code == 422)
+    """A prompt that fits the context alone but not with max_tokens is refused (422 naming the
+    prompt); one that fills it exactly together with max_tokens is generated."""
+    lm = engine.lm
+    ctx, max_tokens = lm.context_length, 4
+    assert ctx == 512  # the tiny model's max_position_embeddings
+
+    def count(text):
+        return len(lm.tokenizer.encode(text))
+
+    over = text_of_tokens(count, ctx - max_tokens + 1)
+    r = client.post("/generate", json={"prompt": over, "max_tokens": max_tokens})
+    assert r.status_code == 422, r.text
+    (error,) = r.json()["detail"]
+    assert error["loc"] == ["body", "prompt"]
+    assert f"{ctx - max_tokens + 1} tokens" in error["msg"] and f"max_tokens={max_tokens}" in error["msg"]
+    assert f"context of {ctx} tokens" in error["msg"]
+    at = text_of_tokens(count, ctx - max_tokens)
+    r = client.post("/generate", json={"prompt": at, "max_tokens": max_tokens})
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["prompt_tokens"] == ctx - max_tokens
+    assert 1 <= r.json()["usage"]["completion_tokens"] <= max_tokens
 
 
 def test_body_too_large_is_413(client):

@@ -4,14 +4,15 @@ Logprobs, text and `risk` are checked against /generate's own trace for the same
 """
 
 import dataclasses
-import json
-import time
 
 import httpx
 import openai
 import pytest
+from support.halting import halt_cases
 from support.live_server import live_server as serve
 from support.params import write_params
+from support.spy import EngineSpy, check_cancelled_by_the_disconnect, hang_up_mid_json_request
+from support.token_text import text_of_tokens
 from openai import OpenAI
 
 from app.engine import EngineBusy, Finished, GenerationJob, StepRecord
@@ -81,21 +82,22 @@ def _rec(token_id: int, text: str) -> StepRecord:
     return StepRecord(**{**values, "token_id": token_id, "text": text, "logprob": -1.0, "top_logprobs": []})
 
 
-@pytest.mark.parametrize("texts,stops,reason,want", [
+@pytest.mark.parametrize("texts,stops,reason,want,finish", [
     # "lo" could start "o wo": held back, then cut inside it; " wor" and later tokens never go out
-    (["Hel", "lo", " wor", "ld"], ["o wo"], "length", [("Hel", 1), ("l", 1)]),
+    (["Hel", "lo", " wor", "ld"], ["o wo"], "length", [("Hel", 1), ("l", 1)], ("stop", "stop_sequence")),
     # a held-back start that never completes goes out at the end
-    (["ab", "c"], ["cd"], "length", [("ab", 1), ("c", 1)]),
+    (["ab", "c"], ["cd"], "length", [("ab", 1), ("c", 1)], ("length", "length")),
     # the stop string inside one token: the text before it, and the token with it
-    (["xSTOPy", "z"], ["STOP", "zz"], "length", [("x", 1)]),
+    (["xSTOPy", "z"], ["STOP", "zz"], "length", [("x", 1)], ("stop", "stop_sequence")),
     # the stop string first: nothing at all
-    (["STOP", "a"], ["STOP"], "length", []),
+    (["STOP", "a"], ["STOP"], "length", [], ("stop", "stop_sequence")),
     # the EOS step (id 2) is scored but not a content token
-    (["a", ""], [], "eos", [("a", 1)]),
+    (["a", ""], [], "eos", [("a", 1)], ("stop", "eos")),
     # an incomplete character at the end (text_tail) goes out, with no token of its own
-    (["a", ""], [], "length", [("a", 1), ("", 1), ("\ufffd", 0)]),
+    (["a", ""], [], "length", [("a", 1), ("", 1), ("\ufffd", 0)], ("length", "length")),
 ])
-def test_run_releases_text_at_token_boundaries(texts, stops, reason, want):
+def test_run_releases_text_at_token_boundaries(texts, stops, reason, want, finish):
+    """`finish`: (OpenAI's finish_reason, risk.finish_reason)."""
     job = GenerationJob([1], 10)
     run = openai_routes.Run(job, frozenset({2}), stops, None, "no params", False)
     pieces = []
@@ -109,9 +111,7 @@ def test_run_releases_text_at_token_boundaries(texts, stops, reason, want):
     assert [(p.text, len(p.spans)) for p in pieces] == want
     text = "".join(p.text for p in pieces)
     assert not any(s in text for s in stops)
-    assert run.finish_reason == ("length" if reason == "length" and not run.stopped else "stop")
-    if run.stopped:  # steps after the one that completed the stop string are not part of the response
-        assert run.risk(run.body())["finish_reason"] == "stop_sequence"
+    assert (run.finish_reason, run.risk(run.body())["finish_reason"]) == finish
 
 
 # --- /v1/models ----------------------------------------------------------------------------------------
@@ -318,6 +318,24 @@ def test_pfail_halt_is_stop_and_said_in_risk(client):
     assert risk_of(r)["finish_reason"] == "pfail" and r.usage.completion_tokens == 0
 
 
+def test_pfail_halt_lands_at_the_first_step_over_the_cutoff(client, http):
+    """Cutoffs from /generate's per-step P_fail for the same chat: the /v1 response halts at the
+    first step whose P_fail is greater (risk.finish_reason "pfail"), or runs on (equal is not greater)."""
+    full = generate(http, messages=CHAT, max_tokens=24)
+    steps = full["trace"]
+    for cutoff, at in halt_cases([t["pfail"] for t in steps]):
+        r = client.chat.completions.create(model="m", messages=CHAT, max_tokens=24,
+                                           extra_body={"halt_on_pfail": True, "pfail_cutoff": cutoff})
+        if at is None:
+            assert risk_of(r)["finish_reason"] == full["finish_reason"]
+            assert r.choices[0].message.content == full["text"]
+            continue
+        assert r.choices[0].finish_reason == "stop" and risk_of(r)["finish_reason"] == "pfail"
+        assert r.usage.completion_tokens == at
+        assert r.choices[0].message.content == "".join(t["text"] for t in steps[:at])
+        assert risk_of(r)["scores"]["pfail_max"] == steps[at]["pfail"]
+
+
 # --- errors in OpenAI's shape --------------------------------------------------------------------------
 
 def _error(e) -> dict:
@@ -362,6 +380,47 @@ def test_bad_completion_requests(client, http):
     assert "detail" in http.post("/generate", json={"prompt": ""}).json()
 
 
+def _chat_tokens(lm, content: str) -> int:
+    """Tokens of one user message rendered with the chat template, as /v1/chat/completions encodes it."""
+    tok = lm.tokenizer
+    text = tok.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
+    return len(tok.encode(text, add_special_tokens=False))
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+def test_prompt_plus_max_tokens_beyond_context(http, engine, path):
+    """A prompt that fits alone but not with max_tokens: 400 context_length_exceeded naming the
+    prompt's param; one that fills the context exactly with max_tokens: answered."""
+    lm = engine.lm
+    ctx, max_tokens = lm.context_length, 4
+    assert ctx == 512
+    chat = path.endswith("chat/completions")
+    param = "messages" if chat else "prompt"
+
+    def body(n_tokens: int) -> dict:
+        count = (lambda t: _chat_tokens(lm, t)) if chat else (lambda t: len(lm.tokenizer.encode(t)))
+        text = text_of_tokens(count, n_tokens)
+        prompt = {"messages": [{"role": "user", "content": text}]} if chat else {"prompt": text}
+        return {"model": "m", "max_tokens": max_tokens, **prompt}
+
+    r = http.post(path, json=body(ctx - max_tokens + 1))
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert (err["type"], err["param"], err["code"]) == ("invalid_request_error", param, "context_length_exceeded")
+    assert f"context of {ctx} tokens" in err["message"]
+    r = http.post(path, json=body(ctx - max_tokens))
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["prompt_tokens"] == ctx - max_tokens
+    assert 1 <= r.json()["usage"]["completion_tokens"] <= max_tokens
+
+
+def test_empty_messages_is_400_naming_messages(http):
+    r = http.post("/v1/chat/completions", json={"model": "m", "messages": []})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert (err["type"], err["param"]) == ("invalid_request_error", "messages") and "messages" in err["message"]
+
+
 def test_queue_full_is_503_in_openai_shape(client, engine, monkeypatch):
     def busy(job):
         raise EngineBusy("engine queue is full (16 waiting)")
@@ -400,26 +459,16 @@ def test_request_timeout(engine, tmp_path_factory):
     ("/v1/chat/completions", {"messages": CHAT}),
 ])
 def test_client_disconnect_cancels_the_job(base, engine, monkeypatch, path, body):
-    finished = []
-    submit = engine.submit
-
-    def spy(job):  # taps what the engine emits for this job
-        handle = submit(job)
-        emit = handle.emit
-        handle.emit = lambda item: (finished.append(item) if isinstance(item, Finished) else None, emit(item))
-        return handle
-    monkeypatch.setattr(engine, "submit", spy)
-    body = {"model": "m", "max_tokens": 256, "stop": "\x00never", **body}  # ~2.5 s of generation
-    with httpx.Client(base_url=base, timeout=httpx.Timeout(30, read=0.3)) as c:
-        if body.get("stream"):
-            with c.stream("POST", path, json=body) as r:
-                assert r.status_code == 200
-                next(r.iter_lines())  # the stream has started; now hang up
-        else:
-            with pytest.raises(httpx.ReadTimeout):  # give up waiting, and hang up
-                c.post(path, json=body)
-    deadline = time.monotonic() + 10
-    while not finished:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    assert finished[0].finish_reason == "cancelled", "the engine kept generating for a client that went away"
+    spy = EngineSpy().install(monkeypatch)
+    body = {"model": "m", "max_tokens": 256, "stop": "\x00never", **body}
+    if body.get("stream"):
+        with httpx.Client(base_url=base, timeout=60) as c, c.stream("POST", path, json=body) as r:
+            assert r.status_code == 200
+            (job,) = spy.wait_for_jobs(1)
+            assert job.first_step.wait(60), "the job never started"
+            lines = r.iter_lines()  # held: dropping a half-read iterator already closes the connection
+            next(lines)
+            spy.mark("closing")  # leaving the block hangs up mid-stream
+    else:
+        hang_up_mid_json_request(base, path, body, spy)
+    check_cancelled_by_the_disconnect(spy.only(), spy, 256)

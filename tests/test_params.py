@@ -33,11 +33,10 @@ def test_shipped_prototype_params_load_but_fit_no_model():
 
 def test_newest_match_wins(tmp_path):
     fp = FP.as_dict()
-    _write(tmp_path, "a.json", model="m", model_fingerprint=fp, tau_hbar=1, tau_pri=1, created_utc="2026-01-02T00:00:00Z")
-    _write(tmp_path, "b.json", model="m", model_fingerprint=fp, tau_hbar=2, tau_pri=2, created_utc="2026-01-01T00:00:00Z")
-    _write(tmp_path, "c.json", model="m", model_fingerprint={**fp, "blocks": 5}, tau_hbar=3, tau_pri=3,
-           created_utc="2027-01-01T00:00:00Z")
-    _write(tmp_path, "d.json", model="m", model_fingerprint=fp, tau_hbar="x", tau_pri=3, created_utc="2028-01-01T00:00:00Z")
+    for name, fingerprint, tau, created in (("a", fp, 1, "2026-01-02"), ("b", fp, 2, "2026-01-01"),
+                                            ("c", {**fp, "blocks": 5}, 3, "2027-01-01"), ("d", fp, "x", "2028-01-01")):
+        _write(tmp_path, f"{name}.json", model="m", model_fingerprint=fingerprint, tau_hbar=tau, tau_pri=3,
+               created_utc=f"{created}T00:00:00Z")
     found, skipped = find_params(FP, tmp_path)
     assert found.path.name == "a.json"
     reasons = {s["path"].rsplit("/", 1)[1]: s["reason"] for s in skipped}

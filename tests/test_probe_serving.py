@@ -113,8 +113,8 @@ def test_responses_carry_probe_risk_and_risk(tmp_path, engine):
     probe = _probe(engine)
     path = _params_with_probe(tmp_path, engine, probe)
     with TestClient(create_app(Settings(params=path, max_tokens_limit=64), engine)) as client:
-        body = client.post("/generate", json={"prompt": PROMPTS[0], "max_tokens": 8}).json()
-        scored = client.post("/score", json={"prompt": PROMPTS[0], "response": body["text"],
+        body = client.post("/generate", json={"prompt": PROMPTS[0], "max_tokens": 8, "include_trace": True}).json()
+        scored = client.post("/score", json={"prompt": PROMPTS[0], "response": body["text"], "include_trace": True,
                                              "end_with_eos": body["finish_reason"] == "eos"}).json()
         info = client.get("/model").json()
     records, _ = engine.submit(GenerationJob(_ids(engine, PROMPTS[0]), 8, capture_hidden=True)).wait()
@@ -123,7 +123,13 @@ def test_responses_carry_probe_risk_and_risk(tmp_path, engine):
     assert body["risk"]["detector"] == "probe_last_step" and body["risk"]["task"] == "qa"
     assert body["scores"]["probe_in_distribution"] is True and body["risk"]["in_distribution"] is True
     assert body["risk"]["probability"] == pytest.approx(1 / (1 + np.exp(-(2.0 * logit - 0.5))), abs=1e-5)
-    assert scored["scores"]["probe_risk"] is not None and scored["risk"]["detector"] == "probe_last_step"
+    # /score teacher-forces the generated tokens (the text encodes back to them): the same probe
+    # logit at the last step, so the same probe_risk and risk as /generate
+    assert [t["token_id"] for t in scored["trace"]] == [t["token_id"] for t in body["trace"]]
+    assert scored["scores"]["probe_risk"] == pytest.approx(body["scores"]["probe_risk"], abs=1e-4)
+    assert scored["risk"]["detector"] == "probe_last_step"
+    assert scored["risk"]["probability"] == pytest.approx(body["risk"]["probability"], abs=1e-4)
+    assert scored["scores"]["probe_in_distribution"] is body["scores"]["probe_in_distribution"] is True
     assert info["params"]["probe"] == {"position": "last_step", "block": probe.layer + 1}  # 1 = first
     assert info["params"]["risk_detector"] == "probe_last_step"
 

@@ -268,6 +268,7 @@ def restore_state(server):
     serve_params(app, saved)
 
 
+@pytest.mark.slow
 def test_calibration_jobs_start_conflict_cancel_activate(page, server, restore_state):
     base, _ = server
     expect = sync_api.expect

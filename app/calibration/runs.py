@@ -89,25 +89,30 @@ def calibrate(engine: Engine, spec: RunSpec, out_dir: Path, reports_dir: Path, *
     now = _utc_now()
     stem = f"{slug(engine.lm.model_id)}_{now:%Y%m%dT%H%M%SZ}_n{spec.n}"
     states = states_by_position(load_states(ckpt, records)) if spec.probes else None
-    result.update(_select(records, labels, states, spec.seed, out_dir, stem))
-    split_path = write_json_atomic(Path(reports_dir) / f"{stem}_split.json", split)
-    params = {
-        "model": engine.lm.model_id,
-        "model_fingerprint": engine.lm.fingerprint.as_dict(),
-        **result,
-        "model_ref": spec.model_ref,
-        "source": "halluwatch calibrate",
-        "created_utc": now.isoformat().replace("+00:00", "Z"),
-        "task": spec.task,
-        "n": spec.n,
-        "protocol": {**_dataset(spec), "task": spec.task, "split": "train", "split_seed": spec.seed,
-                     "max_tokens": spec.max_tokens, "prompt_format": spec.prompt_format,
-                     "greedy": True, "reductions": "float32", "dtype": engine.lm.dtype},
-        "versions": _versions(),
-        "scores_file": _relative(ckpt, reports_dir),
-        "split_file": _relative(split_path, reports_dir),
-    }
-    return write_json_atomic(Path(out_dir) / f"{stem}.json", params)
+    try:
+        result.update(_select(records, labels, states, spec.seed, out_dir, stem))
+        split_path = write_json_atomic(Path(reports_dir) / f"{stem}_split.json", split)
+        params = {
+            "model": engine.lm.model_id,
+            "model_fingerprint": engine.lm.fingerprint.as_dict(),
+            **result,
+            "model_ref": spec.model_ref,
+            "source": "halluwatch calibrate",
+            "created_utc": now.isoformat().replace("+00:00", "Z"),
+            "task": spec.task,
+            "n": spec.n,
+            "protocol": {**_dataset(spec), "task": spec.task, "split": "train", "split_seed": spec.seed,
+                         "max_tokens": spec.max_tokens, "prompt_format": spec.prompt_format,
+                         "greedy": True, "reductions": "float32", "dtype": engine.lm.dtype},
+            "versions": _versions(),
+            "scores_file": _relative(ckpt, reports_dir),
+            "split_file": _relative(split_path, reports_dir),
+        }
+        return write_json_atomic(Path(out_dir) / f"{stem}.json", params)
+    except BaseException:  # no params file: leave none of its probe files behind either
+        for probe_file in Path(out_dir).glob(f"{stem}_*.npz"):
+            probe_file.unlink(missing_ok=True)
+        raise
 
 
 def evaluate(engine: Engine, params_path: Path, spec: RunSpec, out_dir: Path, reports_dir: Path,
