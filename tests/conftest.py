@@ -12,6 +12,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import tempfile  # noqa: E402
 
 os.environ["HALLUWATCH_HOME"] = tempfile.mkdtemp(prefix="halluwatch-test-home-")
+# Hypothesis (the fuzz test, through schemathesis) keeps its caches there rather than in ./.hypothesis.
+os.environ["HYPOTHESIS_STORAGE_DIRECTORY"] = tempfile.mkdtemp(prefix="halluwatch-test-hypothesis-")
 
 from pathlib import Path  # noqa: E402
 from collections.abc import Callable  # noqa: E402
