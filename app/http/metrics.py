@@ -84,8 +84,9 @@ class _StateCollector:
                                     value=engine.queue_depth)
             yield GaugeMetricFamily("halluwatch_engine_busy", "1 while the engine runs a job",
                                     value=1.0 if engine.busy else 0.0)
+        served = getattr(state, "served", None)
         yield GaugeMetricFamily("halluwatch_params_loaded", "1 when calibrated params are in effect",
-                                value=1.0 if getattr(state, "params", None) is not None else 0.0)
+                                value=1.0 if served is not None and served.params is not None else 0.0)
         jobs = getattr(state, "jobs", None)
         if jobs is not None:
             counts = dict.fromkeys(JOB_STATES, 0)
