@@ -62,7 +62,7 @@ class TopLogprob(BaseModel):
 
 class TraceStep(BaseModel):
     # The wire shape of app.engine.StepRecord.as_dict(), written out for the OpenAPI schema (a
-    # deliberate twin across the HTTP boundary; tests/test_http.py checks that they agree).
+    # deliberate twin across the HTTP boundary; tests/http/test_http.py checks that they agree).
     token_id: int
     text: str
     logprob: float
