@@ -53,8 +53,9 @@ def table(params: dict, reports: dict) -> str:
     main = reports[own]["metrics"]
     length = main.get("answer_length")  # HaluEval only: the judged answer's length
     same = f" {own} test, same-length pairs |" if length else ""
+    kind = "one source" if params["task"] == "answers" else "transfer"  # own answers: a source of the mixture
     head = (f"| detector | what it reads | train CV AUROC ({own}) | {own} test AUROC [95% CI], n = {reports[own]['n']} "
-            f"|{same}" + "".join(f" {t} (transfer), n = {reports[t]['n']} |" for t in others))
+            f"|{same}" + "".join(f" {t} ({kind}), n = {reports[t]['n']} |" for t in others))
     rows = [head, "|---|---|---:|---|" + "---:|" * (len(others) + bool(length))]
     chosen = params["risk"]["detector"]
     for name in params["ranking"]:
