@@ -1,23 +1,15 @@
 """The performance and robustness tables of docs/results.md are generated from the committed bench
 results (bench/results/*.json) and are current; the benches' statistics and results feed them."""
 
-import importlib.util
 import json
 
 import pytest
 
-from support import REPO_ROOT
+from support import REPO_ROOT, load_bench
 
 
-def _bench(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO_ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tables = _bench("tables")
-benchlib = _bench("benchlib")
+tables = load_bench("tables")
+benchlib = load_bench("benchlib")
 RESULTS = REPO_ROOT / "bench" / "results"
 
 
@@ -53,7 +45,7 @@ def test_ratio_spread_and_goal():
 
 
 def test_calibration_speed_pairs_samples_and_keeps_batches_whole():
-    speed = _bench("calibration_speed")
+    speed = load_bench("calibration_speed")
     rows = [{"group": 1, "b": 1.0, "c": 2.0, "a": 20.0}, {"group": 1, "b": 2.0, "c": 2.0},
             {"group": 2, "b": 1.0, "c": 1.0, "a": 5.0}, {"group": 2, "b": 1.0, "c": 3.0}]
     batches = [{"group": 1, "size": 2, "seconds": 1.0}, {"group": 2, "size": 2, "seconds": 4.0}]
@@ -75,7 +67,7 @@ def test_calibration_speed_pairs_samples_and_keeps_batches_whole():
 
 
 def test_a_short_soak_fills_its_table_row(tiny_model_path, tmp_path):
-    fuzz, soak = _bench("fuzz"), _bench("soak")
+    fuzz, soak = load_bench("fuzz"), load_bench("soak")
     with fuzz.serve(tiny_model_path("llama"), tmp_path, max_tokens_limit=4) as (url, _app, engine):
         result = soak.soak(url, engine.lm.config, engine.lm.dtype, n=6, every=2, max_tokens=4, warmup=2,
                            max_slope=1e9, out=lambda *_: None)

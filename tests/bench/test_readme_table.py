@@ -1,13 +1,10 @@
 """The quality table of docs/results.md is generated from the committed params and reports, and is current."""
 
-import importlib.util
 import json
 
-from support import REPO_ROOT
+from support import REPO_ROOT, load_bench
 
-spec = importlib.util.spec_from_file_location("bench_readme_table", REPO_ROOT / "bench" / "readme_table.py")
-readme_table = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(readme_table)
+readme_table = load_bench("readme_table")
 
 
 def _detector(auroc):

@@ -1,23 +1,15 @@
 """Schemathesis fuzz of every route of a live server on the tiny llama: about 100 generated requests
 (bench/fuzz.py's `run_fuzz`; the bench itself sends 1000+)."""
 
-import importlib.util
 
 import pytest
 
 pytest.importorskip("schemathesis")
 
-from support import REPO_ROOT  # noqa: E402
+from support import load_bench  # noqa: E402
 
 
-def _bench(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO_ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-fuzz = _bench("fuzz")
+fuzz = load_bench("fuzz")
 
 TOTAL = 100  # requests, spread over every operation and generation mode (fuzz.examples_for_total)
 

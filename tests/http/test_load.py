@@ -2,20 +2,12 @@
 clean 503/504, every 200 output equals the sequential run of its prompt, the server is healthy after."""
 
 import asyncio
-import importlib.util
 
-from support import REPO_ROOT
-
-
-def _bench(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO_ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from support import load_bench
 
 
-fuzz = _bench("fuzz")  # serve()
-load = _bench("load")
+fuzz = load_bench("fuzz")  # serve()
+load = load_bench("load")
 
 CLIENTS, REQUESTS, MAX_TOKENS = 8, 2, 6
 
