@@ -94,7 +94,7 @@ class JobStore:
 class JobRunner:
     """Runs one calibration job at a time on its own thread."""
 
-    def __init__(self, store: JobStore, engine: Engine, settings, on_activated: Callable[[Path], None]):
+    def __init__(self, store: JobStore, engine: Engine, settings, on_activated: Callable[[], None]):
         self.store, self.engine, self.settings = store, engine, settings
         self.on_activated = on_activated
         self._lock = threading.Lock()
@@ -154,7 +154,7 @@ class JobRunner:
                       "risk": params.get("risk"), "probe": params.get("probe")}
             if request.get("activate"):
                 activate(self.settings.state_dir, path, f"calibration job {job_id}")
-                self.on_activated(path)
+                self.on_activated()
             self.store.update(job_id, status="succeeded", result=result, eta_s=0)
         except Cancelled:
             self.store.update(job_id, status="interrupted" if self._stopping else "cancelled")

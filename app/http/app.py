@@ -5,7 +5,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from ..calibration.background import JobRunner, JobStore
-from ..calibration.params import Served, check_model, load_params, resolve
+from ..calibration.params import Served, resolve
 from ..engine import Engine
 from ..settings import Settings
 from .metrics import install_metrics
@@ -38,12 +38,8 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     app.state.streams = 0  # streaming responses in progress
     serve_params(app, resolve(settings, engine.lm.fingerprint))
 
-    def activated(path) -> None:  # a job activated its params: serve them from the next request on
-        params = load_params(path)
-        check_model(params, engine.lm.fingerprint)
-        serve_params(app, Served(params, None, "active", app.state.served.skipped,
-                                 tuple(p for p in app.state.served.calibrations
-                                       if p.data.get("task") != params.data.get("task"))))
+    def activated() -> None:  # a job activated its params: serve what a restart would, from the next request
+        serve_params(app, resolve(settings, engine.lm.fingerprint))
 
     store = JobStore(settings.state_dir / "jobs.sqlite3")
     store.mark_interrupted()
