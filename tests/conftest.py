@@ -39,9 +39,7 @@ def tiny_model_path(tmp_path_factory) -> Callable[..., Path]:
 @pytest.fixture(scope="module")
 def engine(tiny_model_path):
     """An engine over the tiny llama; modules that need another model or settings define their own."""
-    from app.engine import Engine
+    from support.engines import running_engine
 
-    e = Engine(str(tiny_model_path("llama")), precision="native")
-    e.start()
-    yield e
-    e.stop()
+    with running_engine(tiny_model_path("llama")) as e:
+        yield e

@@ -7,8 +7,8 @@ import pytest
 
 from app.calibration.scoring import RunSpec, checkpoint_path, read_checkpoint, score_all
 from app.engine import Cancelled
-from app.engine import Engine
 from app.calibration.halueval import load_samples
+from support.engines import running_engine
 from support.qa_data import write_qa
 
 FIELDS = ("hbar_s", "pri", "pfail_max")
@@ -16,10 +16,8 @@ FIELDS = ("hbar_s", "pri", "pfail_max")
 
 @pytest.fixture(scope="module", params=["llama", "llama_sliding"])  # shared-prefix KV copies; rotating caches
 def engine(tiny_model_path, request):
-    e = Engine(str(tiny_model_path(request.param)), precision="native")
-    e.start()
-    yield e
-    e.stop()
+    with running_engine(tiny_model_path(request.param)) as e:
+        yield e
 
 
 @pytest.fixture(scope="module")

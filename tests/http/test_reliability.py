@@ -14,6 +14,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from support import REPO_ROOT
+from support.engines import running_engine
 from support.live_server import free_port, live_server
 
 from app.engine import Engine, GenerationJob
@@ -26,10 +27,8 @@ KEY = "s3cret-key"
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_path):
-    e = Engine(str(tiny_model_path("llama")), precision="native", queue_depth=2)
-    e.start()
-    yield e
-    e.stop()
+    with running_engine(tiny_model_path("llama"), queue_depth=2) as e:
+        yield e
 
 
 def _settings(tmp_path, **kw):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from app.engine import Engine
+from support.engines import running_engine
 from app.http.app import create_app
 from app.settings import Settings
 
@@ -29,10 +29,8 @@ def _assert_same(gen: dict, scored: dict):
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_path):
-    e = Engine(str(tiny_model_path("qwen2")), precision="native")
-    e.start()
-    yield e
-    e.stop()
+    with running_engine(tiny_model_path("qwen2")) as e:
+        yield e
 
 
 def test_perturbed_response_scores_higher_surprise(tiny, tmp_path):
@@ -62,10 +60,8 @@ def test_bad_input(tiny, tmp_path, body, field):
 
 @pytest.fixture(scope="module")
 def default_engine():
-    e = Engine("default")
-    e.start()
-    yield e
-    e.stop()
+    with running_engine("default", precision="auto") as e:
+        yield e
 
 
 @pytest.mark.parametrize("case", ["eos", "length"])
