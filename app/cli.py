@@ -31,7 +31,7 @@ def _calibrations(settings: Settings, engine, name: str | None) -> tuple:
 
     try:
         served = resolve(settings, engine.lm.fingerprint)
-        return (served.calibrations if name is None else (served.named(name),)), served.reason
+        return served.choose(name), served.reason
     except ParamsError as e:
         sys.exit(f"halluwatch: {e}")
     except KeyError as e:

@@ -185,6 +185,10 @@ class Served:
         """Every calibration a request may be assessed by, the default first."""
         return (self.params, *self.others) if self.params is not None else ()
 
+    def choose(self, name: str | None) -> tuple:
+        """The calibrations that may assess a request: all of them, or the one it names (KeyError)."""
+        return self.calibrations if name is None else (self.named(name),)
+
     def named(self, name: str) -> Params:
         """The calibration called `name` (its task, e.g. "answers" or "qa", or its file name or
         stem); KeyError listing the names otherwise."""

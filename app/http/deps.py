@@ -11,10 +11,7 @@ def unprocessable(field: str, message: str) -> HTTPException:
 def calibrations(request: Request, name: str | None) -> tuple:
     """The calibrations that may assess this request (fixed for it): every one the model carries,
     or the one it names (422 naming `calibration` when none is called so)."""
-    served = request.app.state.served
-    if name is None:
-        return served.calibrations
     try:
-        return (served.named(name),)
+        return request.app.state.served.choose(name)
     except KeyError as e:
         raise unprocessable("calibration", e.args[0]) from None

@@ -113,7 +113,7 @@ def _start(request: Request, req, prompt: str | None, messages: list | None):
     cutoff = (req.pfail_cutoff or settings.pfail_cutoff) if req.halt_on_pfail else None
     sampling = req.sampling
     try:  # fixed for this request
-        chosen = state.served.calibrations if req.calibration is None else (state.served.named(req.calibration),)
+        chosen = state.served.choose(req.calibration)
     except KeyError as e:
         raise OpenAIError(400, e.args[0], param="calibration") from None
     job = GenerationJob(ids, max_tokens, req.n_top, cutoff,
