@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     pfail_tau: float = Field(2.0, description="τ of P_fail (prototype default)")
     pfail_lambda: float = Field(5.0, description="λ of P_fail (prototype default)")
     pfail_cutoff: float = Field(0.85, gt=0, lt=1, description="default cutoff for halt_on_pfail")
+    flag_risk: float = Field(0.5, gt=0, lt=1,
+                             description="a response whose risk probability is at least this is flagged")
 
     @model_validator(mode="after")
     def _default_within_limit(self):

@@ -1,0 +1,1 @@
+"""Production monitoring: which responses are flagged, the response log, drift, feedback."""
