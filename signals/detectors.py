@@ -10,7 +10,10 @@ also carries the fitted Probe under "probe", which the caller saves and removes)
 """
 
 import numpy as np
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import GridSearchCV
+from sklearn.preprocessing import StandardScaler
 
 from signals.probe import POSITIONS, fit_probe
 from signals.statistics import fit_joint, joint_logit
@@ -68,6 +71,42 @@ class Joint:
         return self.reads
 
 
+class ScoresModel:
+    """A logistic model on every response score at once (ℏₛ, PRI, surprise, entropy, probability:
+    the single features read from the response's scores), standardised, L2 with C chosen by inner
+    CV. Its score is the model's logit; its entry holds everything needed to compute it."""
+
+    name, reads, seed = "scores_model", "logistic on all response scores", False
+    CS = (0.01, 0.1, 1.0, 10.0)
+
+    @property
+    def inputs(self) -> tuple:
+        return tuple(f.name for f in FEATURES if f.source == "scores")
+
+    def available(self, features: dict, states: dict) -> bool:
+        return all(name in features for name in self.inputs)
+
+    def fit(self, features: dict, labels: np.ndarray, states: dict, seed: int) -> dict:
+        x = self._matrix(features)
+        scaler = StandardScaler().fit(x)
+        search = GridSearchCV(LogisticRegression(max_iter=5000), {"C": list(self.CS)}, cv=5, scoring="roc_auc")
+        model = search.fit(scaler.transform(x), labels).best_estimator_
+        return {"inputs": list(self.inputs), "mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist(),
+                "coef": model.coef_[0].tolist(), "intercept": float(model.intercept_[0]), "C": float(model.C)}
+
+    def score(self, entry: dict, features: dict, joint_weights: dict | None = None) -> np.ndarray:
+        x = self._matrix(features, entry["inputs"])
+        return ((x - np.asarray(entry["mean"])) / np.asarray(entry["scale"])) @ np.asarray(entry["coef"]) \
+            + entry["intercept"]
+
+    def _matrix(self, features: dict, inputs=None) -> np.ndarray:
+        return np.stack([np.asarray(features[name], dtype=float) for name in (inputs or self.inputs)], axis=-1)
+
+    def describe(self, entry: dict) -> str:
+        weights = ", ".join(f"{n} {c:+.2f}" for n, c in zip(entry["inputs"], entry["coef"]))
+        return f"{self.reads} (standardised weights: {weights})"
+
+
 class LinearProbe:
     """A linear probe (signals/probe.py) on the block outputs at one position; block and C chosen
     by inner CV. Its feature is the probe's logit, computed by whoever holds the states."""
@@ -110,8 +149,8 @@ FEATURES = (
     Feature("verdict_p_yes", "verdict", "p_yes", "step-0 probability of \"Yes\""),
 )
 PROBES = tuple(LinearProbe(position) for position in POSITIONS)
-# In ranking order for ties: single features first, then the joint model, then the probes.
-REGISTRY = {d.name: d for d in (*FEATURES, Joint(), *PROBES)}
+# In ranking order for ties: single features first, then the joint model, the scores model, then the probes.
+REGISTRY = {d.name: d for d in (*FEATURES, Joint(), ScoresModel(), *PROBES)}
 
 
 def get(name: str):

@@ -52,25 +52,45 @@ def too_few(labels) -> str | None:
     return None
 
 
-def select_detectors(features: dict, labels, states: dict | None = None, seed: int = 42) -> dict:
+def _strata(labels: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
+    """What the folds are stratified on: the label, within each source when there are sources."""
+    return labels if groups is None else np.char.add(groups.astype(str), labels.astype(str))
+
+
+def within_source_auroc(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float | None:
+    """Mean over sources of the AUROC within each source (sources holding both classes), or None
+    when fewer than two sources do. A detector that only tells the sources apart (a harder source
+    has more wrong answers) scores 0.5 here, however well it does on the pooled samples."""
+    per_source = [roc_auc_score(labels[groups == g], scores[groups == g]) for g in np.unique(groups)
+                  if len(np.unique(labels[groups == g])) == 2]
+    return float(np.mean(per_source)) if len(per_source) >= 2 else None
+
+
+def select_detectors(features: dict, labels, states: dict | None = None, seed: int = 42, groups=None) -> dict:
     """Rank every detector by cross-validated AUROC on these (training) samples; Platt-scale the best.
 
     features: name → one value per sample (must hold "hbar" and "pri"); states: position → block
-    outputs (n, L, D), one probe per position. Each detector is fitted (oriented, for a single
-    feature; layer and C chosen by inner CV, for a probe) on the training part of every one of
-    `CV_FOLDS` stratified folds (shuffled with `seed`) and scored on the rest, so a probe's layer
-    choice is inside the CV. The best mean fold AUROC wins (ties: the earlier detector; single
-    features first, then "joint", then probes), and its out-of-fold scores fit the Platt scaling.
+    outputs (n, L, D), one probe per position; groups: each sample's source, when the samples come
+    from several. Each detector is fitted (oriented, for a single feature; layer and C chosen by
+    inner CV, for a probe) on the training part of every one of `CV_FOLDS` folds (stratified by
+    label within source, shuffled with `seed`) and scored on the rest, so a probe's layer choice is
+    inside the CV. Detectors are ranked by their selection AUROC: with samples of two or more
+    sources, the within-source AUROC of their out-of-fold scores (`within_source_auroc`), so that
+    recognising a source does not count; else the mean fold AUROC. Ties go to the earlier detector
+    (single features first, then "joint", the scores model, then probes); the best one's
+    out-of-fold scores fit the Platt scaling.
     Returns {"detectors": {name: entry}, "ranking": [names], "risk": {"detector", "a", "b",
-    "cv_auroc"}, "probes": {position: Probe fitted on all samples}}.
+    "cv_auroc", "selection_auroc", "selected_by"}, "probes": {position: Probe fitted on all samples}}.
     """
     labels = np.asarray(labels).ravel().astype(int)
     if (reason := too_few(labels)) is not None:
         raise ValueError(reason)
+    groups = None if groups is None else np.asarray(groups)
     states = states or {}
     features = {k: np.asarray(v, dtype=float) for k, v in features.items()}
     names = [name for name, d in registry.REGISTRY.items() if d.available(features, states)]
-    folds = StratifiedKFold(CV_FOLDS, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels)
+    folds = StratifiedKFold(CV_FOLDS, shuffle=True, random_state=seed).split(np.zeros(len(labels)),
+                                                                            _strata(labels, groups))
     oof = {name: np.empty(len(labels)) for name in names}
     fold_auroc = {name: [] for name in names}
     for train, test in folds:
@@ -81,26 +101,31 @@ def select_detectors(features: dict, labels, states: dict | None = None, seed: i
             score = _fitted_score(detector, detector.fit(part[0], labels[train], part[1], seed), *rest)
             oof[name][test] = score
             fold_auroc[name].append(float(roc_auc_score(labels[test], score)))
+    within = {name: None if groups is None else within_source_auroc(oof[name], labels, groups) for name in names}
+    by_source = all(v is not None for v in within.values())
     detectors, probes = {}, {}
     for name in names:
         fitted = registry.get(name).fit(features, labels, states, seed)
         if "probe" in fitted:
             probes[registry.get(name).position] = fitted.pop("probe")
         fitted.pop("weights", None)  # the joint model's weights are the params' joint_model_weights
-        detectors[name] = {**fitted, "cv_auroc": float(np.mean(fold_auroc[name])),
-                           "cv_auroc_folds": fold_auroc[name]}
-    ranking = sorted(names, key=lambda n: -detectors[n]["cv_auroc"])  # stable: ties keep their order
+        cv = float(np.mean(fold_auroc[name]))
+        detectors[name] = {**fitted, "cv_auroc": cv, "cv_auroc_folds": fold_auroc[name],
+                           "cv_auroc_within_source": within[name],
+                           "selection_auroc": within[name] if by_source else cv}
+    ranking = sorted(names, key=lambda n: -detectors[n]["selection_auroc"])  # stable: ties keep their order
     best = ranking[0]
     platt = LogisticRegression(C=PLATT_C, max_iter=10_000).fit(oof[best][:, None], labels)
     risk = {"detector": best, "a": float(platt.coef_[0, 0]), "b": float(platt.intercept_[0]),
-            "cv_auroc": detectors[best]["cv_auroc"]}
+            "cv_auroc": detectors[best]["cv_auroc"], "selection_auroc": detectors[best]["selection_auroc"],
+            "selected_by": "within-source CV AUROC" if by_source else "CV AUROC"}
     return {"detectors": detectors, "ranking": ranking, "risk": risk, "probes": probes}
 
 
 def detector_scores(features: dict, params: dict) -> dict:
     """The score of every detector of the params that `features` can score, in ranking order."""
     return {name: detector_score(name, features, params["detectors"], params["joint_model_weights"])
-            for name in params["ranking"] if name == "joint" or name in features}
+            for name in params["ranking"] if registry.get(name).available(features, {})}
 
 
 def evaluate_detectors(scores: dict, labels, params: dict, n_boot: int = 1000, seed: int = 42) -> dict:

@@ -51,8 +51,9 @@ class Params:
     def risk(self, scores: dict, verdict: dict, probe_logit: float | None,
              probe_in_distribution: bool | None = None) -> dict | None:
         """The response's `risk`: the selected detector's Platt-scaled probability (None without a
-        selection in these params, or without the probe logit a probe detector needs), and for a
-        probe whether its input lies within the training states' range."""
+        selection in these params, or without the probe logit a probe detector needs), and whether
+        the request lies within the range of the calibration's training states (by its probe's
+        distance, whichever detector gives the risk; None when the params have no probe)."""
         risk = self.data.get("risk")
         if not risk:
             return None
@@ -66,7 +67,7 @@ class Params:
         score = selection.detector_score(name, feats, self.data["detectors"], self.data["joint_model_weights"])
         return {"probability": float(selection.risk_probability(score, risk)), "detector": name,
                 "task": self.data.get("task"),
-                "in_distribution": probe_in_distribution if detectors.is_probe(name) else None}
+                "in_distribution": probe_in_distribution}
 
 
 def load_params(path: Path) -> Params:

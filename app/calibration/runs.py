@@ -46,7 +46,8 @@ def _select(records: list, labels: np.ndarray, states: dict | None, seed: int, o
     if (reason := selection.too_few(labels)) is not None:
         return {"selection_skipped": reason}
     with threadpool_limits(1):  # many small fits: one BLAS thread each is several times faster
-        chosen = selection.select_detectors(_features(records), labels, states, seed)
+        chosen = selection.select_detectors(_features(records), labels, states, seed,
+                                            groups=[r["task"] for r in records])  # the source of each sample
     for position, probe in chosen["probes"].items():
         name = detectors.probe_for(position).name
         path = Path(out_dir) / f"{stem}_{name}.npz"

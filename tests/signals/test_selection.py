@@ -1,12 +1,14 @@
 """Detector selection: CV ranking on train only, probes inside the CV, Platt-scaled risk, held-out check."""
 
+import json
+
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from signals.detectors import features
+from signals.detectors import FEATURES, ScoresModel, features
 from signals.selection import (detector_score, detector_scores, evaluate_detectors, risk_probability, select_detectors,
-                               too_few)
+                               too_few, within_source_auroc)
 
 N = 120
 
@@ -93,3 +95,55 @@ def test_features_read_response_scores_and_the_verdict():
     got = features(scores, {"p_yes": 0.2, "p_no": 0.7})
     assert got == {"hbar": 1.0, "pri": 2.0, "surprise_mean": 3.0, "surprise_max": 4.0, "entropy_mean": 5.0,
                    "entropy_max": 6.0, "prob_min": 0.1, "verdict_p_no": 0.7, "verdict_p_yes": 0.2}
+
+
+def _sources(seed: int = 0):
+    """Two sources of 160 samples: in `hard` 80% of answers are wrong, in `easy` 20%. Feature
+    `source_only` tells the sources apart and nothing else; `within` ranks answers inside each
+    source (weakly) and carries no trace of the source."""
+    rng = np.random.default_rng(seed)
+    groups = np.repeat(["hard", "easy"], 160)
+    labels = np.concatenate([rng.random(160) < 0.8, rng.random(160) < 0.2]).astype(int)
+    feats = {"hbar": rng.normal(size=320), "pri": rng.normal(size=320),
+             "entropy_max": (groups == "hard") + 0.05 * rng.normal(size=320),  # the source, nothing else
+             "surprise_max": rng.normal(size=320) + 1.2 * labels}
+    return feats, labels, groups
+
+
+def test_within_source_auroc_ignores_what_only_tells_sources_apart():
+    feats, labels, groups = _sources()
+    assert roc_auc_score(labels, feats["entropy_max"]) > 0.7  # pooled, the source looks informative
+    assert within_source_auroc(feats["entropy_max"], labels, groups) == pytest.approx(0.5, abs=0.1)
+    assert within_source_auroc(feats["surprise_max"], labels, groups) > 0.75
+    assert within_source_auroc(feats["surprise_max"], labels, np.repeat("one", 320)) is None  # one source: none
+
+
+def test_with_sources_the_selection_ranks_within_source():
+    feats, labels, groups = _sources()
+    pooled = select_detectors(feats, labels, None, seed=42)
+    by_source = select_detectors(feats, labels, None, seed=42, groups=groups)
+    assert pooled["risk"]["selected_by"] == "CV AUROC"
+    assert by_source["risk"]["selected_by"] == "within-source CV AUROC"
+    assert by_source["risk"]["detector"] == "surprise_max"
+    entry = by_source["detectors"]["entropy_max"]
+    assert entry["selection_auroc"] == entry["cv_auroc_within_source"] < 0.6 < entry["cv_auroc"]
+    assert by_source["ranking"].index("surprise_max") < by_source["ranking"].index("entropy_max")
+
+
+def test_the_scores_model_combines_every_response_score():
+    rng = np.random.default_rng(3)
+    labels = np.tile([0, 1], 100)
+    names = [f.name for f in FEATURES if f.source == "scores"]
+    feats = {name: rng.normal(size=200) for name in names}
+    feats["pri"] += 0.8 * labels  # two weak signals, each alone worse than both together
+    feats["surprise_mean"] += 0.8 * labels
+    model = ScoresModel()
+    assert model.available(feats, {}) and not model.available({"pri": feats["pri"]}, {})
+    entry = model.fit(feats, labels, {}, seed=42)
+    json.dumps(entry)  # stored as it is in the params
+    score = model.score(entry, feats)
+    assert roc_auc_score(labels, score) > max(roc_auc_score(labels, feats[n]) for n in ("pri", "surprise_mean"))
+    weights = dict(zip(entry["inputs"], entry["coef"]))
+    assert weights["pri"] > 0 and weights["surprise_mean"] > 0
+    one = {name: float(v[7]) for name, v in feats.items()}  # one response at serving time: plain floats
+    assert float(model.score(entry, one)) == pytest.approx(score[7])
