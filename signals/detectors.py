@@ -72,16 +72,17 @@ class Joint:
 
 
 class ScoresModel:
-    """A logistic model on every response score at once (ℏₛ, PRI, surprise, entropy, probability:
-    the single features read from the response's scores), standardised, L2 with C chosen by inner
-    CV. Its score is the model's logit; its entry holds everything needed to compute it."""
+    """A logistic model on every response score at once (ℏₛ, PRI, mean and max surprise, mean and
+    max entropy: the single features read from the response's scores), standardised, L2 with C
+    chosen by inner CV. Its score is the model's logit; its entry holds everything needed to compute it."""
 
     name, reads, seed = "scores_model", "logistic on all response scores", False
     CS = (0.01, 0.1, 1.0, 10.0)
 
     @property
     def inputs(self) -> tuple:
-        return tuple(f.name for f in FEATURES if f.source == "scores")
+        # prob_min is left out: it is exp(−surprise_max), the same signal counted twice
+        return tuple(f.name for f in FEATURES if f.source == "scores" and f.name != "prob_min")
 
     def available(self, features: dict, states: dict) -> bool:
         return all(name in features for name in self.inputs)

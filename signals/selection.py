@@ -52,45 +52,68 @@ def too_few(labels) -> str | None:
     return None
 
 
-def _strata(labels: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
-    """What the folds are stratified on: the label, within each source when there are sources."""
-    return labels if groups is None else np.char.add(groups.astype(str), labels.astype(str))
+POOLED = ("scores_model", "joint")  # preferred when the selection cannot tell detectors apart
 
 
-def within_source_auroc(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float | None:
-    """Mean over sources of the AUROC within each source (sources holding both classes), or None
-    when fewer than two sources do. A detector that only tells the sources apart (a harder source
-    has more wrong answers) scores 0.5 here, however well it does on the pooled samples."""
-    per_source = [roc_auc_score(labels[groups == g], scores[groups == g]) for g in np.unique(groups)
-                  if len(np.unique(labels[groups == g])) == 2]
-    return float(np.mean(per_source)) if len(per_source) >= 2 else None
+def one_se_choice(ranking: list, detectors: dict, fold_auroc: dict) -> str:
+    """The one-standard-error rule: of the detectors whose selection AUROC is within one standard
+    error (of the best one's fold AUROCs) of the best, the first pooled model (`POOLED`: it leans on
+    every signal, so no single one failing on new traffic sinks it), else the best."""
+    best = ranking[0]
+    folds = np.asarray(fold_auroc[best])
+    floor = detectors[best]["cv_auroc"] - folds.std(ddof=1) / np.sqrt(len(folds))
+    return next((name for name in POOLED if name in detectors and detectors[name]["cv_auroc"] >= floor), best)
+
+
+def source_folds(labels: np.ndarray, groups) -> list | None:
+    """Leave-one-source-out folds [(train, test)], when the samples come from two or more sources,
+    each holding both classes, and the rest of each is enough to fit on (`too_few`); else None."""
+    if groups is None:
+        return None
+    groups = np.asarray(groups)
+    sources = np.unique(groups)
+    if len(sources) < 2:
+        return None
+    folds = [(np.flatnonzero(groups != g), np.flatnonzero(groups == g)) for g in sources]
+    if any(len(np.unique(labels[test])) < 2 or too_few(labels[train]) for train, test in folds):
+        return None
+    return folds
 
 
 def select_detectors(features: dict, labels, states: dict | None = None, seed: int = 42, groups=None) -> dict:
     """Rank every detector by cross-validated AUROC on these (training) samples; Platt-scale the best.
 
     features: name → one value per sample (must hold "hbar" and "pri"); states: position → block
-    outputs (n, L, D), one probe per position; groups: each sample's source, when the samples come
-    from several. Each detector is fitted (oriented, for a single feature; layer and C chosen by
-    inner CV, for a probe) on the training part of every one of `CV_FOLDS` folds (stratified by
-    label within source, shuffled with `seed`) and scored on the rest, so a probe's layer choice is
-    inside the CV. Detectors are ranked by their selection AUROC: with samples of two or more
-    sources, the within-source AUROC of their out-of-fold scores (`within_source_auroc`), so that
-    recognising a source does not count; else the mean fold AUROC. Ties go to the earlier detector
-    (single features first, then "joint", the scores model, then probes); the best one's
-    out-of-fold scores fit the Platt scaling.
+    outputs (n, L, D), one probe per position; groups: each sample's source, when they come from
+    several. Each detector is fitted (oriented, for a single feature; layer and C chosen by inner
+    CV, for a probe) on the training part of every fold and scored on the rest, so a probe's layer
+    choice is inside the CV. The folds:
+
+    - samples of two or more sources (`source_folds`): leave one source out. Each source is scored
+      by a detector fitted on the others only, and a detector's selection AUROC is the mean over
+      sources of its AUROC on the left-out source: how well it holds on a kind of traffic it was not
+      fitted on (recognising a source earns nothing). Its Platt scaling weighs both classes equally,
+      since the mixture's share of wrong answers says nothing about any traffic;
+    - otherwise: `CV_FOLDS` stratified folds (shuffled with `seed`); the selection AUROC is the mean
+      fold AUROC, and the Platt scaling keeps the training share of each class.
+
+    Detectors are ranked by that AUROC (ties: the earlier detector; single features first, then
+    "joint", the scores model, then probes); `risk` comes from the best one, or from a pooled model
+    within one standard error of it (`one_se_choice`), and its out-of-fold scores fit the Platt
+    scaling.
     Returns {"detectors": {name: entry}, "ranking": [names], "risk": {"detector", "a", "b",
-    "cv_auroc", "selection_auroc", "selected_by"}, "probes": {position: Probe fitted on all samples}}.
+    "cv_auroc", "selected_by", "prior"}, "probes": {position: Probe fitted on all samples}}.
     """
     labels = np.asarray(labels).ravel().astype(int)
     if (reason := too_few(labels)) is not None:
         raise ValueError(reason)
-    groups = None if groups is None else np.asarray(groups)
     states = states or {}
     features = {k: np.asarray(v, dtype=float) for k, v in features.items()}
     names = [name for name, d in registry.REGISTRY.items() if d.available(features, states)]
-    folds = StratifiedKFold(CV_FOLDS, shuffle=True, random_state=seed).split(np.zeros(len(labels)),
-                                                                            _strata(labels, groups))
+    folds = source_folds(labels, groups)
+    by_source = folds is not None
+    if not by_source:
+        folds = StratifiedKFold(CV_FOLDS, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels)
     oof = {name: np.empty(len(labels)) for name in names}
     fold_auroc = {name: [] for name in names}
     for train, test in folds:
@@ -101,24 +124,23 @@ def select_detectors(features: dict, labels, states: dict | None = None, seed: i
             score = _fitted_score(detector, detector.fit(part[0], labels[train], part[1], seed), *rest)
             oof[name][test] = score
             fold_auroc[name].append(float(roc_auc_score(labels[test], score)))
-    within = {name: None if groups is None else within_source_auroc(oof[name], labels, groups) for name in names}
-    by_source = all(v is not None for v in within.values())
     detectors, probes = {}, {}
     for name in names:
         fitted = registry.get(name).fit(features, labels, states, seed)
         if "probe" in fitted:
             probes[registry.get(name).position] = fitted.pop("probe")
         fitted.pop("weights", None)  # the joint model's weights are the params' joint_model_weights
-        cv = float(np.mean(fold_auroc[name]))
-        detectors[name] = {**fitted, "cv_auroc": cv, "cv_auroc_folds": fold_auroc[name],
-                           "cv_auroc_within_source": within[name],
-                           "selection_auroc": within[name] if by_source else cv}
-    ranking = sorted(names, key=lambda n: -detectors[n]["selection_auroc"])  # stable: ties keep their order
-    best = ranking[0]
-    platt = LogisticRegression(C=PLATT_C, max_iter=10_000).fit(oof[best][:, None], labels)
+        detectors[name] = {**fitted, "cv_auroc": float(np.mean(fold_auroc[name])), "cv_auroc_folds": fold_auroc[name]}
+        if by_source:
+            detectors[name]["cv_auroc_by_source"] = dict(zip(np.unique(groups).tolist(), fold_auroc[name]))
+    ranking = sorted(names, key=lambda n: -detectors[n]["cv_auroc"])  # stable: ties keep their order
+    best = one_se_choice(ranking, detectors, fold_auroc)
+    platt = LogisticRegression(C=PLATT_C, max_iter=10_000, class_weight="balanced" if by_source else None)
+    platt.fit(oof[best][:, None], labels)
     risk = {"detector": best, "a": float(platt.coef_[0, 0]), "b": float(platt.intercept_[0]),
-            "cv_auroc": detectors[best]["cv_auroc"], "selection_auroc": detectors[best]["selection_auroc"],
-            "selected_by": "within-source CV AUROC" if by_source else "CV AUROC"}
+            "cv_auroc": detectors[best]["cv_auroc"],
+            "selected_by": "leave-one-source-out AUROC" if by_source else "CV AUROC",
+            "prior": 0.5 if by_source else float(labels.mean())}
     return {"detectors": detectors, "ranking": ranking, "risk": risk, "probes": probes}
 
 

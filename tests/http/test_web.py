@@ -137,6 +137,7 @@ def _check_done(pg, expected: dict) -> None:
         assert pg.inner_text("#risk") == "— (no detector selected in the params)"
     else:
         assert pg.inner_text("#risk").startswith(f"{expected['risk']['probability']:.3f} P(hallucinated)")
+        assert expected["risk"]["calibration"] in pg.inner_text("#risk")  # which calibration assessed it
     title = spans.first.get_attribute("title")  # the tooltip holds the full trace entry
     assert "PRI" in title and "ℏₛ" in title and "logprob" in title
 
@@ -146,6 +147,10 @@ def test_generate_streams_tokens_and_results(page, server):
     page.goto(base + "/")
     page.wait_for_selector("#model-info .model-id")
     assert "τ_PRI 4.00" in page.inner_text("#model-info")
+    tasks = [c["task"] for c in httpx.get(base + "/model").json()["calibrations"]]
+    shown = page.inner_text("#model-info .calibrations")  # every loaded calibration, by its traffic
+    assert shown == "calibrations: " + ", ".join("own chat answers" if t == "answers" else f"HaluEval {t} judgment"
+                                                 for t in tasks)
     assert "τ = 4.00" in page.inner_text("#legend")  # the colour scale comes with numbers
     page.fill("#prompt", PROMPT)
     page.fill("#max-tokens", "12")

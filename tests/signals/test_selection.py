@@ -8,7 +8,7 @@ from sklearn.metrics import roc_auc_score
 
 from signals.detectors import FEATURES, ScoresModel, features
 from signals.selection import (detector_score, detector_scores, evaluate_detectors, risk_probability, select_detectors,
-                               too_few, within_source_auroc)
+                               one_se_choice, source_folds, too_few)
 
 N = 120
 
@@ -110,24 +110,31 @@ def _sources(seed: int = 0):
     return feats, labels, groups
 
 
-def test_within_source_auroc_ignores_what_only_tells_sources_apart():
+def test_sources_are_left_out_in_turn_when_each_can_be():
     feats, labels, groups = _sources()
-    assert roc_auc_score(labels, feats["entropy_max"]) > 0.7  # pooled, the source looks informative
-    assert within_source_auroc(feats["entropy_max"], labels, groups) == pytest.approx(0.5, abs=0.1)
-    assert within_source_auroc(feats["surprise_max"], labels, groups) > 0.75
-    assert within_source_auroc(feats["surprise_max"], labels, np.repeat("one", 320)) is None  # one source: none
+    folds = source_folds(labels, groups)
+    assert [sorted(set(groups[test])) for _, test in folds] == [["easy"], ["hard"]]
+    assert all(set(groups[train]).isdisjoint(groups[test]) for train, test in folds)
+    assert source_folds(labels, None) is None and source_folds(labels, np.repeat("one", 320)) is None
+    one_class = labels.copy()
+    one_class[groups == "easy"] = 1  # a source holding one class cannot be scored by AUROC
+    assert source_folds(one_class, groups) is None
 
 
-def test_with_sources_the_selection_ranks_within_source():
+def test_with_sources_the_selection_ranks_by_transfer_to_the_left_out_source():
     feats, labels, groups = _sources()
     pooled = select_detectors(feats, labels, None, seed=42)
     by_source = select_detectors(feats, labels, None, seed=42, groups=groups)
-    assert pooled["risk"]["selected_by"] == "CV AUROC"
-    assert by_source["risk"]["selected_by"] == "within-source CV AUROC"
+    assert pooled["risk"]["selected_by"] == "CV AUROC" and pooled["risk"]["prior"] == pytest.approx(labels.mean())
+    assert by_source["risk"]["selected_by"] == "leave-one-source-out AUROC" and by_source["risk"]["prior"] == 0.5
+    # pooled, telling the sources apart looks informative; left out, a source is told apart from nothing
+    assert pooled["detectors"]["entropy_max"]["cv_auroc"] > 0.7
+    assert by_source["detectors"]["entropy_max"]["cv_auroc"] < 0.6
+    assert set(by_source["detectors"]["entropy_max"]["cv_auroc_by_source"]) == {"easy", "hard"}
     assert by_source["risk"]["detector"] == "surprise_max"
-    entry = by_source["detectors"]["entropy_max"]
-    assert entry["selection_auroc"] == entry["cv_auroc_within_source"] < 0.6 < entry["cv_auroc"]
-    assert by_source["ranking"].index("surprise_max") < by_source["ranking"].index("entropy_max")
+    # Platt scaling at an even prior: the risk of the average answer is near one half, not the mixture's share
+    p = risk_probability(detector_score("surprise_max", feats, by_source["detectors"], {}), by_source["risk"])
+    assert abs(np.mean(p) - 0.5) < 0.1
 
 
 def test_the_scores_model_combines_every_response_score():
@@ -147,3 +154,15 @@ def test_the_scores_model_combines_every_response_score():
     assert weights["pri"] > 0 and weights["surprise_mean"] > 0
     one = {name: float(v[7]) for name, v in feats.items()}  # one response at serving time: plain floats
     assert float(model.score(entry, one)) == pytest.approx(score[7])
+
+
+def test_a_pooled_model_within_one_standard_error_of_the_best_gives_the_risk():
+    folds = {"surprise_max": [0.70, 0.52, 0.76], "scores_model": [0.70, 0.53, 0.70], "probe_prompt_end": [0.5] * 3}
+    detectors = {name: {"cv_auroc": float(np.mean(f))} for name, f in folds.items()}
+    ranking = sorted(folds, key=lambda n: -detectors[n]["cv_auroc"])
+    assert ranking[0] == "surprise_max" and one_se_choice(ranking, detectors, folds) == "scores_model"
+    folds["surprise_max"] = [0.80, 0.81, 0.80]  # clearly better than the pooled model: the best one stays
+    detectors["surprise_max"]["cv_auroc"] = float(np.mean(folds["surprise_max"]))
+    assert one_se_choice(ranking, detectors, folds) == "surprise_max"
+    del detectors["scores_model"]  # not available (e.g. a response score missing): the best one
+    assert one_se_choice(["surprise_max", "probe_prompt_end"], detectors, folds) == "surprise_max"

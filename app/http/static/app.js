@@ -120,14 +120,22 @@ async function loadModel() {
   stopIds = new Set(m.stop_token_ids || []);
   box.replaceChildren(el("span", "model-id", m.id), el("span", "muted", ` · ${m.dtype} · ${m.layers} layers · `));
   if (params) {
-    box.append(el("span", "", `τ_ℏ ${fmt(params.tau_hbar, 2)} · τ_PRI ${fmt(params.tau_pri, 2)}`));
-    box.title = `calibrated params: ${params.path} (${params.source || "unknown source"})`;
+    const names = (m.calibrations || []).map((c) => trafficOf(c.task));
+    box.append(el("span", "", `τ_ℏ ${fmt(params.tau_hbar, 2)} · τ_PRI ${fmt(params.tau_pri, 2)} · `),
+               el("span", "calibrations", `calibrations: ${names.join(", ")}`));
+    box.title = (m.calibrations || []).map((c) => `${trafficOf(c.task)}: ${c.path}`).join("\n")
+      + `\n(default: ${params.path}, ${m.params_source || "unknown source"})`;
   } else {
     box.append(el("span", "badge warn", "uncalibrated"));
     box.title = m.params_reason || "no calibrated params";
   }
   recolour();
   drawChart();
+}
+
+// What traffic a calibration was fitted on, from its task.
+function trafficOf(task) {
+  return task === "answers" ? "own chat answers" : `HaluEval ${task} judgment`;
 }
 
 // The scale of a signal: 0..2τ with the threshold τ in the middle, or 0..3 without params.
@@ -367,8 +375,9 @@ function showResult(r) {
     : r.quadrant_reason || "";
   $("result").dataset.quadrant = q ? q.name : "";
   $("risk").textContent = r.risk
-    ? `${fmt(r.risk.probability, 3)} P(hallucinated), from ${r.risk.detector} (calibrated on HaluEval ${r.risk.task})`
-      + (r.risk.in_distribution === false ? " ⚠ outside the probe's training range: not meaningful here" : "")
+    ? `${fmt(r.risk.probability, 3)} P(hallucinated), from ${r.risk.detector} of the calibration on `
+      + `${trafficOf(r.risk.task)} (${r.risk.calibration})`
+      + (r.risk.in_distribution === false ? " ⚠ outside that calibration's training range: not meaningful here" : "")
     : "— (no detector selected in the params)";
   $("finish-reason").textContent = `${r.finish_reason} (${FINISH[r.finish_reason] || "?"})`;
   $("score-hbar").textContent = fmt(sc.hbar_s) + (flags("hbar_s", sc.hbar_s) ? " ⚑ flags (≤ τ_ℏ)" : "");
