@@ -46,7 +46,8 @@ def test_params_hold_the_ranked_detectors_and_checksummed_probes(engine, calibra
     assert set(params["ranking"]) == names == set(params["detectors"])
     cv = [params["detectors"][n]["cv_auroc"] for n in params["ranking"]]
     assert cv == sorted(cv, reverse=True)
-    assert params["risk"]["detector"] == params["ranking"][0]
+    assert params["risk"]["detector"] == selection.one_se_choice(
+        params["ranking"], params["detectors"], {n: d["cv_auroc_folds"] for n, d in params["detectors"].items()})
     assert params["probe"] in POSITIONS
     assert params["ranking"].index(f"probe_{params['probe']}") < params["ranking"].index(
         f"probe_{({*POSITIONS} - {params['probe']}).pop()}")
