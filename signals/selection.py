@@ -65,6 +65,26 @@ def one_se_choice(ranking: list, detectors: dict, fold_auroc: dict) -> str:
     return next((name for name in POOLED if name in detectors and detectors[name]["cv_auroc"] >= floor), best)
 
 
+def _stratified(labels: np.ndarray, seed: int) -> list:
+    return list(StratifiedKFold(CV_FOLDS, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels))
+
+
+def _cross_scores(names: list, features: dict, states: dict, labels: np.ndarray, folds: list, seed: int) -> tuple:
+    """Each detector fitted on the training part of every fold and scored on the rest: its
+    out-of-fold scores and its AUROC per fold."""
+    oof = {name: np.empty(len(labels)) for name in names}
+    fold_auroc = {name: [] for name in names}
+    for train, test in folds:
+        part = {k: v[train] for k, v in features.items()}, {k: v[train] for k, v in states.items()}
+        rest = {k: v[test] for k, v in features.items()}, {k: v[test] for k, v in states.items()}
+        for name in names:
+            detector = registry.get(name)
+            score = _fitted_score(detector, detector.fit(part[0], labels[train], part[1], seed), *rest)
+            oof[name][test] = score
+            fold_auroc[name].append(float(roc_auc_score(labels[test], score)))
+    return oof, fold_auroc
+
+
 def source_folds(labels: np.ndarray, groups) -> list | None:
     """Leave-one-source-out folds [(train, test)], when the samples come from two or more sources,
     each holding both classes, and the rest of each is enough to fit on (`too_few`); else None."""
@@ -100,7 +120,7 @@ def select_detectors(features: dict, labels, states: dict | None = None, seed: i
     Detectors are ranked by that AUROC (ties: the earlier detector; single features first, then
     "joint", the scores model, then probes); `risk` comes from the best one, or from a pooled model
     within one standard error of it (`one_se_choice`), and its out-of-fold scores fit the Platt
-    scaling.
+    scaling (with sources left out, those of stratified folds: one fit's scores, on one scale).
     Returns {"detectors": {name: entry}, "ranking": [names], "risk": {"detector", "a", "b",
     "cv_auroc", "selected_by", "prior"}, "probes": {position: Probe fitted on all samples}}.
     """
@@ -112,18 +132,7 @@ def select_detectors(features: dict, labels, states: dict | None = None, seed: i
     names = [name for name, d in registry.REGISTRY.items() if d.available(features, states)]
     folds = source_folds(labels, groups)
     by_source = folds is not None
-    if not by_source:
-        folds = StratifiedKFold(CV_FOLDS, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels)
-    oof = {name: np.empty(len(labels)) for name in names}
-    fold_auroc = {name: [] for name in names}
-    for train, test in folds:
-        part = {k: v[train] for k, v in features.items()}, {k: v[train] for k, v in states.items()}
-        rest = {k: v[test] for k, v in features.items()}, {k: v[test] for k, v in states.items()}
-        for name in names:
-            detector = registry.get(name)
-            score = _fitted_score(detector, detector.fit(part[0], labels[train], part[1], seed), *rest)
-            oof[name][test] = score
-            fold_auroc[name].append(float(roc_auc_score(labels[test], score)))
+    oof, fold_auroc = _cross_scores(names, features, states, labels, folds or _stratified(labels, seed), seed)
     detectors, probes = {}, {}
     for name in names:
         fitted = registry.get(name).fit(features, labels, states, seed)
@@ -135,6 +144,8 @@ def select_detectors(features: dict, labels, states: dict | None = None, seed: i
             detectors[name]["cv_auroc_by_source"] = dict(zip(np.unique(groups).tolist(), fold_auroc[name]))
     ranking = sorted(names, key=lambda n: -detectors[n]["cv_auroc"])  # stable: ties keep their order
     best = one_se_choice(ranking, detectors, fold_auroc)
+    if by_source:  # scores of models fitted on different sources are not on one scale: Platt needs one fit's
+        oof = _cross_scores([best], features, states, labels, _stratified(labels, seed), seed)[0]
     platt = LogisticRegression(C=PLATT_C, max_iter=10_000, class_weight="balanced" if by_source else None)
     platt.fit(oof[best][:, None], labels)
     risk = {"detector": best, "a": float(platt.coef_[0, 0]), "b": float(platt.intercept_[0]),
