@@ -60,8 +60,8 @@ def cell(params: dict, params_dir: Path, records: list, states: dict, n_boot: in
     found = selection.evaluate_detectors(scores, labels, params, n_boot=n_boot, seed=seed)
     chosen, baseline = params["risk"]["detector"], _baseline(params)
     inside = None
-    if detectors.is_probe(chosen):
-        probe = probes[detectors.get(chosen).position]
+    if params.get("probe") in probes:  # the calibration's range, read by its probe, whichever detector gives the risk
+        probe = probes[params["probe"]]
         inside = float(np.mean(probe.distance(states[probe.position]) <= probe.distance_limit))
     return {"detector": chosen, **{k: found["detectors"][chosen][k] for k in ("auroc", "auroc_ci")},
             "brier": found["risk"]["brier"], "brier_base_rate": found["risk"]["brier_base_rate"],
