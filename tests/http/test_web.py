@@ -149,8 +149,8 @@ def test_generate_streams_tokens_and_results(page, server):
     assert "τ_PRI 4.00" in page.inner_text("#model-info")
     tasks = [c["task"] for c in httpx.get(base + "/model").json()["calibrations"]]
     shown = page.inner_text("#model-info .calibrations")  # every loaded calibration, by its traffic
-    assert shown == "calibrations: " + ", ".join("own chat answers" if t == "answers" else f"HaluEval {t} judgment"
-                                                 for t in tasks)
+    traffic = {"answers": "own chat answers", None: "unnamed traffic"}
+    assert shown == "calibrations: " + ", ".join(traffic.get(t, f"HaluEval {t} judgment") for t in tasks)
     assert "τ = 4.00" in page.inner_text("#legend")  # the colour scale comes with numbers
     page.fill("#prompt", PROMPT)
     page.fill("#max-tokens", "12")

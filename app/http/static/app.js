@@ -135,6 +135,7 @@ async function loadModel() {
 
 // What traffic a calibration was fitted on, from its task.
 function trafficOf(task) {
+  if (!task) return "unnamed traffic";
   return task === "answers" ? "own chat answers" : `HaluEval ${task} judgment`;
 }
 
