@@ -1,7 +1,6 @@
 """Log entries as the API shows them, and exported to JSON Lines, CSV or Parquet (pyarrow)."""
 
 import csv
-import io
 import json
 import os
 import tempfile
@@ -28,8 +27,9 @@ def flat(row: dict) -> dict:
 
 def _jsonl(rows, f) -> int:
     n = 0
-    for n, row in enumerate(rows, start=1):
+    for row in rows:
         f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        n += 1
     return n
 
 
@@ -65,7 +65,7 @@ def export(rows, fmt: str, out: Path | None) -> int:
             pq.write_table(table, tmp)
             n = table.num_rows
         else:
-            with io.open(fd, "w", encoding="utf-8", newline="") as f:
+            with open(fd, "w", encoding="utf-8", newline="") as f:
                 n = (_jsonl if fmt == "jsonl" else _csv)(rows, f)
                 f.flush()
                 os.fsync(f.fileno())

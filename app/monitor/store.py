@@ -8,12 +8,11 @@ first by (ts, id), and a cursor is the (ts, id) of the last row of the previous 
 
 import base64
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 LABELS = ("hallucinated", "correct")
@@ -56,6 +55,10 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 
 def migrate(engine: sa.Engine) -> None:
     """Bring the schema to the newest migration (idempotent; concurrent replicas are serialised)."""
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # not a line per plugin and step at every start
+    from alembic import command
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as conn:

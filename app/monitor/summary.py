@@ -22,6 +22,19 @@ def parse_duration(text: str) -> float:
     return int(m[1]) * _UNITS[m[2]]
 
 
+def parse_time(text: str, now: float) -> float:
+    """UNIX seconds of an ISO 8601 time (UTC unless it says) or of a duration back from `now` ('24h')."""
+    try:
+        return now - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        t = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is neither an ISO 8601 time nor a duration such as 24h") from None
+    return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
+
+
 def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 

@@ -59,7 +59,8 @@ def test_every_scored_route_is_logged_under_the_id_it_answers_with(client):
     for route, rid in ids.items():
         row = log.store.get(rid)
         assert row is not None, route
-        assert row["route"] == route.split()[0] and row["latency_s"] > 0 and row["model"] == client.app.state.engine.lm.model_id
+        assert row["route"] == route.split()[0] and row["latency_s"] > 0
+        assert row["model"] == client.app.state.engine.lm.model_id
         assert row["quadrant"] in ("Q1", "Q2", "Q3", "Q4") and row["calibration"] == "p.json"
         assert row["prompt"] is None and len(row["prompt_hash"]) == 64  # text only with HALLUWATCH_LOG_TEXT
     assert log.store.get(ids["/generate stream"])["prompt_format"] == "messages"
