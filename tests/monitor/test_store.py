@@ -84,3 +84,15 @@ def test_prune_by_age_then_by_row_count(store):
     assert store.prune(now - 30 * 86400, 1000) == 10 and store.count() == 10
     assert store.prune(now - 30 * 86400, 4) == 6
     assert sorted(r["id"] for r in store.rows(Filters())) == ["new-0006", "new-0007", "new-0008", "new-0009"]
+
+
+def test_postgresql_tests_fail_in_ci_without_a_server(monkeypatch):
+    from support import postgres
+
+    monkeypatch.delenv(postgres.URL_VARIABLE, raising=False)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=postgres.URL_VARIABLE):
+        postgres.server_url()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        postgres.server_url()
