@@ -46,11 +46,13 @@ def serve(settings: Settings, args) -> None:
     warn_if_exposed(settings.host, settings.api_key)
     from .calibration.params import ParamsError
     from .http.app import create_app
+    from .monitor.responselog import LogUnavailable
 
     engine = _engine(settings)
     try:
         app = create_app(settings, engine)
-    except ParamsError as e:
+    except (ParamsError, LogUnavailable) as e:
+        engine.stop()
         sys.exit(f"halluwatch: {e}")
     served = app.state.served
     logging.getLogger("halluwatch").info("calibrations: %s", ", ".join(
@@ -190,7 +192,8 @@ def _log_rows(settings: Settings, args, **filters) -> list:
     """The response log's entries between --since and --until (oldest first); exit 2 without a log."""
     import time
 
-    from .monitor.store import Filters, Store, database_url
+    from .monitor.responselog import LogUnavailable, open_store
+    from .monitor.store import Filters, database_url
     from .monitor.summary import parse_time
 
     now = time.time()
@@ -204,7 +207,11 @@ def _log_rows(settings: Settings, args, **filters) -> list:
         print(f"halluwatch: no response log at {url.split('///', 1)[1]} (is HALLUWATCH_HOME or "
               "HALLUWATCH_LOG_URL the server's?)", file=sys.stderr)
         sys.exit(2)
-    store = Store(url)
+    try:
+        store = open_store(url)
+    except LogUnavailable as e:
+        print(f"halluwatch: {e}", file=sys.stderr)
+        sys.exit(2)
     try:
         return list(store.rows(Filters(since=since, until=until, **filters)))
     finally:

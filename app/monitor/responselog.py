@@ -5,12 +5,18 @@ import os
 import socket
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from sqlalchemy import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from .entry import Context, Exchange, load_salt
 from .store import Store, database_url
 from .writer import LogWriter
 
 _NOTHING = {"written": 0, "dropped": 0, "pruned": 0, "queued": 0}
+
+
+class LogUnavailable(RuntimeError):
+    """The log's database cannot be reached or migrated."""
 
 
 class ResponseLog:
@@ -29,11 +35,21 @@ class ResponseLog:
         self.writer.close()
 
 
+def open_store(url: str) -> Store:
+    """The store at `url`, migrated; LogUnavailable (password hidden) when it cannot be opened."""
+    try:
+        return Store(url)
+    except SQLAlchemyError as e:
+        shown = make_url(url).render_as_string(hide_password=True)
+        raise LogUnavailable(f"cannot open the response log at {shown}: {e.__class__.__name__}: "
+                             f"{str(e).splitlines()[0]}") from e
+
+
 def open_log(settings, lm) -> ResponseLog | None:
     """The log the settings ask for (None with `log` off), its schema migrated and its writer started."""
     if not settings.log:
         return None
-    store = Store(database_url(settings.log_url, settings.state_dir))
+    store = open_store(database_url(settings.log_url, settings.state_dir))
     context = Context(replica=f"{socket.gethostname()}:{os.getpid()}", model=lm.model_id,
                       model_fingerprint=lm.fingerprint.id, flag_risk=settings.flag_risk,
                       keep_text=settings.log_text, salt=load_salt(settings.state_dir))

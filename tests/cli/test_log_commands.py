@@ -101,3 +101,10 @@ def test_calibrate_from_log_refuses_another_models_entries(logged_home):
     home, labelled = logged_home
     r = halluwatch(["calibrate", "--from-log"], home)  # the default model, not the tiny one that answered
     assert r.returncode == 2 and f"{len(labelled)} logged by another model" in r.stderr
+
+
+def test_an_unreachable_log_is_one_clear_line_without_the_password(tmp_path, monkeypatch):
+    monkeypatch.setenv("HALLUWATCH_LOG_URL", "postgresql://someone:s3cret@127.0.0.1:1/nowhere")
+    r = halluwatch(["export"], tmp_path, timeout=120)
+    assert r.returncode == 2 and "cannot open the response log at postgresql" in r.stderr
+    assert "s3cret" not in r.stderr and "Traceback" not in r.stderr

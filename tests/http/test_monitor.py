@@ -150,3 +150,11 @@ def test_monitor_and_feedback_need_the_api_key(engine, tmp_path):
         auth = {"Authorization": "Bearer k3y"}
         assert c.get("/monitor/summary", headers=auth).status_code == 200
         assert c.get("/monitor/responses", headers=auth).status_code == 200
+
+
+def test_an_unreachable_postgresql_log_stops_the_app_with_a_clear_error(engine, tmp_path):
+    from app.monitor.responselog import LogUnavailable
+
+    with pytest.raises(LogUnavailable, match="cannot open the response log") as e:
+        create_app(Settings(home=tmp_path, log_url="postgresql://u:pw@127.0.0.1:1/db"), engine)
+    assert "pw@" not in str(e.value)
