@@ -41,14 +41,15 @@ def response_body(records: list, fin: Finished, calibrations: tuple, params_reas
                   include_trace: bool) -> dict:
     """The JSON body of a finished generation (also the SSE `done` event, without trace)."""
     scores = response_scores(records).as_dict()
-    params, logit, inside = None, None, None
+    params, logit, inside, ratio = None, None, None, math.inf
     if calibrations:
-        params, logit, inside, _ = min(_readings(calibrations, records), key=lambda r: r[3])  # first on ties
+        params, logit, inside, ratio = min(_readings(calibrations, records), key=lambda r: r[3])  # first on ties
     scores["probe_risk"] = None if logit is None else float(sigmoid(logit))
     scores["probe_in_distribution"] = inside
     risk = params.risk(scores, records[0].verdict, logit, inside) if params else None
     if risk is not None:
         risk["calibration"] = params.path.name
+        risk["distance_ratio"] = ratio if math.isfinite(ratio) else None
     body = {
         "text": "".join(r.text for r in records) + fin.text_tail,
         "finish_reason": fin.finish_reason,

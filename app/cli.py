@@ -1,4 +1,4 @@
-"""Command line: `halluwatch serve`, `generate`, `score`, `calibrate` and `evaluate`."""
+"""Command line: `halluwatch serve`, `generate`, `score`, `calibrate`, `evaluate`, `activate` and `export`."""
 
 import argparse
 import json
@@ -46,11 +46,13 @@ def serve(settings: Settings, args) -> None:
     warn_if_exposed(settings.host, settings.api_key)
     from .calibration.params import ParamsError
     from .http.app import create_app
+    from .monitor.responselog import LogUnavailable
 
     engine = _engine(settings)
     try:
         app = create_app(settings, engine)
-    except ParamsError as e:
+    except (ParamsError, LogUnavailable) as e:
+        engine.stop()
         sys.exit(f"halluwatch: {e}")
     served = app.state.served
     logging.getLogger("halluwatch").info("calibrations: %s", ", ".join(
@@ -186,6 +188,88 @@ def calibrate_or_evaluate(settings: Settings, args) -> None:
     print(path)
 
 
+def _log_rows(settings: Settings, args, **filters) -> list:
+    """The response log's entries between --since and --until (oldest first); exit 2 without a log."""
+    import time
+
+    from .monitor.responselog import LogUnavailable, open_store
+    from .monitor.store import Filters, database_url
+    from .monitor.summary import parse_time
+
+    now = time.time()
+    try:
+        since, until = (None if t is None else parse_time(t, now) for t in (args.since, args.until))
+    except ValueError as e:
+        print(f"halluwatch: --since/--until: {e}", file=sys.stderr)
+        sys.exit(2)
+    url = database_url(settings.log_url, settings.state_dir)
+    if url.startswith("sqlite:") and not Path(url.split("///", 1)[1]).is_file():
+        print(f"halluwatch: no response log at {url.split('///', 1)[1]} (is HALLUWATCH_HOME or "
+              "HALLUWATCH_LOG_URL the server's?)", file=sys.stderr)
+        sys.exit(2)
+    try:
+        store = open_store(url)
+    except LogUnavailable as e:
+        print(f"halluwatch: {e}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        return list(store.rows(Filters(since=since, until=until, **filters)))
+    finally:
+        store.close()
+
+
+def export(settings: Settings, args) -> None:
+    from .monitor.export import export as write, present
+
+    rows = _log_rows(settings, args, labelled=True if args.labelled else None)
+    try:
+        n = write((present(r) for r in rows), args.format, Path(args.out) if args.out else None)
+    except ValueError as e:
+        print(f"halluwatch: --out: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"exported {n} log entries" + (f" to {args.out}" if args.out else ""), file=sys.stderr)
+
+
+def calibrate_from_log(settings: Settings, args) -> None:
+    """`calibrate --from-log`: the labelled log entries, replayed on the model, as training data."""
+    from .calibration import runs as calibration
+    from .calibration.halueval import DatasetError
+    from .calibration.logged import LOGGED, LoggedRunSpec, logged_samples
+
+    rows = _log_rows(settings, args, labelled=True)
+    if not rows:
+        print("halluwatch: from_log: no labelled entries in the log (label responses with POST /feedback)",
+              file=sys.stderr)
+        sys.exit(2)
+    try:
+        logged_samples(rows, None)  # refuse before loading the model
+    except DatasetError as e:
+        _bad_input(e)
+    engine = _engine(settings)
+    bar, update = _progress_bar(f"calibrate {LOGGED}")
+    try:
+        samples, prompt_format = logged_samples(rows, engine.lm.fingerprint.id)
+        spec = LoggedRunSpec(model_ref=settings.model, task=LOGGED, n=len(samples), seed=args.seed,
+                             max_tokens=args.max_tokens or max(r["response_tokens"] for r in rows),
+                             prompt_format=prompt_format, batch_size=args.batch_size, probes=not args.no_probes,
+                             logged=tuple(samples))
+        reports = Path(args.reports) if args.reports else settings.reports_dir
+        path = calibration.calibrate(engine, spec, Path(args.out) if args.out else settings.calibrations_dir,
+                                     reports, progress=update)
+    except DatasetError as e:
+        path = e
+    finally:
+        bar.close()
+        engine.stop()
+    if isinstance(path, DatasetError):
+        _bad_input(path)
+    if args.activate:
+        from .calibration.params import activate as set_active
+
+        set_active(settings.state_dir, path, "halluwatch calibrate --from-log --activate")
+    print(path)
+
+
 def _bad_input(e) -> None:
     """Unusable data: one line naming the file, line and field, exit status 2 (as for bad arguments)."""
     print(f"halluwatch: {e.field}: {e}", file=sys.stderr)
@@ -266,6 +350,16 @@ def main(argv=None) -> None:
     p.add_argument("--out", help="folder of the params file (default: $HALLUWATCH_HOME/calibrations)")
     p.add_argument("--activate", action="store_true",
                    help="serve the new params for this model from the next start (same as `halluwatch activate`)")
+    p.add_argument("--from-log", action="store_true",
+                   help="train on the response log's labelled entries (POST /feedback) instead of --task: each "
+                        "prompt is generated again and takes its label; needs the text (HALLUWATCH_LOG_TEXT)")
+
+    def log_range(p):
+        p.add_argument("--since", help="entries at or after this ISO 8601 time (UTC unless it says), or this far "
+                                       "back from now: 90s, 15m, 24h, 7d")
+        p.add_argument("--until", help="entries before this time (same forms)")
+
+    log_range(p)
     p = sub.add_parser("evaluate", help="validate a params file on the HaluEval test split")
     p.add_argument("--params", dest="params_file", required=True, help="the params file to validate")
     p.add_argument("--model", help="model reference (default: the one the params were calibrated with)")
@@ -274,14 +368,20 @@ def main(argv=None) -> None:
     p.add_argument("--out", help="folder of the report and figures (default: $HALLUWATCH_HOME/reports)")
     p = sub.add_parser("activate", help="serve a params file for the model it was calibrated on, from the next start")
     p.add_argument("params_file", help="a params JSON written by `halluwatch calibrate` (or a calibration job)")
+    p = sub.add_parser("export", help="write response log entries as JSON Lines, CSV or Parquet")
+    log_range(p)
+    p.add_argument("--format", choices=["jsonl", "csv", "parquet"], default="jsonl")
+    p.add_argument("--out", help="file to write (replaced whole, never half-written; default: stdout, "
+                                 "not for parquet)")
+    p.add_argument("--labelled", action="store_true", help="only entries labelled through POST /feedback")
     args = parser.parse_args(argv)
 
     overrides = {k: v for k in ("model", "params", "precision", "host", "port")
                  if (v := getattr(args, k, None)) is not None}
     settings = Settings(**overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    command = {"serve": serve, "generate": generate, "score": score, "activate": activate}.get(
-        args.command, calibrate_or_evaluate)
+    command = {"serve": serve, "generate": generate, "score": score, "activate": activate, "export": export}.get(
+        args.command, calibrate_from_log if getattr(args, "from_log", False) else calibrate_or_evaluate)
     command(settings, args)
 
 

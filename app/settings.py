@@ -55,6 +55,14 @@ class Settings(BaseSettings):
     pfail_cutoff: float = Field(0.85, gt=0, lt=1, description="default cutoff for halt_on_pfail")
     flag_risk: float = Field(0.5, gt=0, lt=1,
                              description="a response whose risk probability is at least this is flagged")
+    # The response log (app/monitor/): every scored response, in SQLite under state_dir or in PostgreSQL.
+    log: bool = Field(True, description="keep the response log (HALLUWATCH_LOG=off disables it)")
+    log_url: str | None = Field(None, description="postgresql://… to share one log between replicas "
+                                                  "(default: SQLite STATE_DIR/responses.sqlite3)")
+    log_text: bool = Field(False, description="store prompt and response text in the log (else a salted hash)")
+    log_queue: int = Field(1000, ge=1, description="log entries waiting to be written before new ones are dropped")
+    log_max_age_days: float = Field(30.0, gt=0, description="log entries older than this are pruned")
+    log_max_rows: int = Field(1_000_000, ge=1, description="beyond this many log entries the oldest are pruned")
 
     @model_validator(mode="after")
     def _default_within_limit(self):

@@ -3,9 +3,10 @@
 Each table sits between ``<!-- bench-table: KIND FILE… -->`` and ``<!-- /bench-table -->``. The
 FILEs (relative to the repository root) are results the benches wrote with ``--json``, committed
 under bench/results/. KIND is `overhead` (one result of bench/overhead.py), `calibration-speed`
-(one of bench/calibration_speed.py) or `robustness` (one row per result of bench/fuzz.py,
-bench/load.py or bench/soak.py). A result copied from an earlier docs table instead of written by
-a run carries "reconstructed_from", and its table says so.
+(one of bench/calibration_speed.py), `robustness` (one row per result of bench/fuzz.py,
+bench/load.py or bench/soak.py) or `response-log` (bench/log_overhead.py, bench/log_durability.py).
+A result copied from an earlier docs table instead of written by a run carries
+"reconstructed_from", and its table says so.
 
     python bench/tables.py            # rewrite the tables in docs/results.md
     python bench/tables.py --check    # exit 1 if docs/results.md is not what its result files say
@@ -109,7 +110,25 @@ def robustness(results: list) -> str:
     return "\n".join(rows) + "\n"
 
 
-KINDS = {"overhead": overhead, "calibration-speed": calibration_speed, "robustness": robustness}
+def response_log(results: list) -> str:
+    """One row per store of bench/log_overhead.py, one per run of bench/log_durability.py."""
+    rows = ["| bench | result | verdict |", "|---|---|---|"]
+    for r in results:
+        if r["bench"] == "log_overhead":
+            for store, figs in r["ratios"].items():
+                rows.append(f"| log in {store} vs off ({r['clients']} clients × {r['requests_per_client']} requests "
+                            f"× {r['rounds']} rounds, {r['model']}) | {describe(figs['tok_s'])}; "
+                            f"{describe(figs['p95'])} | {verdict(figs['tok_s']['pass'] and figs['p95']['pass'])} |")
+        else:
+            rows.append(f"| kill -9 mid-run, restart ({r['clients']} clients, {r['model']}) | "
+                        f"{r['entries_lost']} of {r['requests_answered']} answered responses lost (bound: the writer "
+                        f"queue, {r['queue_bound']}); `integrity_check`: {r['integrity']}; healthy after restart: "
+                        f"{r['healthy_after_restart']} | {verdict(r['ok'])} |")
+    return "\n".join(rows) + "\n\n" + "".join(f"Command: {provenance(r)}.\n" for r in results)
+
+
+KINDS = {"overhead": overhead, "calibration-speed": calibration_speed, "robustness": robustness,
+         "response-log": response_log}
 
 
 def render(doc: str) -> str:

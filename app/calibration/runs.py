@@ -18,6 +18,7 @@ from signals.probe import POSITIONS, layer_test_auroc
 
 from ..engine import Engine
 from ..storage import write_atomic, write_json_atomic
+from . import logged
 from .halueval import DatasetError
 from .questions import LABEL_RULE
 from .probe_files import load_probe, save_probe
@@ -179,6 +180,8 @@ def _dataset(spec: RunSpec) -> dict:
     """What the params' protocol says of the data."""
     if spec.task == ANSWERS:
         return {"dataset": "own answers", "sources": list(spec.sources), "label_rule": LABEL_RULE}
+    if spec.task == logged.LOGGED:
+        return {"dataset": "response log", "label_rule": logged.LABEL_RULE}
     return {"dataset": "HaluEval"}
 
 

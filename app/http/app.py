@@ -7,10 +7,11 @@ from fastapi import FastAPI
 from ..calibration.background import JobRunner, JobStore
 from ..calibration.params import Served, resolve
 from ..engine import Engine
+from ..monitor.responselog import LogCollector, open_log
 from ..settings import Settings
 from .metrics import install_metrics
 from .openai import routes as openai
-from .routes import calibrate, generate, info, score
+from .routes import calibrate, feedback, generate, info, monitor, score
 from .routes.ui import mount_ui
 from .security import ApiKeyMiddleware, BodyLimitMiddleware
 
@@ -27,6 +28,8 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     async def lifespan(app: FastAPI):
         yield
         app.state.jobs.shutdown()  # a running calibration job stops and is marked interrupted
+        if app.state.response_log is not None:
+            app.state.response_log.close()  # writes what is queued
 
     app = FastAPI(title="halluwatch", version="0.1.0", lifespan=lifespan,
                   responses={400: {"description": "malformed request body"},
@@ -44,6 +47,7 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     store = JobStore(settings.state_dir / "jobs.sqlite3")
     store.mark_interrupted()
     app.state.jobs = JobRunner(store, engine, settings, activated)
+    app.state.response_log = open_log(settings, engine.lm)
 
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     if settings.api_key:  # added after the body limit, so it runs first
@@ -53,6 +57,9 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     app.include_router(info.router)
     app.include_router(calibrate.router)
     app.include_router(openai.router)
+    app.include_router(monitor.router)
+    app.include_router(feedback.router)
     mount_ui(app)
-    install_metrics(app)  # last, so its middleware is outermost and also counts 401/413
+    metrics = install_metrics(app)  # last, so its middleware is outermost and also counts 401/413
+    metrics.registry.register(LogCollector(lambda: app.state.response_log))
     return app

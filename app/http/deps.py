@@ -2,6 +2,8 @@
 
 from fastapi import HTTPException, Request
 
+RESPONSE_ID = "X-Response-Id"  # the header that names a scored response's log entry
+
 
 def unprocessable(field: str, message: str) -> HTTPException:
     """A 422 in FastAPI's own validation-error shape, naming the field."""

@@ -3,8 +3,9 @@
 `install_metrics(app)` gives the app its own `CollectorRegistry` (so several apps in one process,
 as in the tests, never share or collide), a pure-ASGI middleware that counts requests and times
 them by route *template* (`/calibrate/{job_id}`, never the raw path), and the `/metrics` route.
-`observe_response(app, body)` records one finished generation; call it with the /generate-shaped
-body (`app.assessment.response_body`'s dict) of every finished /generate or /v1 response.
+`observe_response(app, body, exchange)` records one finished response; call it with the
+/generate-shaped body (`app.assessment.response_body`'s dict) of every finished /generate, /v1 or
+/score response (it also appends the response log entry).
 Engine and calibration-job gauges are read when /metrics is scraped.
 """
 
@@ -15,6 +16,8 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+
+from ..monitor.entry import Exchange
 
 log = logging.getLogger("halluwatch.metrics")
 
@@ -156,12 +159,19 @@ def install_metrics(app: FastAPI) -> Metrics:
     return metrics
 
 
-def observe_response(app: FastAPI, body: dict) -> dict:
-    """Record one finished response (its /generate-shaped body); returns `body`. No-op without metrics."""
+def observe_response(app: FastAPI, body: dict, exchange: Exchange | None = None) -> dict:
+    """Record one finished response (its /generate-shaped body) in the metrics and, given the
+    request's `exchange`, in the response log (queued, never blocking); returns `body`."""
     metrics = getattr(app.state, "metrics", None)
     if metrics is not None:
         try:
             metrics.observe(body)
         except Exception:  # metrics never break a response
             log.exception("recording response metrics failed")
+    response_log = getattr(app.state, "response_log", None)
+    if exchange is not None and response_log is not None:
+        try:
+            response_log.record(exchange, body)
+        except Exception:  # nor does the log
+            log.exception("recording the response log entry failed")
     return body

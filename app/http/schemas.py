@@ -111,6 +111,9 @@ class Risk(BaseModel):
     calibration: str = Field(description="the params file of the calibration that assessed this response: the "
                                          "one named in the request, else the one whose probe found the prompt "
                                          "closest to its training prompts")
+    distance_ratio: float | None = Field(None, description="the probe's distance to its training states ÷ its "
+                                                           "in-range limit (≤ 1: in distribution); null "
+                                                           "without a probe")
 
 
 class Quadrant(BaseModel):
@@ -135,6 +138,7 @@ class GenerateResponse(BaseModel):
     quadrant_reason: str | None = Field(description="why `quadrant` is null")
     risk: Risk | None = Field(description="null without calibrated params that select a detector")
     timing: Timing
+    response_id: str = Field(description="the response's id in the log (also the X-Response-Id header)")
     trace: list[TraceStep] | None = None
 
 
@@ -150,4 +154,5 @@ class ScoreResponse(BaseModel):
     quadrant: Quadrant | None
     quadrant_reason: str | None
     risk: Risk | None
+    response_id: str = Field(description="the response's id in the log (also the X-Response-Id header)")
     trace: list[TraceStep] | None = None

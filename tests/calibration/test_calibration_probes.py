@@ -85,7 +85,8 @@ def test_serving_equals_calibration_on_the_same_sample(engine, calibrated, datas
             probability = float(selection.risk_probability(score, params.data["risk"]))
             assert body["risk"] == {"detector": name, "task": "qa", "in_distribution": inside,
                                     "probability": pytest.approx(probability, abs=1e-5),
-                                    "calibration": path.name}
+                                    "calibration": path.name,
+                                    "distance_ratio": pytest.approx(distance / params.probe.distance_limit)}
 
 
 def test_evaluate_reports_every_detector_and_the_layer_curves(engine, calibrated, dataset):

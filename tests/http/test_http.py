@@ -130,7 +130,9 @@ def test_halt_on_pfail_at_the_first_step_over_the_cutoff(client, stream):
 
 
 def test_health_and_model(client, engine):
-    assert client.get("/health").json() == {"status": "ok", "model_loaded": True, "params_loaded": True}
+    health = client.get("/health").json()
+    assert set(health.pop("log")) == {"written", "dropped", "pruned", "queued"}
+    assert health == {"status": "ok", "model_loaded": True, "params_loaded": True}
     m = client.get("/model").json()
     assert m["id"] == engine.lm.model_id and m["layers"] == 4 and m["family"] == "llama"
     assert m["params"]["path"].endswith("new.json") and m["dtype"] == "float32"

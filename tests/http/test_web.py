@@ -314,3 +314,32 @@ def test_calibration_jobs_start_conflict_cancel_activate(page, server, restore_s
     expect(status).to_contain_text("succeeded")
     tau = httpx.get(f"{base}/model").json()["params"]["tau_pri"]
     expect(page.locator("#model-info")).to_contain_text(f"τ_PRI {tau:.2f}")
+
+
+def test_monitor_tab_shows_the_log_and_labels_a_flagged_response(page, server):
+    from app.monitor.entry import Exchange
+
+    base, app = server
+    log = app.state.response_log
+    httpx.post(f"{base}/generate", json={"prompt": PROMPT, "max_tokens": 4}, timeout=120)
+    risky = {"text": "Lyon.", "finish_reason": "eos", "usage": {"prompt_tokens": 5, "completion_tokens": 2},
+             "scores": {"hbar_s": 2.5, "pri": 5.0}, "quadrant": {"name": "Q2", "params": "p.json"},
+             "risk": {"probability": 0.93, "detector": "probe_prompt_end", "in_distribution": True,
+                      "calibration": "p.json"}}
+    log.record(Exchange("/generate", PROMPT, "raw", response_id="resp-flagged-web"), risky)
+    assert log.writer.flush(10)
+    page.goto(base + "/")
+    page.click("#tab-monitor")
+    row = page.locator("#mon-flagged tbody tr[data-response-id='resp-flagged-web']")
+    sync_api.expect(row).to_contain_text("0.930")
+    assert page.is_hidden("#panel-generate") and page.is_visible("#mon-chart")
+    total = log.store.count()
+    assert page.inner_text("#mon-totals").startswith(f"{total} responses")
+    assert "Q2" in page.inner_text("#mon-quadrant-list") and "Not computed" in page.inner_text("#mon-drift")
+    page.screenshot(path=str(SHOTS / "web_monitor.png"), full_page=True)
+    page.click("button[aria-label='Label resp-flagged-web hallucinated']")
+    sync_api.expect(row.locator(".mon-label")).to_have_text("hallucinated")
+    assert log.store.get("resp-flagged-web")["label"] == "hallucinated"
+    page.click("button[aria-label='Label resp-flagged-web correct']")
+    sync_api.expect(page.locator("#status")).to_contain_text("(was hallucinated)")
+    assert log.store.get("resp-flagged-web")["label"] == "correct"

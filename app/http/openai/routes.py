@@ -33,13 +33,14 @@ import time
 import uuid
 from pathlib import Path
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
 from ...assessment import job_probes
 from ...engine import GenerationJob, StepRecord
+from ...monitor.entry import Exchange, exchange_for
 from ...prompts import InputError, encode_prompt
-from .. import running
+from .. import deps, running
 from ..metrics import observe_response
 from .errors import OpenAIError, OpenAIRoute, log
 from .schemas import ChatCompletionRequest, CompletionRequest
@@ -90,6 +91,14 @@ async def _collect(request: Request, handle, run: Run) -> list:
     """All pieces of a non-streamed response; the job is cancelled if the client goes away."""
     async with running.disconnect_cancels(request, handle):
         return [p async for p in _pieces(handle, run, request)]
+
+
+async def _finish(request: Request, response: Response, handle, run: Run, exchange: Exchange) -> tuple:
+    """A non-streamed response: (its observed body, its pieces); the text is `exchange.response`."""
+    pieces = await _collect(request, handle, run)
+    exchange.response = "".join(p.text for p in pieces)
+    response.headers[deps.RESPONSE_ID] = exchange.response_id
+    return observe_response(request.app, run.body(), exchange), pieces
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,8 +213,8 @@ async def get_model(model: str, request: Request) -> dict:
     return card
 
 
-def _streaming(request: Request, slot, handle, run: Run, *, opening: list, piece_chunk, final_chunk,
-               usage_chunk=None) -> StreamingResponse:
+def _streaming(request: Request, slot, handle, run: Run, exchange: Exchange, *, opening: list, piece_chunk,
+               final_chunk, usage_chunk=None) -> StreamingResponse:
     """SSE `data:` lines: the opening chunks, one chunk per released piece, the finish chunk, the
     usage chunk (include_usage), then `[DONE]`; an error becomes a `data: {"error": …}` line."""
     app = request.app
@@ -215,9 +224,12 @@ def _streaming(request: Request, slot, handle, run: Run, *, opening: list, piece
             try:
                 for c in opening:
                     yield _sse(c)
+                texts = []
                 async for piece in _pieces(handle, run, request):
+                    texts.append(piece.text)
                     yield _sse(piece_chunk(piece))
-                body = observe_response(app, run.body())
+                exchange.response = "".join(texts)
+                body = observe_response(app, run.body(), exchange)
                 risk = run.risk(body)
                 yield _sse(final_chunk({**_token_risk([]), **risk}))
                 if usage_chunk is not None:
@@ -228,11 +240,12 @@ def _streaming(request: Request, slot, handle, run: Run, *, opening: list, piece
             finally:
                 handle.cancel()  # the client went away, or we are done: stop generating
 
-    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", deps.RESPONSE_ID: exchange.response_id})
 
 
 @router.post("/chat/completions", responses=SSE_RESPONSES)
-async def chat_completions(req: ChatCompletionRequest, request: Request):
+async def chat_completions(req: ChatCompletionRequest, request: Request, response: Response):
     """OpenAI chat completion (messages rendered with the chat template), with halluwatch's `risk`."""
     messages = [m.as_template_message() for m in req.messages]
     slot = running.StreamSlot(request) if req.stream else None
@@ -240,6 +253,7 @@ async def chat_completions(req: ChatCompletionRequest, request: Request):
     strings = _token_strings(request)
     head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()),
             "model": request.app.state.engine.lm.model_id}
+    exchange = exchange_for("/v1/chat/completions", None, messages, response_id=head["id"])
 
     if req.stream:
         extra = {"usage": None} if req.include_usage else {}
@@ -252,31 +266,31 @@ async def chat_completions(req: ChatCompletionRequest, request: Request):
                     "risk": risk if risk is not None else _token_risk(spans)}
 
         return _streaming(
-            request, slot, handle, run,
+            request, slot, handle, run, exchange,
             opening=[chunk({"role": "assistant", "content": "", "refusal": None}, [])],
             piece_chunk=lambda p: chunk({"content": p.text}, p.spans),
             final_chunk=lambda risk: chunk({}, [], run.finish_reason, risk),
             usage_chunk=(lambda body, risk: {**head, "object": "chat.completion.chunk", "choices": [],
                                              "usage": _usage(body), "risk": risk}) if req.include_usage else None)
 
-    pieces = await _collect(request, handle, run)
-    body = observe_response(request.app, run.body())
+    body, pieces = await _finish(request, response, handle, run, exchange)
     spans = [s for p in pieces for s in p.spans]
     choice = {"index": 0,
-              "message": {"role": "assistant", "content": "".join(p.text for p in pieces), "refusal": None},
+              "message": {"role": "assistant", "content": exchange.response, "refusal": None},
               "logprobs": _chat_logprobs(spans, strings) if req.logprobs else None,
               "finish_reason": run.finish_reason}
     return {**head, "object": "chat.completion", "choices": [choice], "usage": _usage(body), "risk": run.risk(body)}
 
 
 @router.post("/completions", responses=SSE_RESPONSES)
-async def completions(req: CompletionRequest, request: Request):
+async def completions(req: CompletionRequest, request: Request, response: Response):
     """OpenAI (legacy) text completion of one raw prompt, with halluwatch's `risk`."""
     slot = running.StreamSlot(request) if req.stream else None
     handle, run = _start(request, req, req.prompt, None)
     strings = _token_strings(request)
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
             "model": request.app.state.engine.lm.model_id}
+    exchange = exchange_for("/v1/completions", req.prompt, None, response_id=head["id"])
     want_logprobs = req.logprobs is not None
 
     if req.stream:
@@ -290,15 +304,14 @@ async def completions(req: CompletionRequest, request: Request):
             return {**head, "choices": [choice], **extra, "risk": risk if risk is not None else _token_risk(spans)}
 
         return _streaming(
-            request, slot, handle, run, opening=[], piece_chunk=chunk,
+            request, slot, handle, run, exchange, opening=[], piece_chunk=chunk,
             final_chunk=lambda risk: chunk(None, run.finish_reason, risk),
             usage_chunk=(lambda body, risk: {**head, "choices": [], "usage": _usage(body), "risk": risk})
             if req.include_usage else None)
 
-    pieces = await _collect(request, handle, run)
-    body = observe_response(request.app, run.body())
+    body, pieces = await _finish(request, response, handle, run, exchange)
     spans = [s for p in pieces for s in p.spans]
-    choice = {"text": "".join(p.text for p in pieces), "index": 0,
+    choice = {"text": exchange.response, "index": 0,
               "logprobs": _legacy_logprobs(spans, strings) if want_logprobs else None,
               "finish_reason": run.finish_reason}
     return {**head, "choices": [choice], "usage": _usage(body), "risk": run.risk(body)}

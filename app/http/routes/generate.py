@@ -2,11 +2,12 @@
 
 import json
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
 from ...assessment import job_probes, response_body
 from ...engine import Cancelled, GenerationJob, StepRecord
+from ...monitor.entry import exchange_for
 from ...prompts import InputError, encode_prompt
 from .. import deps, running
 from ..metrics import observe_response
@@ -19,7 +20,7 @@ def _sse(event: str, data: dict) -> str:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n"
 
 
-async def _stream(request: Request, handle, slot, calibrations, params_reason):
+async def _stream(request: Request, handle, slot, calibrations, params_reason, exchange):
     """SSE events of a job; a client that goes away closes this generator, which cancels the job."""
     records = []
     with slot:
@@ -32,7 +33,8 @@ async def _stream(request: Request, handle, slot, calibrations, params_reason):
                     raise Cancelled
                 else:
                     body = response_body(records, item, calibrations, params_reason, False)
-                    yield _sse("done", observe_response(request.app, body))
+                    body["response_id"] = exchange.response_id
+                    yield _sse("done", observe_response(request.app, body, exchange))
         except TimeoutError:
             yield _sse("error", {"error": running.timed_out(request).detail})
         except Cancelled:
@@ -46,7 +48,7 @@ async def _stream(request: Request, handle, slot, calibrations, params_reason):
                         422: {"description": "invalid field"}, 429: {"description": "too many streams"},
                         503: {"description": "engine queue full, or the job was cancelled at shutdown"},
                         504: {"description": "request timeout"}})
-async def generate(req: GenerateRequest, request: Request):
+async def generate(req: GenerateRequest, request: Request, response: Response):
     """Generate greedily; JSON body, or Server-Sent Events (`token`…, then `done`) with `stream`."""
     state = request.app.state
     settings = state.settings
@@ -60,10 +62,14 @@ async def generate(req: GenerateRequest, request: Request):
         raise deps.unprocessable(e.field, str(e)) from None
     cutoff = (req.pfail_cutoff or settings.pfail_cutoff) if req.halt_on_pfail else None
     job = GenerationJob(ids, max_tokens, req.top_logprobs, cutoff, probes=job_probes(chosen))
+    exchange = exchange_for("/generate", req.prompt, req.chat(), req.chat_template)
     if req.stream:
         slot = running.StreamSlot(request)
         handle = running.submit(request, job)
-        return StreamingResponse(_stream(request, handle, slot, chosen, params_reason),
-                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return StreamingResponse(_stream(request, handle, slot, chosen, params_reason, exchange),
+                                 media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", deps.RESPONSE_ID: exchange.response_id})
     records, fin = await running.run(request, job)
-    return observe_response(request.app, response_body(records, fin, chosen, params_reason, req.include_trace))
+    body = response_body(records, fin, chosen, params_reason, req.include_trace)
+    body["response_id"] = response.headers[deps.RESPONSE_ID] = exchange.response_id
+    return observe_response(request.app, body, exchange)

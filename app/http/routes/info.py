@@ -7,10 +7,12 @@ router = APIRouter()
 
 @router.get("/health")
 async def health(request: Request) -> dict:
-    """Liveness: the model is loaded; says whether calibrated params are in effect."""
+    """Liveness: the model is loaded; says whether calibrated params are in effect, and how the
+    response log fares (entries written, dropped, pruned, queued; null when it is off)."""
     state = request.app.state
+    log = state.response_log
     return {"status": "ok", "model_loaded": state.engine.lm is not None,
-            "params_loaded": state.served.params is not None}
+            "params_loaded": state.served.params is not None, "log": log.counts() if log else None}
 
 
 @router.get("/model")

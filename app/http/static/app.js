@@ -507,13 +507,15 @@ async function cancelJob(id) {
 
 // ---------- tabs and start-up ----------
 
-// Show one tab panel ("generate" or "calibrate").
+// Show one tab panel (the tab ids are "tab-" + its name: generate, calibrate, monitor).
 function showTab(name) {
-  for (const t of ["generate", "calibrate"]) {
-    $(`tab-${t}`).setAttribute("aria-selected", String(t === name));
+  for (const tab of document.querySelectorAll("[role=tab]")) {
+    const t = tab.id.slice(4);
+    tab.setAttribute("aria-selected", String(t === name));
     $(`panel-${t}`).hidden = t !== name;
   }
   if (name === "calibrate") loadJobs();
+  if (name === "monitor") loadMonitor();  // monitor.js
 }
 
 function init() {
@@ -529,6 +531,7 @@ function init() {
   tokens.addEventListener("keydown", tokenKeys);
   $("tab-generate").addEventListener("click", () => showTab("generate"));
   $("tab-calibrate").addEventListener("click", () => showTab("calibrate"));
+  $("tab-monitor").addEventListener("click", () => showTab("monitor"));
   $("cal-form").addEventListener("submit", startJob);
   $("cal-refresh").addEventListener("click", loadJobs);
   window.addEventListener("resize", scheduleChart);
