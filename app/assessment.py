@@ -46,6 +46,7 @@ def response_body(records: list, fin: Finished, calibrations: tuple, params_reas
         params, logit, inside, ratio = min(_readings(calibrations, records), key=lambda r: r[3])  # first on ties
     scores["probe_risk"] = None if logit is None else float(sigmoid(logit))
     scores["probe_in_distribution"] = inside
+    scores["probe_distance_ratio"] = float(ratio) if math.isfinite(ratio) else None
     risk = params.risk(scores, records[0].verdict, logit, inside) if params else None
     if risk is not None:
         risk["calibration"] = params.path.name

@@ -122,7 +122,8 @@ def select_detectors(features: dict, labels, states: dict | None = None, seed: i
     within one standard error of it (`one_se_choice`), and its out-of-fold scores fit the Platt
     scaling (with sources left out, those of stratified folds: one fit's scores, on one scale).
     Returns {"detectors": {name: entry}, "ranking": [names], "risk": {"detector", "a", "b",
-    "cv_auroc", "selected_by", "prior"}, "probes": {position: Probe fitted on all samples}}.
+    "cv_auroc", "selected_by", "prior"}, "risk_scores": its detector's out-of-fold scores, "probes":
+    {position: Probe fitted on all samples}}.
     """
     labels = np.asarray(labels).ravel().astype(int)
     if (reason := too_few(labels)) is not None:
@@ -152,7 +153,7 @@ def select_detectors(features: dict, labels, states: dict | None = None, seed: i
             "cv_auroc": detectors[best]["cv_auroc"],
             "selected_by": "leave-one-source-out AUROC" if by_source else "CV AUROC",
             "prior": 0.5 if by_source else float(labels.mean())}
-    return {"detectors": detectors, "ranking": ranking, "risk": risk, "probes": probes}
+    return {"detectors": detectors, "ranking": ranking, "risk": risk, "risk_scores": oof[best], "probes": probes}
 
 
 def detector_scores(features: dict, params: dict) -> dict:

@@ -19,6 +19,7 @@ from signals.probe import POSITIONS, layer_test_auroc
 from ..engine import Engine
 from ..storage import write_atomic, write_json_atomic
 from . import logged
+from .drift_reference import drift_reference
 from .halueval import DatasetError
 from .questions import LABEL_RULE
 from .probe_files import load_probe, save_probe
@@ -55,7 +56,8 @@ def _select(records: list, labels: np.ndarray, states: dict | None, seed: int, o
         chosen["detectors"][name].update(file=path.name, sha256=save_probe(probe, path))
     probes = [name for name in chosen["ranking"] if detectors.is_probe(name)]
     return {"detectors": chosen["detectors"], "ranking": chosen["ranking"], "risk": chosen["risk"],
-            "probe": detectors.get(probes[0]).position if probes else None}
+            "probe": detectors.get(probes[0]).position if probes else None,
+            "drift_reference": drift_reference(chosen, states)}
 
 
 def _versions() -> dict:

@@ -6,7 +6,8 @@ them by route *template* (`/calibrate/{job_id}`, never the raw path), and the `/
 `observe_response(app, body, exchange)` records one finished response; call it with the
 /generate-shaped body (`app.assessment.response_body`'s dict) of every finished /generate, /v1 or
 /score response (it also appends the response log entry).
-Engine and calibration-job gauges are read when /metrics is scraped.
+Engine and calibration-job gauges, and the drift of each served calibration (`app.state.drift`,
+app/monitor/drift.py), are read when /metrics is scraped. docs/operations.md lists every metric.
 """
 
 import logging
@@ -17,24 +18,31 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
+from ..monitor.drift import DriftTracker
 from ..monitor.entry import Exchange
+from ..monitor.flagging import is_flagged
+from ..settings import Settings
 
 log = logging.getLogger("halluwatch.metrics")
 
 QUADRANT_LABELS = ("Q1", "Q2", "Q3", "Q4", "none")
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
+QUEUE_CAPACITY = "Jobs that may wait for the engine before requests get 503 (HALLUWATCH_QUEUE_DEPTH)"
 UNMATCHED = "unmatched"  # route label of requests no route matched (404s): one series, not one per path
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60)
 HBAR_BUCKETS = (0.25, 0.5, 0.75, 1, 1.25, 1.5, 1.75, 2, 2.25, 2.5, 2.75, 3, 3.5, 4, 5, 7.5, 10)
 PRI_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 5, 7.5, 10, 15, 20, 30, 50)
+RISK_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
 
 
 class Metrics:
     """The metric objects of one app, in the app's own registry."""
 
     def __init__(self, app: FastAPI):
+        settings = getattr(app.state, "settings", None) or Settings()
+        self.flag_risk = settings.flag_risk
         self.registry = r = CollectorRegistry()
         self.requests = Counter("halluwatch_http_requests", "HTTP requests by method, route template and status",
                                 ["method", "route", "status"], registry=r)
@@ -50,9 +58,21 @@ class Metrics:
                                 buckets=HBAR_BUCKETS, registry=r)
         self.pri = Histogram("halluwatch_response_pri", "Response-level PRI (mean of the top-5 steps)",
                              buckets=PRI_BUCKETS, registry=r)
+        self.risk = Histogram("halluwatch_response_risk", "Response `risk` probability (assessed responses)",
+                              buckets=RISK_BUCKETS, registry=r)
+        self.assessed = Counter("halluwatch_assessed_responses",
+                                "Finished responses assessed by a calibration (with a quadrant or a risk)", registry=r)
+        self.flagged = Counter("halluwatch_flagged_responses", "Assessed responses flagged: risk probability >= "
+                               "HALLUWATCH_FLAG_RISK, else (no risk) quadrant Q2", registry=r)
+        self.out_of_distribution = Counter(
+            "halluwatch_out_of_distribution_responses",
+            "Assessed responses whose probe input lay outside its training range (risk.in_distribution false)",
+            registry=r)
         for q in QUADRANT_LABELS:
             self.responses.labels(q)  # every quadrant is exported from the start, at 0
-        r.register(_StateCollector(app))
+        self.drift = DriftTracker(settings.drift_window, settings.drift_min_live, lambda: _served(app))
+        r.register(_StateCollector(app, settings))
+        r.register(_DriftCollector(self.drift))
 
     def observe(self, body: dict) -> None:
         usage, scores = body.get("usage") or {}, body.get("scores") or {}
@@ -65,16 +85,31 @@ class Metrics:
             self.pri.observe(scores["pri"])
         quadrant = body.get("quadrant")
         self.responses.labels(quadrant["name"] if quadrant else "none").inc()
+        if (flagged := is_flagged(body, self.flag_risk)) is not None:
+            self.assessed.inc()
+            self.flagged.inc(flagged)
+        if (risk := body.get("risk")) is not None:
+            self.risk.observe(risk["probability"])
+            self.out_of_distribution.inc(risk.get("in_distribution") is False)
+        self.drift.observe(body)
+
+
+def _served(app: FastAPI) -> tuple:
+    """The calibrations the app serves now (none before it has params)."""
+    served = getattr(app.state, "served", None)
+    return served.calibrations if served is not None else ()
 
 
 class _StateCollector:
     """Gauges read at scrape time: engine queue and busy flag, params loaded, calibration jobs by state."""
 
-    def __init__(self, app: FastAPI):
+    def __init__(self, app: FastAPI, settings: Settings):
         self.app = app
+        self.queue_capacity = settings.queue_depth
 
     def describe(self):  # static descriptions, so registering never touches the app's state
         yield GaugeMetricFamily("halluwatch_engine_queue_depth", "Jobs waiting for the engine")
+        yield GaugeMetricFamily("halluwatch_engine_queue_capacity", QUEUE_CAPACITY)
         yield GaugeMetricFamily("halluwatch_engine_busy", "1 while the engine runs a job")
         yield GaugeMetricFamily("halluwatch_params_loaded", "1 when calibrated params are in effect")
         yield GaugeMetricFamily("halluwatch_calibration_jobs", "Calibration jobs by state", labels=["state"])
@@ -85,6 +120,7 @@ class _StateCollector:
         if engine is not None:
             yield GaugeMetricFamily("halluwatch_engine_queue_depth", "Jobs waiting for the engine",
                                     value=engine.queue_depth)
+            yield GaugeMetricFamily("halluwatch_engine_queue_capacity", QUEUE_CAPACITY, value=self.queue_capacity)
             yield GaugeMetricFamily("halluwatch_engine_busy", "1 while the engine runs a job",
                                     value=1.0 if engine.busy else 0.0)
         served = getattr(state, "served", None)
@@ -102,6 +138,38 @@ class _StateCollector:
             for name, n in counts.items():
                 family.add_metric([name], n)
             yield family
+
+
+class _DriftCollector:
+    """Gauges of the drift of each served calibration's signals, where it is measured (see DriftTracker)."""
+
+    def __init__(self, tracker: DriftTracker):
+        self.tracker = tracker
+
+    def describe(self):
+        return self._families()
+
+    def collect(self):
+        families = self._families()
+        try:
+            snapshot = self.tracker.snapshot()
+        except Exception:  # a scrape must not fail because of drift
+            log.exception("measuring drift for /metrics failed")
+            return families
+        for calibration, signals in snapshot.items():
+            for signal, result in signals.items():
+                if "reason" not in result:
+                    families[0].add_metric([calibration, signal], result["ks"])
+                    families[1].add_metric([calibration, signal], result["psi"])
+        return families
+
+    @staticmethod
+    def _families() -> list:
+        labels = ["calibration", "signal"]
+        return [GaugeMetricFamily("halluwatch_drift_ks", "Two-sample KS statistic of the live window against the "
+                                  "calibration's reference (signal: risk, probe_distance_ratio)", labels=labels),
+                GaugeMetricFamily("halluwatch_drift_psi", "Population stability index of the live window against "
+                                  "the calibration's reference", labels=labels)]
 
 
 def route_template(scope, root_path: str = "") -> str:
@@ -149,6 +217,7 @@ def install_metrics(app: FastAPI) -> Metrics:
     """Give `app` its registry, the request middleware and GET /metrics (call before the app starts)."""
     metrics = Metrics(app)
     app.state.metrics = metrics
+    app.state.drift = metrics.drift
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     def scrape() -> Response:  # sync: runs in the threadpool (the jobs gauge reads SQLite)

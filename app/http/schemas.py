@@ -97,6 +97,9 @@ class Scores(BaseModel):
     probe_in_distribution: bool | None = Field(
         description="whether the probe's input lies within the range of its training states (RMS standardised "
                     "distance ≤ its 99th percentile there); false: probe_risk is an extrapolation")
+    probe_distance_ratio: float | None = Field(
+        description="that distance ÷ the 99th percentile: above 1 out of range (null without a probe "
+                          "or its limit); its drift from the calibration's is monitored")
 
 
 class Risk(BaseModel):

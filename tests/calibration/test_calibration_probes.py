@@ -89,6 +89,23 @@ def test_serving_equals_calibration_on_the_same_sample(engine, calibrated, datas
                                     "distance_ratio": pytest.approx(distance / params.probe.distance_limit)}
 
 
+def test_params_hold_the_drift_reference_of_the_training_split(engine, calibrated):
+    path, root = calibrated
+    params = load_params(path)
+    reference = params.data["drift_reference"]
+    ckpt = checkpoint_path(root / "reports", engine.lm, _spec(None), "train")
+    records = list(read_checkpoint(ckpt).values())
+    labels = np.array([r["label"] for r in records])
+    assert len(reference["risk"]) == len(records) == N and reference["risk"] == sorted(reference["risk"])
+    # out-of-fold scores, Platt-scaled on themselves: the probabilities average to the base rate
+    assert np.mean(reference["risk"]) == pytest.approx(labels.mean(), abs=0.01)
+    position = POSITIONS.index(params.probe.position)
+    ratios = [float(params.probe.distance(np.load(states_dir(ckpt) / (r["key"].replace(":", "_") + ".npy"))[position])
+                    / params.probe.distance_limit) for r in records]
+    assert reference["probe_distance_ratio"] == pytest.approx(sorted(ratios), abs=1e-5)
+    assert np.mean(np.array(ratios) <= 1) >= 0.95  # the limit is the 99th percentile of these distances
+
+
 def test_evaluate_reports_every_detector_and_the_layer_curves(engine, calibrated, dataset):
     path, root = calibrated
     report = evaluate(engine, path, _spec(dataset, batch_size=4), root / "reports", root / "reports")
@@ -151,6 +168,7 @@ def test_without_probes_nothing_is_captured_and_the_selection_still_runs(engine,
     path = calibrate(engine, _spec(dataset, probes=False), tmp_path / "params", tmp_path / "reports")
     params = json.loads(path.read_text())
     assert params["probe"] is None and not any(n.startswith("probe_") for n in params["ranking"])
+    assert set(params["drift_reference"]) == {"risk"}  # no probe, no distance ratio
     assert not list((tmp_path / "reports" / "scores").glob("*_states"))
     assert load_params(path).probe is None
 

@@ -122,6 +122,8 @@ def test_responses_carry_probe_risk_and_risk(tmp_path, engine):
     assert body["scores"]["probe_risk"] == pytest.approx(1 / (1 + np.exp(-logit)), abs=1e-5)
     assert body["risk"]["detector"] == "probe_last_step" and body["risk"]["task"] == "qa"
     assert body["scores"]["probe_in_distribution"] is True and body["risk"]["in_distribution"] is True
+    distance = float(probe.distance(records[-1].hidden))
+    assert body["scores"]["probe_distance_ratio"] == pytest.approx(distance / probe.distance_limit, rel=1e-4)
     assert body["risk"]["probability"] == pytest.approx(1 / (1 + np.exp(-(2.0 * logit - 0.5))), abs=1e-5)
     # /score teacher-forces the generated tokens (the text encodes back to them): the same probe
     # logit at the last step, so the same probe_risk and risk as /generate
@@ -147,4 +149,5 @@ def test_a_state_outside_the_training_range_is_flagged(tmp_path, engine):
     with TestClient(create_app(Settings(params=path, max_tokens_limit=64), engine)) as client:
         body = client.post("/generate", json={"prompt": PROMPTS[0], "max_tokens": 8}).json()
     assert body["scores"]["probe_in_distribution"] is False and body["risk"]["in_distribution"] is False
+    assert body["scores"]["probe_distance_ratio"] == pytest.approx(2.0, rel=1e-4)
     assert body["scores"]["probe_risk"] is not None  # still reported, flagged as an extrapolation

@@ -79,10 +79,16 @@ def test_counters_and_histograms_move(base, http):
     assert delta("halluwatch_response_hbar_s_sum") == pytest.approx(sum(s["hbar_s"] for s in scores))
     assert delta("halluwatch_response_pri_sum") == pytest.approx(sum(s["pri"] for s in scores))
     assert delta("halluwatch_time_to_first_token_seconds_count") == 4
+    # params without a risk detector: every response assessed by its quadrant, flagged in Q2
+    assert delta("halluwatch_assessed_responses_total") == 4
+    assert delta("halluwatch_flagged_responses_total") == quadrants.count("Q2")
+    assert delta("halluwatch_out_of_distribution_responses_total") == 0
+    assert delta("halluwatch_response_risk_count") == 0
 
     # gauges read at scrape time
     assert value(after, "halluwatch_engine_queue_depth") == 0
     assert value(after, "halluwatch_engine_busy") == 0
+    assert value(after, "halluwatch_engine_queue_capacity") == 16  # HALLUWATCH_QUEUE_DEPTH's default
     assert value(after, "halluwatch_params_loaded") == 1
     for state in JOB_STATES:
         assert (("halluwatch_calibration_jobs", frozenset({("state", state)})) in after)
@@ -116,3 +122,51 @@ def test_observe_response_without_metrics_is_a_no_op():
     assert observe_response(app, {"usage": {}}) == {"usage": {}}
     install_metrics(app)
     assert observe_response(app, {"scores": "not a dict"}) == {"scores": "not a dict"}  # never raises
+
+
+def _assessed(probability: float, in_distribution: bool | None, ratio: float | None, calibration: str) -> dict:
+    return {"usage": {"completion_tokens": 2}, "scores": {"hbar_s": 1.0, "pri": 1.0, "probe_distance_ratio": ratio},
+            "quadrant": {"name": "Q1", "params": calibration},
+            "risk": {"probability": probability, "in_distribution": in_distribution, "calibration": calibration}}
+
+
+def test_flagged_out_of_distribution_risk_and_drift(engine, tmp_path_factory):
+    from app.http.app import create_app
+    from app.settings import Settings
+    from support.params import write_params
+
+    params_dir = tmp_path_factory.mktemp("params")
+    reference = {"risk": [i / 100 for i in range(100)], "probe_distance_ratio": [i / 100 for i in range(100)]}
+    write_params(params_dir / "ref.json", engine.lm, drift_reference=reference)
+    app = create_app(Settings(home=tmp_path_factory.mktemp("home"), params_dir=params_dir, flag_risk=0.6,
+                              drift_min_live=10, queue_depth=5), engine)
+    for i in range(10):  # risks 0.05 … 0.95: 4 at or above the cutoff 0.6; 3 outside the probe's range
+        observe_response(app, _assessed(0.05 + 0.1 * i, i < 7, 0.2 * i, "ref.json"))
+    observe_response(app, {"usage": {}, "scores": {}, "quadrant": None, "risk": None})  # not assessed
+    text = generate_latest(app.state.metrics.registry).decode()
+    samples = {(s.name, frozenset(s.labels.items())): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    assert value(samples, "halluwatch_assessed_responses_total") == 10
+    assert value(samples, "halluwatch_flagged_responses_total") == 4
+    assert value(samples, "halluwatch_out_of_distribution_responses_total") == 3
+    assert value(samples, "halluwatch_response_risk_count") == 10
+    assert value(samples, "halluwatch_response_risk_bucket", le="0.5") == 5
+    assert value(samples, "halluwatch_responses_total", quadrant="none") == 1
+    assert value(samples, "halluwatch_engine_queue_capacity") == 5
+    snapshot = app.state.drift.snapshot()["ref.json"]
+    for signal in ("risk", "probe_distance_ratio"):
+        labels = {"calibration": "ref.json", "signal": signal}
+        assert value(samples, "halluwatch_drift_ks", **labels) == pytest.approx(snapshot[signal]["ks"])
+        assert value(samples, "halluwatch_drift_psi", **labels) == pytest.approx(snapshot[signal]["psi"])
+    assert snapshot["probe_distance_ratio"]["ks"] > snapshot["risk"]["ks"]  # ratios up to 1.8 against ≤ 0.99
+
+
+def test_drift_gauges_are_absent_until_measured(engine, tmp_path_factory):
+    from test_openai import build_app as plain_app  # params without a drift reference
+
+    app = plain_app(engine, tmp_path_factory)
+    for _ in range(300):
+        observe_response(app, _assessed(0.5, True, 0.5, "p.json"))
+    text = generate_latest(app.state.metrics.registry).decode()
+    assert "halluwatch_drift_ks{" not in text and "halluwatch_drift_psi{" not in text
+    assert "no drift reference" in app.state.drift.snapshot()["p.json"]["risk"]["reason"]

@@ -1,0 +1,40 @@
+"""The reference distributions that live drift is measured against (app/monitor/drift.py), stored
+in the params by the calibration run under "drift_reference":
+
+- "risk": the served detector's `risk` probability on the training split, out of fold (each
+  sample scored by the detector fitted in the CV fold without it, then Platt-scaled, as the
+  scaling itself was fitted), because a detector's scores on its own training samples, a probe's
+  above all, are more confident than on any new prompt;
+- "probe_distance_ratio" (only with a served probe): each training state's distance ÷ the
+  probe's in-range limit, as `scores.probe_distance_ratio` reports it for a response.
+
+Both are sorted and rounded; beyond `MAX_VALUES` samples, evenly spaced order statistics stand
+for them.
+"""
+
+import numpy as np
+
+from signals import detectors, selection
+
+MAX_VALUES = 2000
+DECIMALS = 5
+
+
+def compact(values) -> list[float]:
+    """`values` sorted and rounded, at most `MAX_VALUES` of them (evenly spaced order statistics)."""
+    ordered = np.sort(np.asarray(values, dtype=float))
+    if len(ordered) > MAX_VALUES:
+        ordered = ordered[np.linspace(0, len(ordered) - 1, MAX_VALUES).round().astype(int)]
+    return [round(float(v), DECIMALS) for v in ordered]
+
+
+def drift_reference(chosen: dict, states: dict | None) -> dict:
+    """The params' "drift_reference" from the detector selection (`selection.select_detectors`'
+    result) and the training states it was fitted on (position → (n, L, D); None without probes)."""
+    reference = {"risk": compact(selection.risk_probability(chosen["risk_scores"], chosen["risk"]))}
+    served = [name for name in chosen["ranking"] if detectors.is_probe(name)]
+    if served and states is not None:
+        position = detectors.get(served[0]).position
+        probe = chosen["probes"][position]
+        reference["probe_distance_ratio"] = compact(probe.distance(states[position]) / probe.distance_limit)
+    return reference
