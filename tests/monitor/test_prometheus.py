@@ -1,11 +1,14 @@
 """A real Prometheus scrapes a halluwatch test server (tiny model): the series come back through
-its HTTP API, and the alert rules are loaded and evaluated."""
+its HTTP API, the alert rules are loaded and evaluated, and every dashboard expression runs."""
+
+import json
 
 import httpx
 import pytest
 from support.live_server import live_server
-from support.params import write_params
-from support.prometheus import running_prometheus, wait_for
+from support.params import DRIFT_CALIBRATION, write_params
+from support.prometheus import (DASHBOARD, DASHBOARD_VARIABLES, dashboard_expressions, running_prometheus,
+                                wait_for)
 from test_alert_rules import EXPECTED
 
 from app.http.app import create_app
@@ -13,10 +16,6 @@ from app.monitor.flagging import is_flagged
 from app.settings import Settings
 
 N = 5
-# A calibration whose risk is PRI Platt-scaled, with a reference of risk probabilities to drift from.
-CALIBRATION = {"detectors": {"pri": {"direction": 1}}, "ranking": ["pri"], "risk": {"detector": "pri", "a": 1.0,
-               "b": -2.0, "cv_auroc": 0.7}, "joint_model_weights": {"w_hbar": 0.0, "w_pri": 1.0, "intercept": 0.0},
-               "drift_reference": {"risk": [i / 50 for i in range(50)]}}
 
 
 def query(prom: str, expr: str) -> list:
@@ -32,7 +31,7 @@ def scalar(prom: str, expr: str) -> float | None:
 
 @pytest.fixture(scope="module")
 def app(engine, tmp_path_factory):
-    params = write_params(tmp_path_factory.mktemp("params") / "c.json", engine.lm, **CALIBRATION)
+    params = write_params(tmp_path_factory.mktemp("params") / "c.json", engine.lm, **DRIFT_CALIBRATION)
     return create_app(Settings(home=tmp_path_factory.mktemp("home"), params=params, max_tokens_limit=16,
                                flag_risk=0.3, drift_min_live=N), engine)
 
@@ -63,3 +62,10 @@ def test_prometheus_reads_the_series_and_loads_the_rules(app, tmp_path):
         rules = wait_for(evaluated, 30, "the alert rules were not all evaluated without error")
         assert {r["name"] for r in rules} == EXPECTED and {r["type"] for r in rules} == {"alerting"}
         assert next(r for r in rules if r["name"] == "HalluwatchDown")["state"] == "inactive"
+
+        for expr in dashboard_expressions(json.loads(DASHBOARD.read_text())):
+            for variable, value in DASHBOARD_VARIABLES.items():
+                expr = expr.replace(variable, value)
+            query(prom, expr)  # valid PromQL that Prometheus evaluates
+        by_route = 'sum by (route) (rate(halluwatch_http_requests_total{job="halluwatch"}[1m]))'
+        assert wait_for(lambda: query(prom, by_route), 10, "no request rate")

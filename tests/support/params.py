@@ -20,3 +20,13 @@ def write_params(path: Path, lm, **fields) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(params_for(lm, **fields)))
     return path
+
+
+# Fields of a calibration whose risk is PRI Platt-scaled, with a reference of 50 risk probabilities
+# to measure drift against (and no probe, so no distance ratio).
+DRIFT_CALIBRATION = {
+    "detectors": {"pri": {"direction": 1}}, "ranking": ["pri"],
+    "risk": {"detector": "pri", "a": 1.0, "b": -2.0, "cv_auroc": 0.7},
+    "joint_model_weights": {"w_hbar": 0.0, "w_pri": 1.0, "intercept": 0.0},
+    "drift_reference": {"risk": [i / 50 for i in range(50)]},
+}

@@ -2,6 +2,7 @@
 In CI (CI=true) a missing binary fails the test; elsewhere the test is skipped."""
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -74,3 +75,31 @@ def wait_for(check, timeout_s: float, message: str):
             raise AssertionError(message)
         time.sleep(0.25)
     return result
+
+
+DASHBOARD = REPO_ROOT / "docs" / "monitoring" / "grafana-dashboard.json"
+# What the dashboard's variables stand for when its expressions are run outside Grafana.
+DASHBOARD_VARIABLES = {"$__rate_interval": "1m", "$job": "halluwatch"}
+PROMQL_KEYWORDS = {"and", "or", "unless", "bool", "offset", "group_left", "group_right"}
+
+
+def dashboard_expressions(dashboard: dict) -> list[str]:
+    """The PromQL of every panel target (rows' panels included)."""
+    out = []
+    for panel in dashboard["panels"]:
+        for inner in (panel, *panel.get("panels", [])):
+            out += [target["expr"] for target in inner.get("targets", [])]
+    return out
+
+
+def metric_names(expr: str) -> set:
+    """The metric names a PromQL expression reads: what remains once strings, label matchers, range
+    selectors, label lists (by, without, on, ignoring), functions and keywords are taken out."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    expr = re.sub(r"\{[^}]*\}|\[[^\]]*\]", " ", expr)
+    expr = re.sub(r"\b(?:by|without|on|ignoring)\s*\([^)]*\)", " ", expr)
+    names = set()
+    for match in re.finditer(r"(?<![\w.])[A-Za-z_:][\w:]*", expr):
+        if match.group() not in PROMQL_KEYWORDS and not expr[match.end():].lstrip().startswith("("):
+            names.add(match.group())
+    return names
