@@ -101,7 +101,8 @@ def _served(app: FastAPI) -> tuple:
 
 
 class _StateCollector:
-    """Gauges read at scrape time: engine queue and busy flag, params loaded, calibration jobs by state."""
+    """Gauges read at scrape time: engine queue depth and capacity, busy flag, params loaded, calibration jobs
+    by state."""
 
     def __init__(self, app: FastAPI, settings: Settings):
         self.app = app
