@@ -122,8 +122,8 @@ def select_detectors(features: dict, labels, states: dict | None = None, seed: i
     within one standard error of it (`one_se_choice`), and its out-of-fold scores fit the Platt
     scaling (with sources left out, those of stratified folds: one fit's scores, on one scale).
     Returns {"detectors": {name: entry}, "ranking": [names], "risk": {"detector", "a", "b",
-    "cv_auroc", "selected_by", "prior"}, "risk_scores": its detector's out-of-fold scores, "probes":
-    {position: Probe fitted on all samples}}.
+    "cv_auroc", "selected_by", "prior"}, "risk_scores": the out-of-fold scores the Platt scaling was
+    fitted on, "probes": {position: Probe fitted on all samples}}.
     """
     labels = np.asarray(labels).ravel().astype(int)
     if (reason := too_few(labels)) is not None:

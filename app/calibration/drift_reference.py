@@ -1,10 +1,10 @@
 """The reference distributions that live drift is measured against (app/monitor/drift.py), stored
 in the params by the calibration run under "drift_reference":
 
-- "risk": the `risk` probability on the training split, out of fold (each sample scored by the
-  risk's detector fitted without it: in the CV fold without it, or, with several sources, on the
-  other sources), then Platt-scaled, as the scaling itself was fitted; a detector's scores on its
-  own training samples, a probe's above all, are more confident than on any new prompt;
+- "risk": the `risk` probability on the training split, out of fold: the scores the Platt scaling
+  was fitted on (each sample scored by the risk's detector fitted in a CV fold without it), scaled;
+  a detector's scores on its own training samples, a probe's above all, are more confident than on
+  any new prompt;
 - "probe_distance_ratio" (only with a served probe): each training state's distance ÷ the
   probe's in-range limit, as `scores.probe_distance_ratio` reports it for a response.
 
