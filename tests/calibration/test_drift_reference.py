@@ -2,10 +2,12 @@
 (the whole run, with `select_detectors`, is checked in test_calibration_probes.py)."""
 
 import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
 
 from app.calibration.drift_reference import MAX_VALUES, compact, drift_reference
 from signals.probe import fit_probe
-from signals.selection import risk_probability
+from signals.selection import PLATT_C, risk_probability, select_detectors
 
 RISK = {"detector": "probe_prompt_end", "a": 2.0, "b": -0.5, "cv_auroc": 0.9}
 
@@ -40,3 +42,16 @@ def test_compact_sorts_rounds_and_caps():
     many = compact(np.arange(10 * MAX_VALUES))
     assert len(many) == MAX_VALUES and many[0] == 0 and many[-1] == 10 * MAX_VALUES - 1
     assert many == sorted(many)
+
+
+@pytest.mark.slow  # two detector selections: about 15 s of CPU each
+@pytest.mark.parametrize("groups", [None, np.repeat(["a", "b"], 40)])
+def test_the_risk_scores_are_those_the_platt_scaling_was_fitted_on(groups):
+    rng = np.random.default_rng(5)
+    labels = np.tile([0, 1], 40)
+    feats = {"hbar": rng.normal(size=80), "pri": rng.normal(size=80) + labels}
+    chosen = select_detectors(feats, labels, None, seed=0, groups=groups)
+    platt = LogisticRegression(C=PLATT_C, max_iter=10_000, class_weight=None if groups is None else "balanced")
+    platt.fit(chosen["risk_scores"][:, None], labels)
+    assert platt.coef_[0, 0] == pytest.approx(chosen["risk"]["a"]) and platt.intercept_[0] == pytest.approx(
+        chosen["risk"]["b"])
