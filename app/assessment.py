@@ -50,7 +50,6 @@ def response_body(records: list, fin: Finished, calibrations: tuple, params_reas
     risk = params.risk(scores, records[0].verdict, logit, inside) if params else None
     if risk is not None:
         risk["calibration"] = params.path.name
-        risk["distance_ratio"] = ratio if math.isfinite(ratio) else None
     body = {
         "text": "".join(r.text for r in records) + fin.text_tail,
         "finish_reason": fin.finish_reason,

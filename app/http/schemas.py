@@ -109,14 +109,12 @@ class Risk(BaseModel):
     task: str | None = Field(description="the traffic that calibrated it: 'answers' (the model's own chat answers "
                                          "to questions) or a HaluEval judgment task; the probability holds for "
                                          "prompts of that kind")
-    in_distribution: bool | None = Field(description="for a probe detector, scores.probe_in_distribution; "
-                                                     "null for the others")
+    in_distribution: bool | None = Field(description="whether the request lies within the range of the "
+                                                     "calibration's training states (scores.probe_in_distribution "
+                                                     "of its probe); null when it has no probe")
     calibration: str = Field(description="the params file of the calibration that assessed this response: the "
                                          "one named in the request, else the one whose probe found the prompt "
                                          "closest to its training prompts")
-    distance_ratio: float | None = Field(None, description="the probe's distance to its training states ÷ its "
-                                                           "in-range limit (≤ 1: in distribution); null "
-                                                           "without a probe")
 
 
 class Quadrant(BaseModel):

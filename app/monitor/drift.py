@@ -53,14 +53,31 @@ class DriftTracker:
             for name in set(self._live) - set(served):  # a calibration no longer served: its window goes
                 del self._live[name]
             live = {name: {s: list(d) for s, d in windows.items()} for name, windows in self._live.items()}
-        return {name: {signal: self._signal(params.data.get("drift_reference"), signal,
-                                            live.get(name, {}).get(signal, []))
+        return {name: {signal: measure(params.data.get("drift_reference"), signal,
+                                       live.get(name, {}).get(signal, []), self.min_live)
                        for signal in SIGNALS}
                 for name, params in served.items()}
 
-    def _signal(self, reference: dict | None, signal: str, live: list) -> dict:
-        if not isinstance(reference, dict):
-            return {"n_live": len(live), "n_reference": 0, "reason": NO_REFERENCE}
-        if not reference.get(signal):
-            return {"n_live": len(live), "n_reference": 0, "reason": NO_PROBE if signal != "risk" else NO_REFERENCE}
-        return compare(live, reference[signal], self.min_live)
+
+def measure(reference: dict | None, signal: str, live: list, min_live: int) -> dict:
+    """Drift of one signal's `live` values against a calibration's drift reference (`compare`), or the
+    sizes and the reason it is not measured."""
+    if not isinstance(reference, dict):
+        return {"n_live": len(live), "n_reference": 0, "reason": NO_REFERENCE}
+    if not reference.get(signal):
+        return {"n_live": len(live), "n_reference": 0, "reason": NO_PROBE if signal != "risk" else NO_REFERENCE}
+    return compare(live, reference[signal], min_live)
+
+
+def window_drift(rows: list, calibrations: tuple, min_live: int) -> dict:
+    """Drift over log entries (dicts with "calibration", "risk", "distance_ratio"), per served
+    calibration and signal, as `DriftTracker.snapshot` gives it for its rolling window."""
+    columns = {"risk": "risk", "probe_distance_ratio": "distance_ratio"}
+    out = {}
+    for params in calibrations:
+        mine = [r for r in rows if r.get("calibration") == params.path.name]
+        out[params.path.name] = {
+            signal: measure(params.data.get("drift_reference"), signal,
+                            [r[column] for r in mine if r[column] is not None and math.isfinite(r[column])], min_live)
+            for signal, column in columns.items()}
+    return out

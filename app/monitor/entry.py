@@ -85,7 +85,7 @@ class Context:
             "risk": risk.get("probability"),
             "detector": risk.get("detector"),
             "in_distribution": risk.get("in_distribution"),
-            "distance_ratio": risk.get("distance_ratio"),
+            "distance_ratio": (body.get("scores") or {}).get("probe_distance_ratio"),
             "flagged": is_flagged(body, self.flag_risk),
             "finish_reason": body.get("finish_reason"),
             "latency_s": time.perf_counter() - exchange.started,

@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 import numpy as np
 
 QUADRANTS = ("Q1", "Q2", "Q3", "Q4", "none")
-COLUMNS = ["ts", "replica", "quadrant", "flagged", "risk", "in_distribution", "latency_s"]
+COLUMNS = ["ts", "replica", "quadrant", "flagged", "risk", "in_distribution", "latency_s", "calibration",
+           "distance_ratio"]
 MAX_BUCKETS = 1000
 MAX_WINDOW_S = 366 * 86400
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -59,8 +60,8 @@ def _stats(rows: list) -> dict:
 
 
 def summarize(rows, since: float, until: float, bucket_s: float, drift: dict | None = None) -> dict:
-    """The summary of `rows` (dicts with COLUMNS, `since` ≤ ts < `until`). `drift`: the drift of the
-    window, when something computes it (None until then)."""
+    """The summary of `rows` (dicts with COLUMNS, `since` ≤ ts < `until`); `drift`: the window's drift
+    per calibration (app/monitor/drift.py `window_drift`), when there are calibrations to compare with."""
     rows = list(rows)
     n_buckets = max(1, int(np.ceil((until - since) / bucket_s)))
     per_bucket: list = [[] for _ in range(n_buckets)]

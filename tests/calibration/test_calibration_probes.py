@@ -85,8 +85,8 @@ def test_serving_equals_calibration_on_the_same_sample(engine, calibrated, datas
             probability = float(selection.risk_probability(score, params.data["risk"]))
             assert body["risk"] == {"detector": name, "task": "qa", "in_distribution": inside,
                                     "probability": pytest.approx(probability, abs=1e-5),
-                                    "calibration": path.name,
-                                    "distance_ratio": pytest.approx(distance / params.probe.distance_limit)}
+                                    "calibration": path.name}
+            assert body["scores"]["probe_distance_ratio"] == pytest.approx(distance / params.probe.distance_limit)
 
 
 def test_params_hold_the_drift_reference_of_the_training_split(engine, calibrated):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from app.calibration.params import Params
-from app.monitor.drift import NO_PROBE, NO_REFERENCE, DriftTracker
+from app.monitor.drift import NO_PROBE, NO_REFERENCE, DriftTracker, window_drift
 
 rng = np.random.default_rng(0)
 REFERENCE = {"risk": sorted(rng.uniform(0, 1, 400).round(5)), "probe_distance_ratio": sorted(rng.uniform(0, 1, 400))}
@@ -84,3 +84,17 @@ def test_the_window_bounds_each_signal(window):
         t.observe(body("a.json", float(p), float(p)))
     snap = t.snapshot()["a.json"]
     assert snap["risk"]["n_live"] == snap["probe_distance_ratio"]["n_live"] == window
+
+
+def test_window_drift_compares_the_logged_values_of_each_calibration():
+    rng = np.random.default_rng(0)
+    reference = {"risk": sorted(rng.uniform(size=400).round(5).tolist()),
+                 "probe_distance_ratio": sorted(rng.uniform(0.5, 1.0, size=400).round(5).tolist())}
+    mine, bare = Params(Path("a.json"), {"drift_reference": reference}), Params(Path("b.json"), {})
+    rows = [{"calibration": "a.json", "risk": float(v), "distance_ratio": float(d)}
+            for v, d in zip(rng.uniform(0.5, 1.0, size=300), rng.uniform(0.5, 1.0, size=300))]
+    rows += [{"calibration": "a.json", "risk": None, "distance_ratio": None}]  # not assessed: left out
+    drift = window_drift(rows, (mine, bare), min_live=200)
+    assert drift["a.json"]["risk"]["n_live"] == 300 and drift["a.json"]["risk"]["ks"] > 0.3  # shifted up
+    assert drift["a.json"]["probe_distance_ratio"]["ks"] < 0.15  # same distribution
+    assert drift["b.json"]["risk"]["reason"] == NO_REFERENCE and drift["b.json"]["risk"]["n_live"] == 0

@@ -13,10 +13,10 @@ CONTEXT = Context(replica="r1", model="m", model_fingerprint="f" * 16, flag_risk
 
 def body(risk: float | None, quadrant: str | None = "Q1") -> dict:
     return {"text": "answer", "finish_reason": "eos", "usage": {"prompt_tokens": 3, "completion_tokens": 2},
-            "scores": {"hbar_s": 1.0, "pri": 2.0},
+            "scores": {"hbar_s": 1.0, "pri": 2.0, "probe_distance_ratio": 0.5},
             "quadrant": {"name": quadrant, "params": "p.json"} if quadrant else None,
             "risk": None if risk is None else {"probability": risk, "detector": "d", "in_distribution": True,
-                                               "calibration": "p.json", "distance_ratio": 0.5}}
+                                               "calibration": "p.json"}}
 
 
 def rows(n: int, start: float, step: float = 1.0, prefix: str = "id", **kw) -> list:
@@ -37,7 +37,8 @@ def test_migrations_are_idempotent_and_rows_round_trip(store):
     again.close()
     store.insert(rows(3, 1000.0))
     got = store.get("id-0001")
-    assert got["scores"] == {"hbar_s": 1.0, "pri": 2.0} and got["quadrant"] == "Q1" and got["flagged"] is False
+    assert got["scores"] == {"hbar_s": 1.0, "pri": 2.0, "probe_distance_ratio": 0.5}
+    assert got["quadrant"] == "Q1" and got["flagged"] is False
     assert got["risk"] == pytest.approx(1 / 3) and got["distance_ratio"] == 0.5 and got["calibration"] == "p.json"
     assert got["prompt"] is None and len(got["prompt_hash"]) == 64 and got["response_tokens"] == 2
     assert store.get("no-such-id") is None and store.count() == 3

@@ -8,6 +8,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from ...monitor import summary as summaries
+from ...monitor.drift import window_drift
 from ...monitor.export import present
 from ...monitor.store import BadCursor, Filters
 
@@ -55,7 +56,9 @@ class ResponsesQuery(BaseModel):
 @router.get("/summary", responses={404: {"description": "the log is off"}, 422: {"description": "invalid field"}})
 def monitor_summary(q: Annotated[SummaryQuery, Query()], request: Request) -> dict:
     """Counts, flagged share per quadrant, risk quantiles, in-distribution share and mean latency,
-    over the window and per bucket; `drift` is null until drift is computed."""
+    over the window and per bucket; `drift`: per calibration in effect, KS and PSI of the window's risk
+    probabilities and probe distance ratios against its training split (or why not), null without
+    calibrations."""
     log = response_log(request)
     try:
         window = summaries.parse_duration(q.window)
@@ -71,8 +74,10 @@ def monitor_summary(q: Annotated[SummaryQuery, Query()], request: Request) -> di
         raise query_error("bucket", f"the bucket must fit the window, with at most {summaries.MAX_BUCKETS} "
                                     f"buckets in it")
     until = time.time()
-    rows = log.store.rows(Filters(since=until - window, until=until), summaries.COLUMNS)
-    return {"window": q.window, "bucket": q.bucket, **summaries.summarize(rows, until - window, until, bucket)}
+    rows = list(log.store.rows(Filters(since=until - window, until=until), summaries.COLUMNS))
+    drift = window_drift(rows, request.app.state.served.calibrations, request.app.state.settings.drift_min_live)
+    return {"window": q.window, "bucket": q.bucket,
+            **summaries.summarize(rows, until - window, until, bucket, drift or None)}
 
 
 @router.get("/responses", responses={404: {"description": "the log is off"}, 422: {"description": "invalid field"}})

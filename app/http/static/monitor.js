@@ -1,4 +1,12 @@
 "use strict";
+// Drift per calibration and signal: KS and PSI against its training split, or why it is not measured.
+function driftText(drift) {
+  const signal = (name, d) => d.reason ? `${name}: ${d.reason}`
+    : `${name}: KS ${fmt(d.ks, 2)}, PSI ${fmt(d.psi, 2)} (${d.n_live} responses)`;
+  return Object.entries(drift).map(([calibration, signals]) => `${calibration} · `
+    + `${signal("risk", signals.risk)}; ${signal("distance", signals.probe_distance_ratio)}`).join("\n");
+}
+
 // The Monitor tab: GET /monitor/summary (risk over time, quadrant shares, drift) and the recent flagged
 // responses from GET /monitor/responses, each with buttons that label it through POST /feedback.
 // Uses app.js's helpers ($, el, fmt, api, errorText, setStatus).
@@ -120,7 +128,7 @@ async function loadMonitor() {
     + `${pct(s.in_distribution_share)} · risk median ${q ? fmt(q.p50) : "—"}, 90th percentile ${q ? fmt(q.p90) : "—"}`;
   drawRiskChart(s.buckets);
   showQuadrants(s.quadrants, s.count);
-  $("mon-drift").textContent = s.drift == null ? "Not computed for this window." : JSON.stringify(s.drift);
+  $("mon-drift").textContent = s.drift == null ? "No calibration to compare with." : driftText(s.drift);
   const since = new Date(Date.now() - s.bucket_s * s.buckets.length * 1000).toISOString();
   const list = await api(`monitor/responses?flagged=true&limit=20&since=${encodeURIComponent(since)}`);
   if (!list.ok) { message("error-text", await errorText(list)); return; }
