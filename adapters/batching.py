@@ -11,6 +11,7 @@ up to float rounding, as when it runs alone.
 """
 
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import mlx.core as mx
@@ -48,17 +49,17 @@ class Row:
 
 
 class Prefill:
-    """A newcomer's prompt going through the model alone, one chunk per `advance()`."""
+    """A newcomer's prompt going through the model alone, a chunk per `advance()`. A prefix it
+    shares with an `after` prompt (prefilled before it) is copied from that one's cache
+    (plain KV caches only), as calibration batches of HaluEval pairs share their whole context."""
 
-    def __init__(self, batch: "DecodeBatch", row: Row, prompt_ids: list):
+    def __init__(self, lm: LoadedModel, row: Row, prompt_ids: list, step_size: int, after=None):
         if not prompt_ids:
             raise ValueError("prompt_ids must not be empty")
         self.row, self.ids = row, prompt_ids
-        self.cache = make_prompt_cache(batch.lm.model)
-        prev = batch.last_prefill
-        shared = _copy_prefix(self.cache, prev.cache, prev.ids, prompt_ids) if prev is not None else 0
-        self._rest = prompt_ids[shared:]
-        self._model, self._step = batch.lm.model, batch.prefill_step_size
+        self.cache = make_prompt_cache(lm.model)
+        self._rest, self._after = prompt_ids, after
+        self._model, self._step = lm.model, step_size
 
     @property
     def done(self) -> bool:
@@ -67,6 +68,9 @@ class Prefill:
     def advance(self, budget: int) -> int:
         """Run the next chunk of the prompt (all but its last token), at most `budget` tokens;
         return how many went through."""
+        if self._after is not None:
+            after, self._after = self._after, None
+            self._rest = self.ids[_copy_prefix(self.cache, after.cache, after.ids, self.ids):]
         n = min(self._step, budget, len(self._rest) - 1)
         if n <= 0:
             return 0
@@ -85,7 +89,6 @@ class DecodeBatch:
         self.lm = lm
         self.prefill_step_size = prefill_step_size
         self.rows: list = []
-        self.last_prefill: Prefill | None = None  # its cache may share a prefix with the next prompt
         self._cache = None  # per layer: a batch cache over `rows`
         self._inputs = None  # (B,) the next input token of every row
         self._prev = None  # (B, D) final hidden state of every row's previous step (zeros: none yet;
@@ -95,17 +98,16 @@ class DecodeBatch:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def prefill(self, prompt_ids: list, row: Row) -> Prefill:
-        """Start prefilling a newcomer; `join` it once `done`."""
+    def prefill(self, prompt_ids: list, row: Row, after: Prefill | None = None) -> Prefill:
+        """A newcomer to prefill (sharing a prefix with `after`, see Prefill); `join` it once `done`."""
         if row.sampling is not None:
             row.key = row.sampling.key()
-        return Prefill(self, row, prompt_ids)
+        return Prefill(self.lm, row, prompt_ids, self.prefill_step_size, after)
 
     def join(self, prefill: Prefill) -> None:
         """Add a prefilled sequence as the last row; its first step is the batch's next step."""
         if not prefill.done:
             raise ValueError("the prompt is not prefilled yet")
-        self.last_prefill = prefill
         with mx.stream(generation_stream):
             cache = [type(c).merge([c]) for c in prefill.cache]
             last = mx.array(prefill.ids[-1:])
@@ -188,3 +190,25 @@ class DecodeBatch:
                 top = _sorted_top(ids, lps)[:row.top_logprobs]
             steps.append(RawStep(t, lp, v, top, hidden[i] if row.capture_hidden else None))
         return steps
+
+
+def generate_steps(
+    lm: LoadedModel,
+    prompt_ids: list,
+    max_tokens: int,
+    reduce: Reduce,
+    *,
+    top_logprobs: int = 0,
+    prefill_step_size: int = 2048,
+    sampling: Sampling | None = None,
+    capture_hidden: bool = False,
+) -> Iterator[RawStep]:
+    """Up to `max_tokens` steps of one sequence alone (a batch of one); the caller decides when
+    to stop. Greedy tokens and logprobs are bit-identical to mlx-lm's `generate_step`."""
+    batch = DecodeBatch(lm, prefill_step_size)
+    prefill = batch.prefill(prompt_ids, Row(None, top_logprobs, capture_hidden, sampling))
+    while not prefill.done:
+        prefill.advance(prefill_step_size)
+    batch.join(prefill)
+    for _ in range(max_tokens):
+        yield batch.step(reduce)[0]

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 import mlx.core as mx
+from mlx_lm.generate import generation_stream, wired_limit
 
 from adapters.batching import DecodeBatch, Prefill, Row, Sampling
 from adapters.decode import teacher_forced_steps
@@ -131,17 +132,22 @@ class Engine:
         log.info("loaded %s (%s, %d blocks, %s, BLAS %s)", self.lm.model_id, self.lm.family.name,
                  self.lm.n_layers, self.lm.dtype, self.lm.blas)
         try:
-            while not (self._waiting.stopping and not self.busy):
-                if not self._waiting.stopping:
-                    self._admit()
-                self._advance_prefills()
-                if self._members:
-                    self._step()
-            for work in self._waiting.drain():  # stopped: nobody will run what is still waiting
-                for job, handle in _members(work):
-                    handle.emit(_cancelled(job))
+            with wired_limit(self.lm.model, [generation_stream]):
+                self._serve()
         finally:
             mx.clear_streams()  # this thread's MLX streams; left to process exit they can abort it
+
+    def _serve(self) -> None:
+        """Admit, prefill and step until stopped; then cancel what still waits."""
+        while not (self._waiting.stopping and not self.busy):
+            if not self._waiting.stopping:
+                self._admit()
+            self._advance_prefills()
+            if self._members:
+                self._step()
+        for work in self._waiting.drain():  # stopped: nobody will run what is still waiting
+            for job, handle in _members(work):
+                handle.emit(_cancelled(job))
 
     # -- admission ------------------------------------------------------------------------------
 
@@ -156,24 +162,26 @@ class Engine:
     def _admit(self) -> None:
         """Take what fits from the queue (waiting for work while there is nothing to do)."""
         while (work := self._waiting.take(self._fits, wait=not self.busy)) is not None:
-            now = time.perf_counter()
+            now, after = time.perf_counter(), None  # members of a batch share prompt prefixes
             for job, handle in _members(work):
                 if job.cancelled.is_set():
                     handle.emit(_cancelled(job))
                 elif isinstance(job, ScoreJob):
                     self._score(job, handle)
                 else:
-                    self._join_later(job, handle, now - job.submitted)
+                    after = self._join_later(job, handle, now - job.submitted, after)
 
-    def _join_later(self, job: GenerationJob, handle: Handle, queue_s: float) -> None:
+    def _join_later(self, job: GenerationJob, handle: Handle, queue_s: float, after: Prefill | None):
+        """Queue a generation job's prefill; returns it (None if the job was refused)."""
         sampling = Sampling(job.temperature, job.top_p, job.seed) if job.temperature > 0 else None
         row = Row(handle, job.top_logprobs, job.capture_hidden, sampling)
         try:
-            prefill = self._batch.prefill(job.prompt_ids, row)
+            prefill = self._batch.prefill(job.prompt_ids, row, after)
         except Exception as e:
             handle.emit(e)
-            return
+            return None
         self._prefills.append(_Member(job, handle, TextDeltas(self.lm.tokenizer), prefill, queue_s))
+        return prefill
 
     def _advance_prefills(self) -> None:
         """Prefill newcomers, at most one prefill chunk's worth of tokens; join the finished ones."""
