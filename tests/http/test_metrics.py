@@ -79,10 +79,15 @@ def test_counters_and_histograms_move(base, http):
     assert delta("halluwatch_response_hbar_s_sum") == pytest.approx(sum(s["hbar_s"] for s in scores))
     assert delta("halluwatch_response_pri_sum") == pytest.approx(sum(s["pri"] for s in scores))
     assert delta("halluwatch_time_to_first_token_seconds_count") == 4
+    assert delta("halluwatch_queue_wait_seconds_count") == 4  # every generation waited (maybe ~0 s) for the batch
+    assert delta("halluwatch_queue_wait_seconds_sum") >= 0
+    rates = [b["timing"]["tokens_per_s"] for b in bodies]  # the two /generate bodies: each its own rate
+    assert all(r > 0 for r in rates) and delta("halluwatch_request_decode_tokens_per_second_count") >= len(rates)
 
     # gauges read at scrape time
     assert value(after, "halluwatch_engine_queue_depth") == 0
     assert value(after, "halluwatch_engine_busy") == 0
+    assert value(after, "halluwatch_engine_batch_size") == 0
     assert value(after, "halluwatch_params_loaded") == 1
     for state in JOB_STATES:
         assert (("halluwatch_calibration_jobs", frozenset({("state", state)})) in after)
