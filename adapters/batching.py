@@ -91,8 +91,7 @@ class DecodeBatch:
         self.rows: list = []
         self._cache = None  # per layer: a batch cache over `rows`
         self._inputs = None  # (B,) the next input token of every row
-        self._prev = None  # (B, D) final hidden state of every row's previous step (zeros: none yet;
-        # None: no row has one)
+        self._prev = None  # (B, D) every row's previous final hidden state (zeros: none yet); or None
         self._steps = 0
 
     def __len__(self) -> int:

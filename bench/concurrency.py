@@ -1,6 +1,7 @@
 """Many chat clients at once: halluwatch (continuous batching, all signals) against `mlx_lm.server`.
 
-Both servers run as subprocesses on free loopback ports, on the same weights: the bench models,
+Both servers run as subprocesses on free loopback ports, with the same BLAS (mlx_lm.server gets
+halluwatch's OpenBLAS preload on Linux), on the same weights: the bench models,
 built once under $HALLUWATCH_HOME/bench-models/ (never in the code tree):
 - `embedded`: the embedded SmolLM2-135M-Instruct GGUF, dequantized to float32 and saved as an
   mlx-lm folder with mlx-lm's own save utilities (`save_model`, `save_config`, the tokenizer's
@@ -58,6 +59,7 @@ PROMPTS = ("Write a long story about a dragon who learns to cook.",
 BENCH8 = {"hidden_size": 512, "intermediate_size": 1536, "num_attention_heads": 8, "num_key_value_heads": 4,
           "head_dim": 64, "num_hidden_layers": 8}
 SERVERS = ("halluwatch", "mlx_lm.server")
+MLX_LM_SERVER = "import adapters, runpy; runpy.run_module('mlx_lm.server', run_name='__main__')"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,8 +115,8 @@ def start(server: str, model: Path, work: Path, args) -> tuple:
            "HALLUWATCH_MAX_STREAMS": str(max(args.clients))}
     if server == "halluwatch":
         cmd = [sys.executable, "-m", "app.cli", "serve", "--model", str(model), "--port", str(port)]
-    else:
-        cmd = [sys.executable, "-m", "mlx_lm.server", "--model", str(model), "--port", str(port),
+    else:  # with the OpenBLAS preload halluwatch has (`import adapters`): the same matmuls
+        cmd = [sys.executable, "-c", MLX_LM_SERVER, "--model", str(model), "--port", str(port),
                "--host", "127.0.0.1", "--decode-concurrency", str(args.max_batch_size)]
     with open(work / f"{server}.log", "ab") as log:  # the child keeps its own descriptor
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)

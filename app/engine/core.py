@@ -46,7 +46,7 @@ class _Member:
     job: GenerationJob
     handle: Handle
     deltas: TextDeltas
-    prefill: Prefill
+    prefill: Prefill | None  # until it joins the batch
     queue_s: float
     steps: int = 0
     t_first: float | None = None
@@ -180,11 +180,14 @@ class Engine:
         except Exception as e:
             handle.emit(e)
             return None
-        self._prefills.append(_Member(job, handle, TextDeltas(self.lm.tokenizer), prefill, queue_s))
+        member = _Member(job, handle, TextDeltas(self.lm.tokenizer), prefill, queue_s)
+        # interactive prompts are prefilled before calibration ones (the list stays in priority order)
+        self._prefills.insert(sum(1 for m in self._prefills if m.job.priority <= job.priority), member)
         return prefill
 
     def _advance_prefills(self) -> None:
-        """Prefill newcomers, at most one prefill chunk's worth of tokens; join the finished ones."""
+        """Prefill newcomers, interactive ones first, at most one prefill chunk's worth of tokens;
+        join the finished ones."""
         budget = self.prefill_step_size
         while self._prefills and budget > 0:
             member = self._prefills[0]
@@ -196,6 +199,7 @@ class Engine:
                     if not member.prefill.done:
                         break
                     self._batch.join(member.prefill)
+                    member.prefill = None  # its cache is in the batch now
                     self._members.append(member)
             except Exception as e:
                 log.exception("prefill failed")

@@ -245,3 +245,21 @@ def test_calibration_rows_delay_an_interactive_job_by_one_step_at_most(tiny_mode
     # rows report in batch order); the late calibration job waits for room
     assert sum(1 for i in steps_x if i < script.first_seq("urgent")) == 4
     assert script.first_seq("late") > max(steps_x)
+
+
+def test_interactive_prompts_are_prefilled_before_calibration_prompts(tiny_model_path, monkeypatch):
+    """Calibration prompts still being prefilled (a few tokens per step) do not hold back the prefill
+    of an interactive job that arrives after them: it decodes first."""
+    with running_engine(tiny_model_path("llama"), prefill_step_size=4) as engine:
+        tok = engine.lm.tokenizer
+        script = Script(monkeypatch)
+        clock = script.name("clock", GenerationJob(_ids(tok, 3), 12))
+        calib = [script.name(n, GenerationJob(_ids(tok, 40, i), 3, priority=1)) for i, n in enumerate("xy")]
+        urgent = script.name("urgent", GenerationJob(_ids(tok, 6, 3), 3))
+        handles = {}
+        script.actions[("clock", 0)] = lambda: handles.update(zip("xy", engine.submit_batch(calib)))
+        script.actions[("clock", 2)] = lambda: handles.update(urgent=engine.submit(urgent))
+        engine.submit(clock).wait()
+        for name in ("x", "y", "urgent"):
+            handles[name].wait()
+    assert script.first_seq("urgent") < min(script.first_seq("x"), script.first_seq("y"))
