@@ -112,7 +112,8 @@ def start(server: str, model: Path, work: Path, args) -> tuple:
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "HALLUWATCH_HOME": str(work / "halluwatch-home"),
            "HALLUWATCH_MAX_BATCH_SIZE": str(args.max_batch_size), "HALLUWATCH_QUEUE_DEPTH": str(args.queue_depth),
-           "HALLUWATCH_MAX_STREAMS": str(max(args.clients))}
+           "HALLUWATCH_MAX_STREAMS": str(max(args.clients)),
+           "HALLUWATCH_REQUEST_TIMEOUT_S": "3600"}  # mlx_lm.server has no time limit
     if server == "halluwatch":
         cmd = [sys.executable, "-m", "app.cli", "serve", "--model", str(model), "--port", str(port)]
     else:  # with the OpenBLAS preload halluwatch has (`import adapters`): the same matmuls
