@@ -1,13 +1,9 @@
-"""Greedy generation with a KV cache that also returns, per step, what the signals need.
-
-Mirrors mlx-lm's `generate_step`: the prompt is prefilled in chunks except its last token,
-then each step is one forward pass whose outputs are evaluated with `async_eval`, the next
-step being queued before the current one is read. Tokens and logprobs are computed with the
-same expressions as mlx-lm, so they are bit-identical to `mlx_lm.generate`.
+"""What generation and scoring share: the per-step record, chunked prefill, prefix reuse, and
+scoring a given response (teacher forcing). Generation itself is `adapters.batching`.
 """
 
 from dataclasses import dataclass
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import mlx.core as mx
 import numpy as np
@@ -46,12 +42,6 @@ def _host_hidden(hidden: mx.array | None) -> np.ndarray | None:
     return None if hidden is None else np.array(hidden)
 
 
-def _to_host(out) -> RawStep:
-    token, logprob, values, top_ids, top_lps, hidden = out
-    top = _sorted_top(top_ids.tolist(), top_lps.tolist()) if top_ids is not None else []
-    return RawStep(token.item(), logprob.item(), values.tolist(), top, _host_hidden(hidden))
-
-
 def _prefill(model, cache, prompt_ids: list, step_size: int) -> mx.array:
     """Run all but the last prompt token through the model in chunks; return the last token."""
     prompt = mx.array(prompt_ids)
@@ -84,119 +74,8 @@ def _copy_prefix(cache: list, prev_cache: list, prev_ids: list, ids: list) -> in
     return n
 
 
-def generate_steps(
-    lm: LoadedModel,
-    prompt_ids: list,
-    max_tokens: int,
-    reduce: Reduce,
-    *,
-    top_logprobs: int = 0,
-    prefill_step_size: int = 2048,
-    sampler: Callable[[mx.array], mx.array] | None = None,
-    capture_hidden: bool = False,
-) -> Iterator[RawStep]:
-    """Yield up to `max_tokens` steps for `prompt_ids`; the caller decides when to stop.
-
-    Greedy unless `sampler` (an mlx-lm sampler over log-probabilities) is given. With
-    `capture_hidden` each step also carries a host copy of its block outputs (calibration).
-    """
-    if not prompt_ids:
-        raise ValueError("prompt_ids must not be empty")
-    model, taps = lm.model, lm.taps
-    cache = make_prompt_cache(model)
-    prev_final = None
-
-    def step(tokens: mx.array):
-        nonlocal prev_final
-        logits = model(tokens[None], cache=cache)[:, -1, :]
-        logprobs = logits - mx.logsumexp(logits, keepdims=True)
-        token = sampler(logprobs) if sampler else mx.argmax(logprobs, axis=-1)
-        hidden = taps.stacked()
-        values = reduce(logits, hidden, token, prev_final)[0]
-        prev_final = hidden[:, -1, :]
-        lp = logprobs[0]
-        top_ids = top_lps = None
-        if top_logprobs > 0:
-            top_ids, top_lps = _top_k(lp, top_logprobs)
-        captured = hidden[0].astype(mx.float32) if capture_hidden else None  # evaluated with the step
-        return token, lp[token], values, top_ids, top_lps, captured
-
-    with wired_limit(model, [generation_stream]), mx.stream(generation_stream):
-        prompt = _prefill(model, cache, prompt_ids, prefill_step_size)
-        current = step(prompt)
-        mx.async_eval(current)
-        for n in range(max_tokens):
-            if n + 1 < max_tokens:
-                upcoming = step(current[0])
-                mx.async_eval(upcoming)
-            yield _to_host(current)
-            if n % 256 == 0:
-                mx.clear_cache()
-            if n + 1 < max_tokens:
-                current = upcoming
-
-
-def generate_batch(
-    lm: LoadedModel,
-    prompts: list,
-    max_tokens: int,
-    reduce: Reduce,
-    *,
-    prefill_step_size: int = 2048,
-    capture_hidden: bool = False,
-) -> list:
-    """Greedy steps for several prompts at once: one list of RawStep per prompt.
-
-    Each prompt is prefilled alone as in `generate_steps`, except that a prefix it shares with
-    the previous prompt (HaluEval's right and hallucinated answers share their whole context) is
-    copied from that prompt's cache instead of recomputed (plain KV caches only). The caches are
-    then merged into mlx-lm's batch caches (left padding) and every decode step is one forward
-    pass over the unfinished sequences. A sequence ends after a stop token (`lm.stop_ids`) or
-    `max_tokens` steps and leaves the batch. Values match one-at-a-time generation up to float
-    rounding. `capture_hidden` as in `generate_steps`.
-    """
-    model, taps = lm.model, lm.taps
-    steps = [[] for _ in prompts]
-    with wired_limit(model, [generation_stream]), mx.stream(generation_stream):
-        caches, last = [], []
-        for i, ids in enumerate(prompts):
-            cache = make_prompt_cache(model)
-            shared = _copy_prefix(cache, caches[-1], prompts[i - 1], ids) if i else 0
-            last.append(_prefill(model, cache, ids[shared:], prefill_step_size))
-            caches.append(cache)
-        cache = [type(layer[0]).merge(list(layer)) for layer in zip(*caches)]
-        active = list(range(len(prompts)))
-        inputs, prev = mx.stack(last), None
-        for n in range(max_tokens):
-            logits = model(inputs, cache=cache)[:, -1, :]
-            logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-            token = mx.argmax(logprobs, axis=-1)
-            hidden = taps.stacked()
-            values = reduce(logits, hidden, token, prev)
-            prev = hidden[:, -1, :]
-            chosen = mx.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
-            captured = hidden.astype(mx.float32) if capture_hidden else None
-            mx.eval(token, chosen, values, prev, *([captured] if capture_hidden else []))
-            rows_hidden = _host_hidden(captured) if capture_hidden else [None] * len(active)
-            keep = []
-            for row, (t, lp, v) in enumerate(zip(token.tolist(), chosen.tolist(), values.tolist())):
-                steps[active[row]].append(RawStep(t, lp, v, [], rows_hidden[row]))
-                if t not in lm.stop_ids:
-                    keep.append(row)
-            if not keep or n + 1 == max_tokens:
-                break
-            if len(keep) < len(active):
-                rows = mx.array(keep)
-                for c in cache:
-                    c.filter(rows)
-                token, prev = token[rows], prev[rows]
-                active = [active[r] for r in keep]
-            inputs = token[:, None]
-    return steps
-
-
-# Takes the same leading parameters as generate_steps, on purpose: both are the model's decode
-# contract (one for generating, one for scoring a given response).
+# Takes the same leading parameters as batching.generate_steps, on purpose: both are the model's
+# decode contract (one for generating, one for scoring a given response).
 def teacher_forced_steps(
     lm: LoadedModel,
     prompt_ids: list,
@@ -208,7 +87,7 @@ def teacher_forced_steps(
 ) -> list:
     """The steps generation would have recorded had it produced `response_ids`, in one forward pass.
 
-    The prompt is prefilled as in `generate_steps`; then its last token and all response tokens
+    The prompt is prefilled as for generation; then its last token and all response tokens
     but the last go through the model at once, and the taps keep every position.
     """
     if not prompt_ids or not response_ids:

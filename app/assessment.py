@@ -62,7 +62,7 @@ def response_body(records: list, fin: Finished, calibrations: tuple, params_reas
         "quadrant": quadrant_of(scores["hbar_s"], scores["pri"], params) if params else None,
         "quadrant_reason": None if params else params_reason,
         "risk": risk,
-        "timing": {"ttft_s": fin.ttft_s, "tokens_per_s": fin.tokens_per_s},
+        "timing": {"ttft_s": fin.ttft_s, "tokens_per_s": fin.tokens_per_s, "queue_s": fin.queue_s},
     }
     if include_trace:
         body["trace"] = [r.as_dict() for r in records]

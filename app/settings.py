@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     max_tokens_limit: int = Field(2048, ge=1, description="largest max_tokens a request may ask for")
     default_max_tokens: int = Field(256, ge=1)
     queue_depth: int = Field(16, ge=1, description="requests waiting for the engine before 503")
+    max_batch_size: int = Field(32, ge=1, description="generation requests decoded together in one batch; "
+                                                      "more wait in the queue")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="largest request body (413 beyond)")
     prefill_step_size: int = Field(2048, ge=1)
     api_key: str | None = Field(None, description="require 'Authorization: Bearer <key>' on every route but /health")

@@ -87,12 +87,13 @@ def serve(model_dir: Path, work_dir: Path, queue_depth: int = 16, precision: str
 
     work_dir = Path(work_dir)
     (work_dir / "data").mkdir(parents=True, exist_ok=True)
-    engine = Engine(str(model_dir), precision=precision, queue_depth=queue_depth)
+    settings = Settings(params_dir=work_dir / "params", reports_dir=work_dir / "reports", state_dir=work_dir / "state",
+                        data_dir=work_dir / "data", queue_depth=queue_depth, **settings)
+    engine = Engine(str(model_dir), precision=precision, queue_depth=queue_depth,
+                    max_batch_size=settings.max_batch_size)
     engine.start()
     try:
-        app = create_app(Settings(params_dir=work_dir / "params", reports_dir=work_dir / "reports",
-                                  state_dir=work_dir / "state", data_dir=work_dir / "data",
-                                  queue_depth=queue_depth, **settings), engine)
+        app = create_app(settings, engine)
         with live_server(app) as url:
             yield url, app, engine
     finally:

@@ -3,10 +3,10 @@
 Each table sits between ``<!-- bench-table: KIND FILE… -->`` and ``<!-- /bench-table -->``. The
 FILEs (relative to the repository root) are results the benches wrote with ``--json``, committed
 under bench/results/. KIND is `overhead` (one result of bench/overhead.py), `calibration-speed`
-(one of bench/calibration_speed.py), `robustness` (one row per result of bench/fuzz.py,
-bench/load.py or bench/soak.py) or `response-log` (bench/log_overhead.py, bench/log_durability.py).
-A result copied from an earlier docs table instead of written by a run carries
-"reconstructed_from", and its table says so.
+(one of bench/calibration_speed.py), `concurrency` (one of bench/concurrency.py), `robustness`
+(one row per result of bench/fuzz.py, bench/load.py or bench/soak.py) or `response-log`
+(bench/log_overhead.py, bench/log_durability.py). A result copied from an earlier docs table
+instead of written by a run carries "reconstructed_from", and its table says so.
 
     python bench/tables.py            # rewrite the tables in docs/results.md
     python bench/tables.py --check    # exit 1 if docs/results.md is not what its result files say
@@ -127,8 +127,33 @@ def response_log(results: list) -> str:
     return "\n".join(rows) + "\n\n" + "".join(f"Command: {provenance(r)}.\n" for r in results)
 
 
+def concurrency(results: list) -> str:
+    (r,) = results
+    rows = ["| model | clients | halluwatch tok/s | mlx_lm.server tok/s | ratio | p50 / p95 halluwatch | "
+            "p50 / p95 mlx_lm.server | halluwatch answers | equal to sequential | goals |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def seconds(s: dict) -> str:
+        return "–" if s["p50_s"] is None else f"{s['p50_s']:.2f} / {s['p95_s']:.2f} s"
+
+    for m in r["results"]:
+        for level in m["levels"]:
+            hw, ml = level["halluwatch"], level["mlx_lm.server"]
+            ratio = "–" if level["tok_s_ratio"] is None else f"{level['tok_s_ratio']:.2f}"
+            statuses = ", ".join(f"{n}×{s}" for s, n in hw["by_status"].items())
+            goals = "; ".join(f"{g}: {verdict(ok)}" for g, ok in level["goals"].items())
+            rows.append(f"| {m['model']} | {level['clients']} | {hw['tok_s']:.1f} | {ml['tok_s']:.1f} | {ratio} "
+                        f"| {seconds(hw)} | {seconds(ml)} | {statuses} | {hw['equal_to_sequential']}/"
+                        f"{hw['ok_answers']} | {goals} |")
+    memory = "".join(f"- {m['model']}: peak RSS halluwatch {m['peak_rss_mb']['halluwatch']:.0f} MB, mlx_lm.server "
+                     f"{m['peak_rss_mb']['mlx_lm.server']:.0f} MB; weights {m['weights_mb']:.0f} MB + KV caches of a "
+                     f"full batch {m['kv_batch_mb']:.1f} MB\n" for m in r["results"])
+    return "\n".join(rows) + "\n\n" + memory + f"\nCommand: {provenance(r)}; {r['machine']}.\n"
+
+
+
 KINDS = {"overhead": overhead, "calibration-speed": calibration_speed, "robustness": robustness,
-         "response-log": response_log}
+         "response-log": response_log, "concurrency": concurrency}
 
 
 def render(doc: str) -> str:

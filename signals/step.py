@@ -91,15 +91,19 @@ def step_signals(logits, hidden, token, prev_final, tau: float, lam: float, verd
 
     logits: (..., V) that chose `token`; hidden: (..., L, D) block outputs at the last
     position; prev_final: (..., D) final hidden state of the previous step, or None at
-    step 0 (Δh_0 = 0); verdict_ids: optional (yes ids, no ids) whose probability masses are
-    appended (VERDICT_FIELDS).
+    step 0 (Δh_0 = 0; in a batch, a row of zeros marks a sequence at its step 0);
+    verdict_ids: optional (yes ids, no ids) whose probability masses are appended
+    (VERDICT_FIELDS).
     """
     probs = mx.softmax(logits.astype(mx.float32), axis=-1)
     d_mu = delta_mu(probs)
     d_sigma = delta_sigma(hidden)
     hbar = hbar_s(d_mu, d_sigma)
     s = surprise(probs, token)
-    d_h = mx.zeros_like(s) if prev_final is None else delta_h(hidden[..., -1, :], prev_final)  # Δh_0 = 0
+    if prev_final is None:  # Δh_0 = 0
+        d_h = mx.zeros_like(s)
+    else:
+        d_h = mx.where(mx.any(prev_final != 0, axis=-1), delta_h(hidden[..., -1, :], prev_final), 0.0)
     chosen = mx.take_along_axis(probs, token[..., None], axis=-1)[..., 0]
     values = [d_mu, d_sigma, hbar, s, d_h, pri(s, d_h), pfail(hbar, tau, lam), entropy(probs), chosen]
     if verdict_ids is not None:

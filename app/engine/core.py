@@ -1,56 +1,82 @@
 """The engine thread: the only thread that touches MLX.
 
-The model is loaded on the engine thread and every job runs there, one at a time (a batch of
-calibration prompts counts as one). `submit(job)` returns a `Handle`; the engine reports to it
-one `StepRecord` per step, then a `Finished`, or an exception.
+The model is loaded on the engine thread. Generation jobs run in one continuous batch: a job
+waits in the queue until the batch has room (`max_batch_size`), is prefilled (at most one
+prefill chunk's worth of tokens between two decode steps), joins the batch at the next step and
+leaves it when it finishes or is cancelled. A ScoreJob runs between two steps. `submit(job)`
+returns a `Handle`; the engine reports to it one `StepRecord` per step, then a `Finished`, or an
+exception.
 """
 
-import itertools
 import logging
-import queue
 import threading
 import time
 from dataclasses import dataclass
 
 import mlx.core as mx
-from mlx_lm.sample_utils import make_sampler
+from mlx_lm.generate import generation_stream, wired_limit
 
-from adapters.decode import generate_batch, generate_steps, teacher_forced_steps
+from adapters.batching import DecodeBatch, Prefill, Row, Sampling
+from adapters.decode import teacher_forced_steps
 from adapters.loader import LoadedModel, load
 from adapters.text import TextDeltas, verdict_token_ids
 from signals.step import STEP_FIELDS, VERDICT_FIELDS, probe_values, step_signals
 
+from .admission import STOP, WaitQueue
 from .handle import Handle
-from .jobs import EngineBusy, Finished, GenerationJob, Job, ScoreJob, StepRecord
+from .jobs import Finished, GenerationJob, Job, ScoreJob, StepRecord
 
 log = logging.getLogger("halluwatch.engine")
+
+PFAIL = STEP_FIELDS.index("pfail")
+N_SIGNALS = len(STEP_FIELDS) + len(VERDICT_FIELDS)  # the values before the probes'
 
 
 @dataclass
 class _Batch:
-    """Generation jobs decoded together (calibration), each reporting to its own handle."""
+    """Generation jobs submitted together (calibration), each reporting to its own handle."""
 
     members: list  # [(GenerationJob, Handle)]
 
 
+@dataclass
+class _Member:
+    """A generation job in the running batch (or being prefilled for it), and its progress."""
+
+    job: GenerationJob
+    handle: Handle
+    deltas: TextDeltas
+    prefill: Prefill | None  # until it joins the batch
+    queue_s: float
+    steps: int = 0
+    t_first: float | None = None
+    t_last: float | None = None
+    columns: list | None = None  # its probes' values in a step's values (None: they are all there, in order)
+
+
 class Engine:
-    """Owns the model on one thread and runs submitted jobs by priority, first come first served within one."""
+    """Owns the model on one thread; decodes up to `max_batch_size` interactive generation jobs at
+    once, calibration jobs (priority 1) only in room they leave; `queue_depth` more wait."""
 
     def __init__(self, model_ref: str = "default", *, precision: str = "auto", pfail_tau: float = 2.0,
-                 pfail_lambda: float = 5.0, queue_depth: int = 16, prefill_step_size: int = 2048):
+                 pfail_lambda: float = 5.0, queue_depth: int = 16, prefill_step_size: int = 2048,
+                 max_batch_size: int = 32):
         self.model_ref = model_ref
         self.precision = precision
         self.pfail_tau = pfail_tau
         self.pfail_lambda = pfail_lambda
         self.prefill_step_size = prefill_step_size
-        self._jobs: queue.PriorityQueue = queue.PriorityQueue(maxsize=queue_depth)
-        self._order = itertools.count()  # FIFO within a priority
+        self.max_batch_size = max_batch_size
+        self._waiting = WaitQueue(queue_depth)
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="halluwatch-engine", daemon=True)
         self.lm: LoadedModel | None = None  # other threads may use its tokenizer and metadata only
         self._probe_arrays: dict = {}  # id(probe) -> (probe, its weights as MLX arrays of this thread)
-        self.busy = False  # a job is running
+        self._members: list = []  # in the batch's row order
+        self._prefills: list = []  # admitted, not yet in the batch
+        self._scoring = False
+        self._reduce = (None, None)  # (probe ids, reduce) of the running batch
 
     def start(self) -> LoadedModel:
         """Start the thread and wait until the model is loaded; re-raise a load error."""
@@ -61,37 +87,43 @@ class Engine:
         return self.lm
 
     def stop(self) -> None:
-        """Finish the job in progress, cancel the waiting ones, then end the thread."""
+        """Finish the jobs in progress, cancel the waiting ones, then end the thread."""
         if self._thread.is_alive():
-            self._jobs.put((-1, next(self._order), None))
+            self._waiting.put(-1, STOP, always=True)
             self._thread.join()
 
     def submit(self, job: Job) -> Handle:
         """Queue a job and return its handle; raise EngineBusy at once when the queue is full."""
         handle = Handle(job)
-        self._put(job.priority, (job, handle))
+        self._waiting.put(job.priority, (job, handle))
         return handle
 
     def submit_batch(self, jobs: list) -> list:
-        """Queue generation jobs to be decoded together (one queue slot); one handle per job."""
+        """Queue generation jobs that join the batch together (one queue slot); one handle per job."""
         handles = [Handle(job) for job in jobs]
-        self._put(min(j.priority for j in jobs), _Batch(list(zip(jobs, handles))))
+        self._waiting.put(min(j.priority for j in jobs), _Batch(list(zip(jobs, handles))))
         return handles
-
-    def _put(self, priority: int, work) -> None:
-        try:
-            self._jobs.put_nowait((priority, next(self._order), work))
-        except queue.Full:
-            raise EngineBusy(f"engine queue is full ({self._jobs.maxsize} waiting)") from None
 
     @property
     def queue_depth(self) -> int:
-        return self._jobs.qsize()
+        """Work waiting for room in the batch."""
+        return len(self._waiting)
+
+    @property
+    def batch_size(self) -> int:
+        """Generation jobs in the running batch or being prefilled for it."""
+        return len(self._members) + len(self._prefills)
+
+    @property
+    def busy(self) -> bool:
+        """A job is running."""
+        return self._scoring or self.batch_size > 0
 
     def _run(self) -> None:
         try:
             self.lm = load(self.model_ref, self.precision)
             self._verdict = tuple(mx.array(ids) for ids in verdict_token_ids(self.lm.tokenizer))
+            self._batch = DecodeBatch(self.lm, self.prefill_step_size)
         except BaseException as e:  # reported by start()
             self._error = e
             return
@@ -100,43 +132,142 @@ class Engine:
         log.info("loaded %s (%s, %d blocks, %s, BLAS %s)", self.lm.model_id, self.lm.family.name,
                  self.lm.n_layers, self.lm.dtype, self.lm.blas)
         try:
-            while (work := self._jobs.get()[2]) is not None:
-                self.busy = True
-                try:
-                    self._do(work)
-                finally:
-                    self.busy = False
-            while not self._jobs.empty():  # stopped: nobody will run what is still waiting
-                if (work := self._jobs.get_nowait()[2]) is not None:
-                    for job, handle in _members(work):
-                        handle.emit(_cancelled(job))
+            with wired_limit(self.lm.model, [generation_stream]):
+                self._serve()
         finally:
             mx.clear_streams()  # this thread's MLX streams; left to process exit they can abort it
 
-    def _do(self, work) -> None:
-        """Run one queued unit; report a failure to every handle it concerns."""
-        members = _members(work)
-        live = [(job, handle) for job, handle in members if not job.cancelled.is_set()]
-        for job, handle in members:
-            if job.cancelled.is_set():
+    def _serve(self) -> None:
+        """Admit, prefill and step until stopped; then cancel what still waits."""
+        while not (self._waiting.stopping and not self.busy):
+            if not self._waiting.stopping:
+                self._admit()
+            self._advance_prefills()
+            if self._members:
+                self._step()
+        for work in self._waiting.drain():  # stopped: nobody will run what is still waiting
+            for job, handle in _members(work):
                 handle.emit(_cancelled(job))
-        if not live:
-            return
+
+    # -- admission ------------------------------------------------------------------------------
+
+    def _fits(self, work) -> bool:
+        """Room for `work`: interactive jobs up to `max_batch_size` of them, calibration jobs
+        only while the whole batch is smaller."""
+        everyone = [m.job for m in self._members + self._prefills]
+        if min(job.priority for job, _ in _members(work)) <= 0:
+            return sum(1 for job in everyone if job.priority <= 0) < self.max_batch_size
+        return len(everyone) < self.max_batch_size
+
+    def _admit(self) -> None:
+        """Take what fits from the queue (waiting for work while there is nothing to do)."""
+        while (work := self._waiting.take(self._fits, wait=not self.busy)) is not None:
+            now, after = time.perf_counter(), None  # members of a batch share prompt prefixes
+            for job, handle in _members(work):
+                if job.cancelled.is_set():
+                    handle.emit(_cancelled(job))
+                elif isinstance(job, ScoreJob):
+                    self._score(job, handle)
+                else:
+                    after = self._join_later(job, handle, now - job.submitted, after)
+
+    def _join_later(self, job: GenerationJob, handle: Handle, queue_s: float, after: Prefill | None):
+        """Queue a generation job's prefill; returns it (None if the job was refused)."""
+        sampling = Sampling(job.temperature, job.top_p, job.seed) if job.temperature > 0 else None
+        row = Row(handle, job.top_logprobs, job.capture_hidden, sampling)
         try:
-            if isinstance(work, _Batch):
-                self._generate_batch(live)
-            elif isinstance(work[0], ScoreJob):
-                self._score(*work)
-            else:
-                self._generate(*work)
+            prefill = self._batch.prefill(job.prompt_ids, row, after)
+        except Exception as e:
+            handle.emit(e)
+            return None
+        member = _Member(job, handle, TextDeltas(self.lm.tokenizer), prefill, queue_s)
+        # interactive prompts are prefilled before calibration ones (the list stays in priority order)
+        self._prefills.insert(sum(1 for m in self._prefills if m.job.priority <= job.priority), member)
+        return prefill
+
+    def _advance_prefills(self) -> None:
+        """Prefill newcomers, interactive ones first, at most one prefill chunk's worth of tokens;
+        join the finished ones."""
+        budget = self.prefill_step_size
+        while self._prefills and budget > 0:
+            member = self._prefills[0]
+            try:
+                if member.job.cancelled.is_set():
+                    member.handle.emit(self._finished(member, "cancelled"))
+                else:
+                    budget -= member.prefill.advance(budget)
+                    if not member.prefill.done:
+                        break
+                    self._batch.join(member.prefill)
+                    member.prefill = None  # its cache is in the batch now
+                    self._members.append(member)
+            except Exception as e:
+                log.exception("prefill failed")
+                member.handle.emit(e)
+            self._prefills.pop(0)
+
+    # -- decoding -------------------------------------------------------------------------------
+
+    def _step(self) -> None:
+        """One step of the running batch: a StepRecord to each member; the finished ones leave."""
+        try:
+            raws = self._batch.step(self._batch_reducer())
+            keep = [i for i, (member, raw) in enumerate(zip(self._members, raws)) if self._report(member, raw)]
         except Exception as e:
             log.exception("generation failed")
-            for _, handle in live:
-                handle.emit(e)
+            for member in self._members:
+                member.handle.emit(e)
+            keep = []
+        self._members = [self._members[i] for i in keep]
+        self._batch.keep(keep)
+
+    def _report(self, member: _Member, raw) -> bool:
+        """Emit a member's step; False when it is done (and its Finished emitted)."""
+        job = member.job
+        member.t_last = time.perf_counter()
+        member.t_first = member.t_first or member.t_last
+        member.steps += 1
+        if member.columns is not None:
+            raw.values = raw.values[:N_SIGNALS] + [raw.values[c] for c in member.columns]
+        halted = job.halt_cutoff is not None and raw.values[PFAIL] > job.halt_cutoff
+        is_stop = raw.token in self.lm.stop_ids
+        member.handle.emit(self._record(raw, "" if halted or is_stop else member.deltas.add(raw.token)))
+        if halted:
+            reason = "pfail"
+        elif is_stop:
+            reason = "eos"
+        elif job.cancelled.is_set():
+            reason = "cancelled"
+        elif member.steps >= job.max_tokens:
+            reason = "length"
+        else:
+            return True
+        member.handle.emit(self._finished(member, reason, raw.token if is_stop else None))
+        return False
+
+    def _finished(self, member: _Member, reason: str, stop_id: int | None = None) -> Finished:
+        t_first, t_last, n = member.t_first, member.t_last, member.steps
+        rate = (n - 1) / (t_last - t_first) if n > 1 and t_last > t_first else None
+        ttft = t_first - member.job.submitted if t_first else None
+        return Finished(reason, len(member.job.prompt_ids), ttft, rate, stop_id, member.deltas.flush(),
+                        member.queue_s)
+
+    def _batch_reducer(self):
+        """The reduction for the running batch: its members' probes, each once; sets where each
+        member's probe values lie."""
+        probes = {id(p): p for m in self._members for p in m.job.probes}
+        key = tuple(probes)
+        if self._reduce[0] != key:
+            self._reduce = (key, self._reducer(tuple(probes.values())))
+        at = {pid: N_SIGNALS + 2 * i for i, pid in enumerate(key)}
+        for m in self._members:
+            ids = tuple(id(p) for p in m.job.probes)
+            m.columns = None if ids == key else [at[i] + k for i in ids for k in (0, 1)]
+        return self._reduce[1]
 
     def _weights(self, probes: tuple) -> list:
         """The probes' weights as MLX arrays of this thread, made once per probe (kept for the
-        latest job's probes: the served ones)."""
+        latest probes asked for: the served ones)."""
         cache = {}
         for probe in probes:
             cached = self._probe_arrays.get(id(probe))
@@ -166,73 +297,32 @@ class Engine:
         return [{"token_id": t, "token": decode([t]), "logprob": lp} for t, lp in top]
 
     def _record(self, raw, text: str) -> StepRecord:
-        n, m = len(STEP_FIELDS), len(STEP_FIELDS) + len(VERDICT_FIELDS)
-        return StepRecord(raw.token, text, raw.logprob, self._top(raw.top), **dict(zip(STEP_FIELDS, raw.values)),
-                          verdict=dict(zip(VERDICT_FIELDS, raw.values[n:m])), probe_logits=tuple(raw.values[m::2]),
-                          probe_distances=tuple(raw.values[m + 1::2]), hidden=raw.hidden)
+        return StepRecord(raw.token, text, raw.logprob, self._top(raw.top) if raw.top else [],
+                          **dict(zip(STEP_FIELDS, raw.values)),
+                          verdict=dict(zip(VERDICT_FIELDS, raw.values[len(STEP_FIELDS):N_SIGNALS])),
+                          probe_logits=tuple(raw.values[N_SIGNALS::2]),
+                          probe_distances=tuple(raw.values[N_SIGNALS + 1::2]), hidden=raw.hidden)
 
-    def _emit_all(self, handle: Handle, steps: list, prompt_tokens: int) -> None:
-        """Report finished steps (a batch member, a scored response) and their Finished."""
+    # -- scoring --------------------------------------------------------------------------------
+
+    def _score(self, job: ScoreJob, handle: Handle) -> None:
+        """Teacher-force a given response (between two steps of the batch)."""
+        self._scoring = True
+        try:
+            steps = teacher_forced_steps(self.lm, job.prompt_ids, job.response_ids, self._reducer(job.probes),
+                                         top_logprobs=job.top_logprobs, prefill_step_size=self.prefill_step_size)
+        except Exception as e:
+            log.exception("scoring failed")
+            handle.emit(e)
+            return
+        finally:
+            self._scoring = False
         deltas = TextDeltas(self.lm.tokenizer)
         stop_id = steps[-1].token if steps[-1].token in self.lm.stop_ids else None
         for raw in steps:
             handle.emit(self._record(raw, "" if raw.token == stop_id else deltas.add(raw.token)))
         reason = "eos" if stop_id is not None else "length"
-        handle.emit(Finished(reason, prompt_tokens, stop_token_id=stop_id, text_tail=deltas.flush()))
-
-    def _generate_batch(self, members: list) -> None:
-        jobs = [job for job, _ in members]
-        prompts = [job.prompt_ids for job in jobs]
-        batch = generate_batch(self.lm, prompts, max(j.max_tokens for j in jobs), self._reducer(),
-                               prefill_step_size=self.prefill_step_size,
-                               capture_hidden=any(j.capture_hidden for j in jobs))
-        for (job, handle), steps in zip(members, batch):
-            self._emit_all(handle, steps[:job.max_tokens], len(job.prompt_ids))
-
-    def _score(self, job: ScoreJob, handle: Handle) -> None:
-        steps = teacher_forced_steps(self.lm, job.prompt_ids, job.response_ids, self._reducer(job.probes),
-                                     top_logprobs=job.top_logprobs, prefill_step_size=self.prefill_step_size)
-        self._emit_all(handle, steps, len(job.prompt_ids))
-
-    def _generate(self, job: GenerationJob, handle: Handle) -> None:
-        lm = self.lm
-        deltas = TextDeltas(lm.tokenizer)
-        sampler = None
-        if job.temperature > 0:
-            if job.seed is not None:
-                mx.random.seed(job.seed)
-            sampler = make_sampler(temp=job.temperature, top_p=job.top_p)
-        steps = generate_steps(lm, job.prompt_ids, job.max_tokens, self._reducer(job.probes),
-                               top_logprobs=job.top_logprobs,
-                               prefill_step_size=self.prefill_step_size, sampler=sampler,
-                               capture_hidden=job.capture_hidden)
-        reason, stop_id, n, t_first, t_last = "length", None, 0, None, None
-        try:
-            for raw in steps:
-                t_last = time.perf_counter()
-                t_first = t_first or t_last
-                values = dict(zip(STEP_FIELDS, raw.values))
-                halted = job.halt_cutoff is not None and values["pfail"] > job.halt_cutoff
-                is_stop = raw.token in lm.stop_ids
-                text = "" if halted or is_stop else deltas.add(raw.token)
-                n += 1
-                handle.emit(self._record(raw, text))
-                if halted:
-                    reason = "pfail"
-                    break
-                if is_stop:
-                    reason, stop_id = "eos", raw.token
-                    break
-                if job.cancelled.is_set():
-                    reason = "cancelled"
-                    break
-        finally:
-            steps.close()
-        rate = (n - 1) / (t_last - t_first) if n > 1 and t_last > t_first else None
-        ttft = t_first - job.submitted if t_first else None
-        handle.emit(Finished(reason, len(job.prompt_ids), ttft, rate, stop_id, deltas.flush()))
-
-
+        handle.emit(Finished(reason, len(job.prompt_ids), stop_token_id=stop_id, text_tail=deltas.flush()))
 
 
 def _members(work) -> list:

@@ -86,3 +86,4 @@ class Finished:
     tokens_per_s: float | None = None
     stop_token_id: int | None = None
     text_tail: str = ""  # an incomplete UTF-8 character held back at the end, if any
+    queue_s: float | None = None  # from submission until the job was taken into the running batch

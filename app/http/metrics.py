@@ -32,6 +32,8 @@ UNMATCHED = "unmatched"  # route label of requests no route matched (404s): one 
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60)
+QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+RATE_BUCKETS = (1, 2, 5, 10, 15, 20, 30, 50, 75, 100, 150, 200, 300, 500)
 HBAR_BUCKETS = (0.25, 0.5, 0.75, 1, 1.25, 1.5, 1.75, 2, 2.25, 2.5, 2.75, 3, 3.5, 4, 5, 7.5, 10)
 PRI_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 5, 7.5, 10, 15, 20, 30, 50)
 RISK_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
@@ -51,6 +53,12 @@ class Metrics:
                                  ["route"], buckets=LATENCY_BUCKETS, registry=r)
         self.ttft = Histogram("halluwatch_time_to_first_token_seconds",
                               "Time from submission to the first generated token", buckets=TTFT_BUCKETS, registry=r)
+        self.queue_wait = Histogram("halluwatch_queue_wait_seconds",
+                                    "Time a generation waited for room in the engine's batch", buckets=QUEUE_BUCKETS,
+                                    registry=r)
+        self.decode_rate = Histogram("halluwatch_request_decode_tokens_per_second",
+                                     "Each response's own decode rate after its first token (it shares the batch)",
+                                     buckets=RATE_BUCKETS, registry=r)
         self.tokens = Counter("halluwatch_generated_tokens", "Completion tokens of finished responses", registry=r)
         self.responses = Counter("halluwatch_responses", "Finished responses by risk quadrant (none: no params)",
                                  ["quadrant"], registry=r)
@@ -77,8 +85,10 @@ class Metrics:
     def observe(self, body: dict) -> None:
         usage, scores = body.get("usage") or {}, body.get("scores") or {}
         self.tokens.inc(usage.get("completion_tokens") or 0)
-        if (ttft := (body.get("timing") or {}).get("ttft_s")) is not None:
-            self.ttft.observe(ttft)
+        timing = body.get("timing") or {}
+        for histogram, key in ((self.ttft, "ttft_s"), (self.queue_wait, "queue_s"), (self.decode_rate, "tokens_per_s")):
+            if timing.get(key) is not None:
+                histogram.observe(timing[key])
         if scores.get("hbar_s") is not None:
             self.hbar_s.observe(scores["hbar_s"])
         if scores.get("pri") is not None:
@@ -101,8 +111,8 @@ def _served(app: FastAPI) -> tuple:
 
 
 class _StateCollector:
-    """Gauges read at scrape time: engine queue depth and capacity, busy flag, params loaded, calibration jobs
-    by state."""
+    """Gauges read at scrape time: engine queue depth and capacity, busy flag and batch size, params
+    loaded, calibration jobs by state."""
 
     def __init__(self, app: FastAPI, settings: Settings):
         self.app = app
@@ -112,6 +122,7 @@ class _StateCollector:
         yield GaugeMetricFamily("halluwatch_engine_queue_depth", "Jobs waiting for the engine")
         yield GaugeMetricFamily("halluwatch_engine_queue_capacity", QUEUE_CAPACITY)
         yield GaugeMetricFamily("halluwatch_engine_busy", "1 while the engine runs a job")
+        yield GaugeMetricFamily("halluwatch_engine_batch_size", "Generations in the engine's running batch")
         yield GaugeMetricFamily("halluwatch_params_loaded", "1 when calibrated params are in effect")
         yield GaugeMetricFamily("halluwatch_calibration_jobs", "Calibration jobs by state", labels=["state"])
 
@@ -124,6 +135,8 @@ class _StateCollector:
             yield GaugeMetricFamily("halluwatch_engine_queue_capacity", QUEUE_CAPACITY, value=self.queue_capacity)
             yield GaugeMetricFamily("halluwatch_engine_busy", "1 while the engine runs a job",
                                     value=1.0 if engine.busy else 0.0)
+            yield GaugeMetricFamily("halluwatch_engine_batch_size", "Generations in the engine's running batch",
+                                    value=engine.batch_size)
         served = getattr(state, "served", None)
         yield GaugeMetricFamily("halluwatch_params_loaded", "1 when calibrated params are in effect",
                                 value=1.0 if served is not None and served.params is not None else 0.0)

@@ -128,6 +128,7 @@ class Quadrant(BaseModel):
 class Timing(BaseModel):
     ttft_s: float | None = Field(description="from request to first token")
     tokens_per_s: float | None = Field(description="decode rate after the first token (null with one token)")
+    queue_s: float | None = Field(None, description="time waiting for room in the engine's batch")
 
 
 class GenerateResponse(BaseModel):

@@ -13,7 +13,7 @@ from mlx_lm import load as mlx_load
 from mlx_lm.generate import generate_step
 from support.tiny_models import ARCHS
 
-from adapters.decode import generate_steps
+from adapters.batching import generate_steps
 from adapters.loader import load
 from adapters.text import verdict_token_ids
 from app.engine import Engine, GenerationJob
@@ -154,24 +154,6 @@ def test_sampling_is_seeded_and_signals_use_the_sampled_token(engines):
     assert tokens[0] != [r.token_id for r in greedy]
     for r in runs[0]:  # surprise is −log p(sampled token) at temperature 1, equal to −logprob
         assert r.surprise == pytest.approx(-r.logprob, rel=1e-4, abs=1e-5)
-
-
-def test_batch_shares_prompt_prefixes_and_matches_single(tiny_model_path, monkeypatch):
-    import adapters.decode as gen
-
-    lm = load(str(tiny_model_path("llama")), precision="native")
-    lm.stop_ids = frozenset()
-    base = _prompt(lm.tokenizer, 40)
-    prompts = [base + [7, 8, 9], base + [11, 12], base[:30] + [5]]
-    shared = []
-    copy = gen._copy_prefix
-    monkeypatch.setattr(gen, "_copy_prefix", lambda *a: shared.append(copy(*a)) or shared[-1])
-    batch = gen.generate_batch(lm, prompts, 12, _reduce)
-    assert shared == [40, 30]
-    for ids, got in zip(prompts, batch):
-        single = list(generate_steps(lm, ids, 12, _reduce))
-        assert [s.token for s in got] == [s.token for s in single]
-        np.testing.assert_allclose([s.values for s in got], [s.values for s in single], rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("at", [0, 3])

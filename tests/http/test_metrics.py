@@ -84,11 +84,16 @@ def test_counters_and_histograms_move(base, http):
     assert delta("halluwatch_flagged_responses_total") == quadrants.count("Q2")
     assert delta("halluwatch_out_of_distribution_responses_total") == 0
     assert delta("halluwatch_response_risk_count") == 0
+    assert delta("halluwatch_queue_wait_seconds_count") == 4  # every generation waited (maybe ~0 s) for the batch
+    assert delta("halluwatch_queue_wait_seconds_sum") >= 0
+    rates = [b["timing"]["tokens_per_s"] for b in bodies]  # the two /generate bodies: each its own rate
+    assert all(r > 0 for r in rates) and delta("halluwatch_request_decode_tokens_per_second_count") >= len(rates)
 
     # gauges read at scrape time
     assert value(after, "halluwatch_engine_queue_depth") == 0
     assert value(after, "halluwatch_engine_busy") == 0
     assert value(after, "halluwatch_engine_queue_capacity") == 16  # HALLUWATCH_QUEUE_DEPTH's default
+    assert value(after, "halluwatch_engine_batch_size") == 0
     assert value(after, "halluwatch_params_loaded") == 1
     for state in JOB_STATES:
         assert (("halluwatch_calibration_jobs", frozenset({("state", state)})) in after)

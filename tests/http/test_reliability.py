@@ -291,7 +291,7 @@ def test_chunked_body_over_the_limit_is_413(engine, tmp_path):
 
 def test_score_during_shutdown_is_a_clear_503(tiny_model_path, tmp_path):
     """A request still queued when the engine stops is cancelled: 503 naming it, not a 500."""
-    engine = Engine(str(tiny_model_path("llama")), precision="native")
+    engine = Engine(str(tiny_model_path("llama")), precision="native", max_batch_size=1)
     engine.start()
     blocker = engine.submit(GenerationJob([5, 6, 7], 400))
     with live_server(create_app(_settings(tmp_path), engine)) as url:

@@ -187,7 +187,8 @@ def _scale_weights(weights: dict, config: dict, arch: str) -> dict:
     return out
 
 
-def make_tiny_model(arch: str, out_dir: Path | str, seed: int = 0, layers: int | None = None) -> Path:
+def make_tiny_model(arch: str, out_dir: Path | str, seed: int = 0, layers: int | None = None,
+                    sizes: dict | None = None) -> Path:
     """Write a complete, loadable model folder for ``arch`` into ``out_dir``.
 
     The weights come from mlx-lm's own ``Model(ModelArgs.from_dict(config))``
@@ -196,7 +197,8 @@ def make_tiny_model(arch: str, out_dir: Path | str, seed: int = 0, layers: int |
     varied (see ``_INIT_GAINS``), and saved with
     ``mx.save_safetensors(..., metadata={"format": "mlx"})``. The same
     ``(arch, seed)`` always gives byte-identical files. ``layers`` overrides the
-    number of blocks (a model of another shape). Returns ``out_dir``.
+    number of blocks and ``sizes`` any other config entries (a model of another shape, e.g. the
+    benches' larger one). Returns ``out_dir``.
     """
     import mlx.core as mx
     from mlx.utils import tree_flatten
@@ -207,6 +209,7 @@ def make_tiny_model(arch: str, out_dir: Path | str, seed: int = 0, layers: int |
     config = model_config(arch)
     if layers is not None:
         config["num_hidden_layers"] = layers
+    config.update(sizes or {})
     model_cls, args_cls = _get_classes(config)
     mx.random.seed(seed)
     model = model_cls(args_cls.from_dict(config))

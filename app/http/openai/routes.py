@@ -28,11 +28,11 @@ server_error. Mid-stream errors are sent as `data: {"error": …}` (the openai c
 A client that goes away cancels its job (streamed or not).
 """
 
-import json
 import time
 import uuid
 from pathlib import Path
 
+import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
@@ -174,7 +174,7 @@ def _legacy_logprobs(spans: list, strings: TokenStrings) -> dict:
 
 
 def _sse(data) -> str:
-    return f"data: {json.dumps(data)}\n\n"
+    return f"data: {orjson.dumps(data).decode()}\n\n"
 
 
 def _stream_error(e: BaseException) -> str:

@@ -1,7 +1,6 @@
 """POST /generate: greedy generation with per-token and per-response risk signals."""
 
-import json
-
+import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
@@ -17,7 +16,7 @@ router = APIRouter()
 
 
 def _sse(event: str, data: dict) -> str:
-    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+    return f"event: {event}\ndata: {orjson.dumps(data).decode()}\n\n"
 
 
 async def _stream(request: Request, handle, slot, calibrations, params_reason, exchange):

@@ -1,0 +1,213 @@
+"""Continuous batching: sequences join a running decode batch at any step and leave it at any step.
+
+A newcomer's prompt is prefilled alone, in chunks (`Prefill.advance`, one chunk per call, so a
+caller can interleave it with decode steps), all but its last token, exactly as `generate_steps`
+does. Its cache is then merged into mlx-lm's batch caches (`BatchKVCache` /
+`BatchRotatingKVCache` `merge` and `extend`: left padding, the models' own masks) and its last
+prompt token is its input to the next batched step. Every step is one forward pass over all rows
+and one `mx.eval`; a row leaves with the caches' `filter`. Tokens and logprobs are computed with
+`generate_steps`' expressions row by row, so a sequence gets the same tokens, and the same values
+up to float rounding, as when it runs alone.
+"""
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import mlx.core as mx
+from mlx_lm.generate import generation_stream
+from mlx_lm.models.cache import make_prompt_cache
+from mlx_lm.sample_utils import apply_top_p
+
+from .decode import Reduce, RawStep, _copy_prefix, _host_hidden, _sorted_top, _top_k
+from .loader import LoadedModel
+
+
+@dataclass
+class Sampling:
+    """Per-sequence sampling: mlx-lm's temperature and top-p sampler with the sequence's own random
+    key, split once per step as `mx.random.seed(seed)` would, so a seeded sequence draws the same
+    tokens whatever else is in the batch (and the same as mlx-lm's sampler after that seed)."""
+
+    temperature: float
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def key(self) -> mx.array:
+        return mx.random.key(self.seed if self.seed is not None else random.getrandbits(63))
+
+
+@dataclass
+class Row:
+    """What the batch keeps for one sequence besides its cache row."""
+
+    owner: object  # the caller's handle on this sequence
+    top_logprobs: int = 0
+    capture_hidden: bool = False
+    sampling: Sampling | None = None
+    key: mx.array | None = None  # the sampling key, advanced each step
+
+
+class Prefill:
+    """A newcomer's prompt going through the model alone, a chunk per `advance()`. A prefix it
+    shares with an `after` prompt (prefilled before it) is copied from that one's cache
+    (plain KV caches only), as calibration batches of HaluEval pairs share their whole context."""
+
+    def __init__(self, lm: LoadedModel, row: Row, prompt_ids: list, step_size: int, after=None):
+        if not prompt_ids:
+            raise ValueError("prompt_ids must not be empty")
+        self.row, self.ids = row, prompt_ids
+        self.cache = make_prompt_cache(lm.model)
+        self._rest, self._after = prompt_ids, after
+        self._model, self._step = lm.model, step_size
+
+    @property
+    def done(self) -> bool:
+        return len(self._rest) <= 1
+
+    def advance(self, budget: int) -> int:
+        """Run the next chunk of the prompt (all but its last token), at most `budget` tokens;
+        return how many went through."""
+        if self._after is not None:
+            after, self._after = self._after, None
+            self._rest = self.ids[_copy_prefix(self.cache, after.cache, after.ids, self.ids):]
+        n = min(self._step, budget, len(self._rest) - 1)
+        if n <= 0:
+            return 0
+        with mx.stream(generation_stream):
+            self._model(mx.array(self._rest[:n])[None], cache=self.cache)
+            mx.eval([c.state for c in self.cache])
+        self._rest = self._rest[n:]
+        mx.clear_cache()
+        return n
+
+
+class DecodeBatch:
+    """The running batch: `rows` in cache order, stepped together by `step()`."""
+
+    def __init__(self, lm: LoadedModel, prefill_step_size: int = 2048):
+        self.lm = lm
+        self.prefill_step_size = prefill_step_size
+        self.rows: list = []
+        self._cache = None  # per layer: a batch cache over `rows`
+        self._inputs = None  # (B,) the next input token of every row
+        self._prev = None  # (B, D) every row's previous final hidden state (zeros: none yet); or None
+        self._steps = 0
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def prefill(self, prompt_ids: list, row: Row, after: Prefill | None = None) -> Prefill:
+        """A newcomer to prefill (sharing a prefix with `after`, see Prefill); `join` it once `done`."""
+        if row.sampling is not None:
+            row.key = row.sampling.key()
+        return Prefill(self.lm, row, prompt_ids, self.prefill_step_size, after)
+
+    def join(self, prefill: Prefill) -> None:
+        """Add a prefilled sequence as the last row; its first step is the batch's next step."""
+        if not prefill.done:
+            raise ValueError("the prompt is not prefilled yet")
+        with mx.stream(generation_stream):
+            cache = [type(c).merge([c]) for c in prefill.cache]
+            last = mx.array(prefill.ids[-1:])
+            if not self.rows:
+                self._cache, self._inputs, self._prev = cache, last, None
+            else:
+                for mine, theirs in zip(self._cache, cache):
+                    mine.extend(theirs)
+                self._inputs = mx.concatenate([self._inputs, last.astype(self._inputs.dtype)])
+                if self._prev is not None:  # a row of zeros: no previous step
+                    self._prev = mx.concatenate([self._prev, mx.zeros((1, self._prev.shape[1]), self._prev.dtype)])
+        self.rows.append(prefill.row)
+
+    def keep(self, indices: list) -> None:
+        """Keep only the rows at `indices` (in that order); the others leave the batch."""
+        if len(indices) == len(self.rows):
+            return
+        self.rows = [self.rows[i] for i in indices]
+        if not indices:
+            self._cache = self._inputs = self._prev = None
+            return
+        with mx.stream(generation_stream):
+            rows = mx.array(indices)
+            for c in self._cache:
+                c.filter(rows)
+            self._inputs = self._inputs[rows]
+            self._prev = None if self._prev is None else self._prev[rows]
+
+    def _choose(self, logprobs: mx.array) -> mx.array:
+        """The next token of every row: argmax, or the row's own sampler."""
+        greedy = mx.argmax(logprobs, axis=-1)
+        if all(r.sampling is None for r in self.rows):
+            return greedy
+        picks = []
+        for i, r in enumerate(self.rows):
+            if r.sampling is None:
+                picks.append(greedy[i:i + 1])
+                continue
+            r.key, sub = mx.random.split(r.key)
+            lp = logprobs[i:i + 1]
+            if 0 < r.sampling.top_p < 1.0:
+                lp = apply_top_p(lp, r.sampling.top_p)
+            picks.append(mx.random.categorical(lp * (1 / r.sampling.temperature), key=sub).astype(greedy.dtype))
+        return mx.concatenate(picks)
+
+    def step(self, reduce: Reduce) -> list:
+        """One forward pass over every row; one RawStep per row, in row order.
+
+        `reduce` gets the whole batch; `prev_final` is None while no row has a previous step, and
+        its rows of zeros are rows at their first step.
+        """
+        model, taps = self.lm.model, self.lm.taps
+        k = max(r.top_logprobs for r in self.rows)
+        capture = any(r.capture_hidden for r in self.rows)
+        with mx.stream(generation_stream):
+            logits = model(self._inputs[:, None], cache=self._cache)[:, -1, :]
+            logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+            token = self._choose(logprobs)
+            hidden = taps.stacked()
+            values = reduce(logits, hidden, token, self._prev)
+            chosen = mx.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
+            out = [token, chosen, values, hidden[:, -1, :]]
+            out += list(_top_k(logprobs, k)) if k else [None, None]
+            out.append(hidden.astype(mx.float32) if capture else None)
+            mx.eval([x for x in out if x is not None], [r.key for r in self.rows if r.key is not None])
+        self._inputs, self._prev = token, out[3]
+        self._steps += 1
+        if self._steps % 256 == 0:
+            mx.clear_cache()
+        return self._host_steps(*out[:3], *out[4:])
+
+    def _host_steps(self, token, chosen, values, top_ids, top_lps, captured) -> list:
+        tops = zip(top_ids.tolist(), top_lps.tolist()) if top_ids is not None else None
+        hidden = _host_hidden(captured)
+        steps = []
+        for i, (row, t, lp, v) in enumerate(zip(self.rows, token.tolist(), chosen.tolist(), values.tolist())):
+            top = []
+            if tops is not None:
+                ids, lps = next(tops)
+                top = _sorted_top(ids, lps)[:row.top_logprobs]
+            steps.append(RawStep(t, lp, v, top, hidden[i] if row.capture_hidden else None))
+        return steps
+
+
+def generate_steps(
+    lm: LoadedModel,
+    prompt_ids: list,
+    max_tokens: int,
+    reduce: Reduce,
+    *,
+    top_logprobs: int = 0,
+    prefill_step_size: int = 2048,
+    sampling: Sampling | None = None,
+    capture_hidden: bool = False,
+) -> Iterator[RawStep]:
+    """Up to `max_tokens` steps of one sequence alone (a batch of one); the caller decides when
+    to stop. Greedy tokens and logprobs are bit-identical to mlx-lm's `generate_step`."""
+    batch = DecodeBatch(lm, prefill_step_size)
+    prefill = batch.prefill(prompt_ids, Row(None, top_logprobs, capture_hidden, sampling))
+    while not prefill.done:
+        prefill.advance(prefill_step_size)
+    batch.join(prefill)
+    for _ in range(max_tokens):
+        yield batch.step(reduce)[0]
