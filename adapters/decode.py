@@ -13,6 +13,7 @@ import mlx.core as mx
 import numpy as np
 from mlx_lm.generate import generation_stream, wired_limit
 from mlx_lm.models.cache import KVCache, make_prompt_cache
+from mlx_lm.sample_utils import apply_top_p
 
 from .loader import LoadedModel
 
@@ -29,6 +30,36 @@ class RawStep:
     values: list  # the F floats returned by `reduce`
     top: list  # [(token, logprob)], most likely first; empty unless top_logprobs > 0
     hidden: np.ndarray | None = None  # (L, D) float32 block outputs, with capture_hidden only
+
+
+@dataclass(frozen=True)
+class RowSampling:
+    """How one row of a batch samples instead of taking the argmax: at `temperature`, within the
+    nucleus `top_p`, with its own random key from `seed` (so a row's draws do not depend on the
+    other rows of its batch)."""
+
+    temperature: float
+    top_p: float = 1.0
+    seed: int = 0
+
+    def keys(self, max_tokens: int) -> mx.array:
+        """One key per step, (max_tokens, 2)."""
+        return mx.random.split(mx.random.key(self.seed), max_tokens)
+
+
+def _sample_rows(greedy: mx.array, logprobs: mx.array, rows: list, keys: dict, step: int) -> mx.array:
+    """The batch's tokens: the argmax `greedy` for rows without sampling (None in `rows`), a draw
+    for the others (`keys`: row position in `rows` → that row's per-step keys)."""
+    if not keys:
+        return greedy
+    tokens = []
+    for i, row in enumerate(rows):
+        if row is None:
+            tokens.append(greedy[i])
+            continue
+        lp = logprobs[i] if row.top_p >= 1.0 else apply_top_p(logprobs[i], row.top_p)
+        tokens.append(mx.random.categorical(lp * (1.0 / row.temperature), key=keys[i][step]))
+    return mx.stack(tokens).astype(greedy.dtype)
 
 
 def _top_k(logprobs: mx.array, k: int) -> tuple:
@@ -144,8 +175,10 @@ def generate_batch(
     *,
     prefill_step_size: int = 2048,
     capture_hidden: bool = False,
+    sampling: list | None = None,
 ) -> list:
-    """Greedy steps for several prompts at once: one list of RawStep per prompt.
+    """Steps for several prompts at once: one list of RawStep per prompt; greedy unless `sampling`
+    gives a row a RowSampling (one entry per prompt, None for a greedy row).
 
     Each prompt is prefilled alone as in `generate_steps`, except that a prefix it shares with
     the previous prompt (HaluEval's right and hallucinated answers share their whole context) is
@@ -153,10 +186,13 @@ def generate_batch(
     then merged into mlx-lm's batch caches (left padding) and every decode step is one forward
     pass over the unfinished sequences. A sequence ends after a stop token (`lm.stop_ids`) or
     `max_tokens` steps and leaves the batch. Values match one-at-a-time generation up to float
-    rounding. `capture_hidden` as in `generate_steps`.
+    rounding. `capture_hidden` as in `generate_steps`. A sampled row draws with its own per-step
+    keys, so its tokens depend on its seed and prompt only; the greedy rows stay the argmax.
     """
     model, taps = lm.model, lm.taps
     steps = [[] for _ in prompts]
+    sampling = sampling or [None] * len(prompts)
+    keys = {i: row.keys(max_tokens) for i, row in enumerate(sampling) if row is not None}
     with wired_limit(model, [generation_stream]), mx.stream(generation_stream):
         caches, last = [], []
         for i, ids in enumerate(prompts):
@@ -170,7 +206,8 @@ def generate_batch(
         for n in range(max_tokens):
             logits = model(inputs, cache=cache)[:, -1, :]
             logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-            token = mx.argmax(logprobs, axis=-1)
+            token = _sample_rows(mx.argmax(logprobs, axis=-1), logprobs, [sampling[a] for a in active],
+                                 {row: keys[a] for row, a in enumerate(active) if a in keys}, n)
             hidden = taps.stacked()
             values = reduce(logits, hidden, token, prev)
             prev = hidden[:, -1, :]

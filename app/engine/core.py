@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 from mlx_lm.sample_utils import make_sampler
 
-from adapters.decode import generate_batch, generate_steps, teacher_forced_steps
+from adapters.decode import RowSampling, generate_batch, generate_steps, teacher_forced_steps
 from adapters.loader import LoadedModel, load
 from adapters.text import TextDeltas, verdict_token_ids
 from signals.step import STEP_FIELDS, VERDICT_FIELDS, probe_values, step_signals
@@ -185,7 +185,7 @@ class Engine:
         prompts = [job.prompt_ids for job in jobs]
         batch = generate_batch(self.lm, prompts, max(j.max_tokens for j in jobs), self._reducer(),
                                prefill_step_size=self.prefill_step_size,
-                               capture_hidden=any(j.capture_hidden for j in jobs))
+                               capture_hidden=any(j.capture_hidden for j in jobs), sampling=_row_sampling(jobs))
         for (job, handle), steps in zip(members, batch):
             self._emit_all(handle, steps[:job.max_tokens], len(job.prompt_ids))
 
@@ -233,6 +233,12 @@ class Engine:
         handle.emit(Finished(reason, len(job.prompt_ids), ttft, rate, stop_id, deltas.flush()))
 
 
+
+
+def _row_sampling(jobs: list) -> list:
+    """Each batch member's sampling: None (greedy) unless its job has a temperature, then its
+    temperature, top_p and seed (0 when unset)."""
+    return [RowSampling(j.temperature, j.top_p, j.seed or 0) if j.temperature > 0 else None for j in jobs]
 
 
 def _members(work) -> list:
