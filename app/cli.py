@@ -368,8 +368,8 @@ def main(argv=None) -> None:
         p.add_argument("--samples", type=int, default=5, choices=range(1, 21), metavar="K",
                        help="with --task consistency: answers sampled per prompt beside the greedy one (1-20, "
                             "default 5)")
-        p.add_argument("--temperature", type=_temperature, default=1.0,
-                       help="with --task consistency: their temperature (> 0, <= 2; default 1.0)")
+        p.add_argument("--temperature", type=_temperature, default=0.5,
+                       help="with --task consistency: their temperature (> 0, <= 2; default 0.5)")
         p.add_argument("--top-p", type=_top_p, default=1.0, help="with --task consistency: their nucleus (0-1]")
         p.add_argument("--reports", help="folder for scores checkpoints and splits "
                                           "(default: $HALLUWATCH_HOME/reports)")

@@ -85,7 +85,7 @@ def _questions_answered_half_right(engine, path, scratch):
 @pytest.mark.slow
 def test_calibrate_writes_label_free_params_and_evaluate_uses_real_labels(engine, tmp_path):
     questions = _questions_answered_half_right(engine, tmp_path / "q.jsonl", tmp_path)
-    spec = _spec(questions)
+    spec = _spec(questions, n_boot=100)
     path = runs.calibrate(engine, spec, tmp_path / "out", tmp_path / "reports")
     params = json.loads(path.read_text())
     lf = params["protocol"]["label_free"]
@@ -98,7 +98,7 @@ def test_calibrate_writes_label_free_params_and_evaluate_uses_real_labels(engine
     assert balance["inconsistent"] == sum(r["label"] for r in records)  # fitted on the target, not gold
     assert lf["target_matches_gold"]["n"] == 40
     assert params["risk"]["detector"] in params["detectors"] and "probe" in params
-    test = RunSpec("tiny", task="answers", n=40, max_tokens=4, sources=(str(questions),), batch_size=8)
+    test = RunSpec("tiny", task="answers", n=40, max_tokens=4, sources=(str(questions),), batch_size=8, n_boot=100)
     report = json.loads(runs.evaluate(engine, path, test, tmp_path / "reports", tmp_path / "reports").read_text())
     scored = read_checkpoint(checkpoint_path(tmp_path / "reports", engine.lm, test, "test"))
     gold = [r["label"] for r in scored.values()]
@@ -132,6 +132,7 @@ def test_http_rejects_a_bad_prompt_file_before_scoring(client):
     assert client.get("/calibrate").json() == []
 
 
+@pytest.mark.slow
 def test_http_label_free_job_runs_to_params(client):
     r = client.post("/calibrate", json={"task": "consistency", "n": 40, "sources": ["asked.txt"], "samples": K,
                                         "temperature": T, "max_tokens": 4, "batch_size": 8, "probes": False})

@@ -35,7 +35,7 @@ class CalibrateRequest(BaseModel):
                                                           "sample; more is faster but delays interactive requests")
     samples: int = Field(5, ge=1, le=20, description="task 'consistency': answers sampled per prompt beside the "
                                                      "greedy one (in the same engine batch)")
-    temperature: float = Field(1.0, gt=0, le=2, description="task 'consistency': the samples' temperature")
+    temperature: float = Field(0.5, gt=0, le=2, description="task 'consistency': the samples' temperature")
     top_p: float = Field(1.0, gt=0, le=1, description="task 'consistency': the samples' nucleus")
     probes: bool = Field(True, description="capture block outputs and fit linear probes (about 140 KB of disk "
                                            "per sample for a 135M model, under reports/scores)")
