@@ -113,7 +113,3 @@ def load_prompts(sources: list, split: str, n: int, seed: int = 42, halueval: st
     split_info.pop("label_rule")  # gold answers, where a source has them, only evaluate
     return prompts, {**split_info, "task": "consistency"}
 
-
-def has_labels(sample) -> bool:
-    """Whether a sample has gold answers (a question), so its answer can be labelled."""
-    return not isinstance(sample, Prompt)
