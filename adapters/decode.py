@@ -187,7 +187,8 @@ def generate_batch(
     pass over the unfinished sequences. A sequence ends after a stop token (`lm.stop_ids`) or
     `max_tokens` steps and leaves the batch. Values match one-at-a-time generation up to float
     rounding. `capture_hidden` as in `generate_steps`. A sampled row draws with its own per-step
-    keys, so its tokens depend on its seed and prompt only; the greedy rows stay the argmax.
+    keys, so its tokens depend on its seed and prompt only (up to float rounding of the batched
+    logits); the greedy rows stay the argmax.
     """
     model, taps = lm.model, lm.taps
     steps = [[] for _ in prompts]
