@@ -64,6 +64,18 @@ def calibration_speed(results: list) -> str:
               f"{r['max_tokens']}: {provenance(r)}.\n")
 
 
+def label_free_cost(r: dict) -> str:
+    """The cost line: both arms timed in the run, or what each arm scored when one reused checkpoints."""
+    if c := r.get("cost"):
+        return (f"- cost (scoring, batched): {c['s_per_labelled_sample']:.2f} s per labelled sample, "
+                f"{c['s_per_label_free_prompt']:.2f} s per label-free prompt = {c['s_per_answer']:.2f} s per answer "
+                f"(greedy + {r['samples']} sampled); ratio {c['ratio']:.2f}, goal {c['goal']}: {verdict(c['pass'])}\n")
+    timed = [f"{arm.replace('_', '-')} {a['scored']} in {a['scoring_seconds']:.0f} s"
+             for arm, a in r["arms"].items() if a["scored"]]
+    return (f"- cost: not compared in this run (an arm reused scored checkpoints); scored here: "
+            f"{', '.join(timed) or 'nothing'}\n")
+
+
 def label_free(results: list) -> str:
     (r,) = results
     rows = ["| calibration | trained on | selected detector | test AUROC [95% CI] | Brier (constant) | in range |",
@@ -75,7 +87,7 @@ def label_free(results: list) -> str:
         rows.append(f"| {arm.replace('_', '-')} | {trained_on} | {t['detector']} | {t['auroc']:.3f} "
                     f"[{t['auroc_ci'][0]:.3f}, {t['auroc_ci'][1]:.3f}] | {t['brier']:.3f} ({t['brier_base_rate']:.3f}) "
                     f"| {inside} |")
-    d, c = r["difference"], r["cost"]
+    d = r["difference"]
     lf = r["arms"]["label_free"]["label_free"]
     balance, gold = lf["target_balance"], lf["target_matches_gold"]
     return ("\n".join(rows) + "\n\n"
@@ -84,9 +96,7 @@ def label_free(results: list) -> str:
             + f"- target: {balance['inconsistent']} of {r['n']} training answers inconsistent "
               f"({balance['share_inconsistent']:.0%}); it equals the gold label (wrong = 1) for {gold['share']:.0%} "
               "of them\n"
-            + f"- cost (scoring, batched): {c['s_per_labelled_sample']:.2f} s per labelled sample, "
-              f"{c['s_per_label_free_prompt']:.2f} s per label-free prompt = {c['s_per_answer']:.2f} s per answer "
-              f"(greedy + {r['samples']} sampled); ratio {c['ratio']:.2f}, goal {c['goal']}: {verdict(c['pass'])}\n"
+            + label_free_cost(r)
             + f"\nMeasured on {r['machine']} (shared), {r['dtype']} + {r['blas']}, model {r['model']}, "
               f"{r['n']} training and {r['n']} test questions of {r['sources']}, max_tokens {r['max_tokens']}, "
               f"batches of {r['batch_size']} questions: {provenance(r)}.\n")
