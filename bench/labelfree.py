@@ -108,10 +108,14 @@ def main(argv=None) -> int:
                                "test": cell(params, run["params"].parent, records, states, args.n_boot, args.seed),
                                "scoring_seconds": run["seconds"], "scored": run["scored"]}
     lf, lab = (result["arms"][a] for a in ("label_free", "labelled"))
-    result["difference"] = paired_difference(risk_scores(runs["label_free"]["params"], records, states),
-                                             risk_scores(runs["labelled"]["params"], records, states),
-                                             labels, args.n_boot, args.seed)
-    result["difference"].update(goal="≥ −0.05", **{"pass": result["difference"]["value"] >= -0.05})
+    skipped = [f"{arm}: {a['test']['skipped']}" for arm, a in result["arms"].items() if "skipped" in a["test"]]
+    if skipped:  # e.g. a target of (nearly) one class: no selection, no risk to compare
+        result["difference"] = {"skipped": "; ".join(skipped)}
+    else:
+        result["difference"] = paired_difference(risk_scores(runs["label_free"]["params"], records, states),
+                                                 risk_scores(runs["labelled"]["params"], records, states),
+                                                 labels, args.n_boot, args.seed)
+        result["difference"].update(goal="≥ −0.05", **{"pass": result["difference"]["value"] >= -0.05})
     if lf["scored"] and lab["scored"]:
         per_sample, per_prompt = lab["scoring_seconds"] / lab["scored"], lf["scoring_seconds"] / lf["scored"]
         result["cost"] = {"s_per_labelled_sample": per_sample, "s_per_label_free_prompt": per_prompt,
@@ -121,11 +125,13 @@ def main(argv=None) -> int:
           f"of {args.sources}, max_tokens {args.max_tokens}, batch {args.batch_size}; {machine()}")
     for arm, a in result["arms"].items():
         t = a["test"]
-        print(f"  {arm:<10} {t.get('detector')}: test AUROC {t.get('auroc', float('nan')):.3f} "
-              f"[{t['auroc_ci'][0]:.3f}, {t['auroc_ci'][1]:.3f}], Brier {t['brier']:.3f} "
-              f"(base {t['brier_base_rate']:.3f}), in range {t['in_distribution']}")
+        print(f"  {arm:<10} skipped: {t['skipped']}" if "skipped" in t else
+              f"  {arm:<10} {t['detector']}: test AUROC {t['auroc']:.3f} [{t['auroc_ci'][0]:.3f}, "
+              f"{t['auroc_ci'][1]:.3f}], Brier {t['brier']:.3f} (base {t['brier_base_rate']:.3f}), "
+              f"in range {t['in_distribution']}")
     d = result["difference"]
-    print(f"  label-free − labelled AUROC = {d['value']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]; "
+    print(f"  label-free − labelled AUROC: {d['skipped']}" if "skipped" in d else
+          f"  label-free − labelled AUROC = {d['value']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]; "
           f"goal {d['goal']}: {'PASS' if d['pass'] else 'FAIL'}")
     if c := result.get("cost"):
         print(f"  cost: {c['s_per_labelled_sample']:.2f} s per labelled sample, {c['s_per_label_free_prompt']:.2f} s "

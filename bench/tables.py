@@ -83,6 +83,9 @@ def label_free(results: list) -> str:
     for arm, trained_on in (("labelled", "gold labels"), ("label_free", f"agreement of {r['samples']} samples at "
                                                                         f"T = {r['temperature']:g}")):
         t = r["arms"][arm]["test"]
+        if "skipped" in t:
+            rows.append(f"| {arm.replace('_', '-')} | {trained_on} | — | skipped: {t['skipped']} | | |")
+            continue
         inside = "—" if t["in_distribution"] is None else f"{t['in_distribution']:.0%}"
         rows.append(f"| {arm.replace('_', '-')} | {trained_on} | {t['detector']} | {t['auroc']:.3f} "
                     f"[{t['auroc_ci'][0]:.3f}, {t['auroc_ci'][1]:.3f}] | {t['brier']:.3f} ({t['brier_base_rate']:.3f}) "
@@ -91,8 +94,9 @@ def label_free(results: list) -> str:
     lf = r["arms"]["label_free"]["label_free"]
     balance, gold = lf["target_balance"], lf["target_matches_gold"]
     return ("\n".join(rows) + "\n\n"
-            + f"- label-free − labelled AUROC = {d['value']:+.3f}, paired bootstrap 95% CI [{d['ci'][0]:+.3f}, "
-              f"{d['ci'][1]:+.3f}]; goal {d['goal']}: {verdict(d['pass'])}\n"
+            + (f"- label-free − labelled AUROC: not compared ({d['skipped']})\n" if "skipped" in d else
+               f"- label-free − labelled AUROC = {d['value']:+.3f}, paired bootstrap 95% CI [{d['ci'][0]:+.3f}, "
+               f"{d['ci'][1]:+.3f}]; goal {d['goal']}: {verdict(d['pass'])}\n")
             + f"- target: {balance['inconsistent']} of {r['n']} training answers inconsistent "
               f"({balance['share_inconsistent']:.0%}); it equals the gold label (wrong = 1) for {gold['share']:.0%} "
               "of them\n"
