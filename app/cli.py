@@ -125,7 +125,8 @@ def _run_spec(args, model_ref: str):
     return RunSpec(model_ref=model_ref, task=args.task, n=args.n, max_tokens=args.max_tokens, seed=args.seed,
                    prompt_format=args.prompt_format, dataset=args.dataset, batch_size=args.batch_size,
                    sources=tuple(s for s in (args.sources or "").split(",") if s),
-                   probes=not args.no_probes)
+                   probes=not args.no_probes, n_samples=args.samples, temperature=args.temperature,
+                   top_p=args.top_p)
 
 
 def _progress_bar(desc: str):
@@ -154,11 +155,14 @@ def calibrate_or_evaluate(settings: Settings, args) -> None:
         settings.model = args.model or params.get("model_ref") or params["model"]
         args.max_tokens = args.max_tokens or params.get("protocol", {}).get("max_tokens", 20)
         args.prompt_format = args.prompt_format or params.get("protocol", {}).get("prompt_format", "raw")
+        if args.task is None and params.get("task") == "consistency":  # label-free params: check on real labels
+            args.task = "answers"
     reports = Path(args.reports) if args.reports else settings.reports_dir
     out = Path(args.out) if args.out else settings.calibrations_dir if params is None else settings.reports_dir
     args.max_tokens = args.max_tokens or 20
+    args.task = args.task or "qa"
     args.prompt_format = args.prompt_format or "raw"  # task answers: always chat
-    if args.task == "answers" and not args.sources:
+    if args.task in ("answers", "consistency") and not args.sources:
         args.sources = ",".join(SOURCES) if params is None else ",".join(params["protocol"]["sources"])
     spec = _run_spec(args, settings.model)
     split = "train" if params is None else "test"
@@ -276,6 +280,22 @@ def _bad_input(e) -> None:
     sys.exit(2)
 
 
+def _bounded(name: str, low: float, high: float):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = None
+        if value is None or not low < value <= high:
+            raise argparse.ArgumentTypeError(f"{name} must be a number > {low:g} and <= {high:g}, got {text!r}")
+        return value
+
+    return parse
+
+
+_temperature, _top_p = _bounded("temperature", 0, 2), _bounded("top_p", 0, 1)
+
+
 def activate(settings: Settings, args) -> None:
     from .calibration.params import ParamsError, activate as set_active
 
@@ -325,11 +345,15 @@ def main(argv=None) -> None:
     p.add_argument("--no-eos", action="store_true", help="do not score an EOS step after the response")
 
     def run_options(p, n_default):
-        p.add_argument("--task", default="qa", choices=["qa", "dialogue", "summarization", "answers"],
-                       help="a HaluEval judgment task, or `answers`: the model answers questions itself, "
-                            "labelled by their gold answers")
-        p.add_argument("--sources", help="with --task answers: comma-separated question sources, shipped "
-                                         f"({', '.join(SOURCES)}; default all) or JSONL/CSV question files")
+        p.add_argument("--task", choices=["qa", "dialogue", "summarization", "answers", "consistency"],
+                       help="a HaluEval judgment task (default qa); `answers`: the model answers questions itself, "
+                            "labelled by their gold answers; `consistency`: label-free, the model answers prompts, "
+                            "labelled by whether --samples sampled answers agree with its greedy one (evaluate "
+                            "of such params defaults to `answers`: real labels)")
+        p.add_argument("--sources", help="with --task answers or consistency: comma-separated sources, shipped "
+                                         f"({', '.join(SOURCES)}; default all) or JSONL/CSV question files; "
+                                         "consistency also takes prompt files (.txt one a line, or JSONL "
+                                         "with 'prompt' or chat 'messages')")
         p.add_argument("--n", type=int, default=n_default, help="number of samples (two per HaluEval item)")
         p.add_argument("--max-tokens", type=int, help="tokens generated per sample (default 20)")
         p.add_argument("--seed", type=int, default=42, help="seed of the 50/50 train/test split")
@@ -341,6 +365,12 @@ def main(argv=None) -> None:
                        help="samples scored together (batched decode; 1 = the exact /generate path)")
         p.add_argument("--no-probes", action="store_true",
                        help="do not capture block outputs (no probes: faster, far less disk)")
+        p.add_argument("--samples", type=int, default=5, choices=range(1, 21), metavar="K",
+                       help="with --task consistency: answers sampled per prompt beside the greedy one (1-20, "
+                            "default 5)")
+        p.add_argument("--temperature", type=_temperature, default=0.5,
+                       help="with --task consistency: their temperature (> 0, <= 2; default 0.5)")
+        p.add_argument("--top-p", type=_top_p, default=1.0, help="with --task consistency: their nucleus (0-1]")
         p.add_argument("--reports", help="folder for scores checkpoints and splits "
                                           "(default: $HALLUWATCH_HOME/reports)")
 

@@ -55,8 +55,8 @@ def table(params: dict, reports: dict) -> str:
     same = f" {own} test, same-length pairs |" if length else ""
     kind = "one source" if params["task"] == "answers" else "transfer"  # own answers: a source of the mixture
     selected_by = params["risk"].get("selected_by", "CV AUROC")  # leave-one-source-out with several sources
-    head = (f"| detector | what it reads | train {selected_by} ({own}) | {own} test AUROC [95% CI], n = {reports[own]['n']} "
-            f"|{same}" + "".join(f" {t} ({kind}), n = {reports[t]['n']} |" for t in others))
+    head = (f"| detector | what it reads | train {selected_by} ({own}) | {own} test AUROC [95% CI], "
+            f"n = {reports[own]['n']} |{same}" + "".join(f" {t} ({kind}), n = {reports[t]['n']} |" for t in others))
     rows = [head, "|---|---|---:|---|" + "---:|" * (len(others) + bool(length))]
     chosen = params["risk"]["detector"]
     for name in params["ranking"]:

@@ -3,10 +3,11 @@
 Each table sits between ``<!-- bench-table: KIND FILE… -->`` and ``<!-- /bench-table -->``. The
 FILEs (relative to the repository root) are results the benches wrote with ``--json``, committed
 under bench/results/. KIND is `overhead` (one result of bench/overhead.py), `calibration-speed`
-(one of bench/calibration_speed.py), `concurrency` (one of bench/concurrency.py), `robustness`
-(one row per result of bench/fuzz.py, bench/load.py or bench/soak.py) or `response-log`
-(bench/log_overhead.py, bench/log_durability.py). A result copied from an earlier docs table
-instead of written by a run carries "reconstructed_from", and its table says so.
+(one of bench/calibration_speed.py), `concurrency` (one of bench/concurrency.py), `label-free` (one
+of bench/labelfree.py), `robustness` (one row per result of bench/fuzz.py, bench/load.py or
+bench/soak.py) or `response-log` (bench/log_overhead.py, bench/log_durability.py). A result copied
+from an earlier docs table instead of written by a run carries "reconstructed_from", and its table
+says so.
 
     python bench/tables.py            # rewrite the tables in docs/results.md
     python bench/tables.py --check    # exit 1 if docs/results.md is not what its result files say
@@ -62,6 +63,48 @@ def calibration_speed(results: list) -> str:
     return ("\n".join(rows) + "\n\n" + "".join(f"- {describe(x)}\n" for x in r["ratios"])
             + f"\nMeasured on {r['machine']}, {r['dtype']} + {r['blas']}, model {r['model']}, max_tokens "
               f"{r['max_tokens']}: {provenance(r)}.\n")
+
+
+def label_free_cost(r: dict) -> str:
+    """The cost line: both arms timed in the run, or what each arm scored when one reused checkpoints."""
+    if c := r.get("cost"):
+        return (f"- cost (scoring, batched): {c['s_per_labelled_sample']:.2f} s per labelled sample, "
+                f"{c['s_per_label_free_prompt']:.2f} s per label-free prompt = {c['s_per_answer']:.2f} s per answer "
+                f"(greedy + {r['samples']} sampled); ratio {c['ratio']:.2f}, goal {c['goal']}: {verdict(c['pass'])}\n")
+    timed = [f"{arm.replace('_', '-')} {a['scored']} in {a['scoring_seconds']:.0f} s"
+             for arm, a in r["arms"].items() if a["scored"]]
+    return (f"- cost: not compared in this run (an arm reused scored checkpoints); scored here: "
+            f"{', '.join(timed) or 'nothing'}\n")
+
+
+def label_free(results: list) -> str:
+    (r,) = results
+    rows = ["| calibration | trained on | selected detector | test AUROC [95% CI] | Brier (constant) | in range |",
+            "|---|---|---|---|---|---|"]
+    for arm, trained_on in (("labelled", "gold labels"), ("label_free", f"agreement of {r['samples']} samples at "
+                                                                        f"T = {r['temperature']:g}")):
+        t = r["arms"][arm]["test"]
+        if "skipped" in t:
+            rows.append(f"| {arm.replace('_', '-')} | {trained_on} | — | skipped: {t['skipped']} | | |")
+            continue
+        inside = "—" if t["in_distribution"] is None else f"{t['in_distribution']:.0%}"
+        rows.append(f"| {arm.replace('_', '-')} | {trained_on} | {t['detector']} | {t['auroc']:.3f} "
+                    f"[{t['auroc_ci'][0]:.3f}, {t['auroc_ci'][1]:.3f}] | {t['brier']:.3f} ({t['brier_base_rate']:.3f}) "
+                    f"| {inside} |")
+    d = r["difference"]
+    lf = r["arms"]["label_free"]["label_free"]
+    balance, gold = lf["target_balance"], lf["target_matches_gold"]
+    return ("\n".join(rows) + "\n\n"
+            + (f"- label-free − labelled AUROC: not compared ({d['skipped']})\n" if "skipped" in d else
+               f"- label-free − labelled AUROC = {d['value']:+.3f}, paired bootstrap 95% CI [{d['ci'][0]:+.3f}, "
+               f"{d['ci'][1]:+.3f}]; goal {d['goal']}: {verdict(d['pass'])}\n")
+            + f"- target: {balance['inconsistent']} of {r['n']} training answers inconsistent "
+              f"({balance['share_inconsistent']:.0%}); it equals the gold label (wrong = 1) for {gold['share']:.0%} "
+              "of them\n"
+            + label_free_cost(r)
+            + f"\nMeasured on {r['machine']} (shared), {r['dtype']} + {r['blas']}, model {r['model']}, "
+              f"{r['n']} training and {r['n']} test questions of {r['sources']}, max_tokens {r['max_tokens']}, "
+              f"batches of {r['batch_size']} questions: {provenance(r)}.\n")
 
 
 def fuzz_row(r: dict) -> tuple:
@@ -152,8 +195,8 @@ def concurrency(results: list) -> str:
 
 
 
-KINDS = {"overhead": overhead, "calibration-speed": calibration_speed, "robustness": robustness,
-         "response-log": response_log, "concurrency": concurrency}
+KINDS = {"overhead": overhead, "calibration-speed": calibration_speed, "label-free": label_free,
+         "robustness": robustness, "response-log": response_log, "concurrency": concurrency}
 
 
 def render(doc: str) -> str:

@@ -143,7 +143,9 @@ class JobRunner:
         spec = RunSpec(model_ref=self.engine.model_ref, task=request["task"], n=request["n"],
                        max_tokens=request["max_tokens"], seed=request["seed"],
                        dataset=request.get("dataset_path"), batch_size=request.get("batch_size", 1),
-                       probes=request.get("probes", True), sources=tuple(request.get("source_paths") or ()))
+                       probes=request.get("probes", True), sources=tuple(request.get("source_paths") or ()),
+                       n_samples=request.get("samples", 5), temperature=request.get("temperature", 0.5),
+                       top_p=request.get("top_p", 1.0))
         self.store.update(job_id, status="running")
         try:
             path = runs.calibrate(self.engine, spec, self.settings.calibrations_dir,

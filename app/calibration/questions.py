@@ -147,9 +147,11 @@ def source_questions(source: str, halueval: str | Path | None = None) -> list:
     raise DatasetError(f"unknown source {source!r}: not one of {', '.join(SOURCES)} nor a question file", "sources")
 
 
-def load_questions(sources: list, split: str, n: int, seed: int = 42, halueval: str | Path | None = None) -> tuple:
+def load_questions(sources: list, split: str, n: int, seed: int = 42, halueval: str | Path | None = None,
+                   read=source_questions) -> tuple:
     """`n` questions of one split, spread evenly over `sources` (each split 50/50 with `seed`), and
-    the split description to store beside the results."""
+    the split description to store beside the results. `read(source, halueval)` gives a source's
+    items (default: questions; label-free runs also read prompt files)."""
     if split not in ("train", "test"):
         raise DatasetError(f"unknown split {split!r}; expected 'train' or 'test'")
     if not sources:
@@ -158,7 +160,7 @@ def load_questions(sources: list, split: str, n: int, seed: int = 42, halueval: 
         raise DatasetError(f"n must be an integer >= 10, got {n!r}", "n")
     chosen, items = [], {}
     for k, source in enumerate(sources):
-        questions = source_questions(source, halueval)
+        questions = read(source, halueval)
         order = np.random.default_rng(seed).permutation(len(questions)).tolist()
         half = order[: len(order) // 2] if split == "train" else order[len(order) // 2:]
         take = n // len(sources) + (k < n % len(sources))

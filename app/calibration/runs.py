@@ -23,7 +23,8 @@ from .drift_reference import drift_reference
 from .halueval import DatasetError
 from .questions import LABEL_RULE
 from .probe_files import load_probe, save_probe
-from .scoring import ANSWERS, RunSpec, checkpoint_path, load_states, read_checkpoint, score_all, slug
+from . import labelfree
+from .scoring import ANSWERS, CONSISTENCY, RunSpec, checkpoint_path, load_states, read_checkpoint, score_all, slug
 
 
 def _arrays(records: list) -> tuple:
@@ -88,7 +89,8 @@ def calibrate(engine: Engine, spec: RunSpec, out_dir: Path, reports_dir: Path, *
         result = stats.calibrate(hbar, pri, labels, seed=spec.seed, n_boot=spec.n_boot)
     except ValueError as e:  # e.g. the model answered (nearly) every question right, or every one wrong
         raise DatasetError(f"{np.count_nonzero(labels == 0)} of the {len(labels)} training samples are labelled "
-                           f"correct: {e}; score more samples, or sources the model answers more evenly",
+                           f"{'consistent' if spec.task == CONSISTENCY else 'correct'}: {e}; score more samples, "
+                           "or sources the model answers more evenly",
                            "n") from None
     now = _utc_now()
     stem = f"{slug(engine.lm.model_id)}_{now:%Y%m%dT%H%M%SZ}_n{spec.n}"
@@ -107,7 +109,8 @@ def calibrate(engine: Engine, spec: RunSpec, out_dir: Path, reports_dir: Path, *
             "n": spec.n,
             "protocol": {**_dataset(spec), "task": spec.task, "split": "train", "split_seed": spec.seed,
                          "max_tokens": spec.max_tokens, "prompt_format": spec.prompt_format,
-                         "greedy": True, "reductions": "float32", "dtype": engine.lm.dtype},
+                         "greedy": True, "reductions": "float32", "dtype": engine.lm.dtype,
+                         **({"label_free": labelfree.protocol(spec, records)} if spec.task == CONSISTENCY else {})},
             "versions": _versions(),
             "scores_file": _relative(ckpt, reports_dir),
             "split_file": _relative(split_path, reports_dir),
@@ -142,7 +145,7 @@ def evaluate(engine: Engine, params_path: Path, spec: RunSpec, out_dir: Path, re
             metrics["probe_layers"] = _layer_curves(params, probes, test_states, labels, train, train_ckpt)
         evaluated = selection.evaluate_detectors(scores, labels, params, n_boot=spec.n_boot, seed=spec.seed)
         metrics["all_detectors"], metrics["risk"] = evaluated["detectors"], evaluated.get("risk")
-        if spec.task != ANSWERS and params["task"] != ANSWERS:  # judged answers of HaluEval have a length
+        if not {spec.task, params["task"]} & {ANSWERS, CONSISTENCY}:  # judged answers of HaluEval have a length
             metrics["answer_length"] = _length_check(samples, train, labels, scores, metrics["all_detectors"], spec)
     stem = f"{Path(params_path).stem}_eval_{spec.label}_n{spec.n}"
     figures = report.write_figures(records, params, metrics, scores, out_dir, stem)
@@ -175,7 +178,7 @@ def _training_spec(params: dict, spec: RunSpec) -> RunSpec:
     return RunSpec(params.get("model_ref", ""), task=params["task"], n=params["n"], seed=protocol["split_seed"],
                    max_tokens=protocol["max_tokens"], prompt_format=protocol["prompt_format"],
                    dataset=spec.dataset if params["task"] == spec.task else None,
-                   sources=tuple(protocol.get("sources", ())))
+                   sources=tuple(protocol.get("sources", ())), **labelfree.run_options(protocol))
 
 
 def _dataset(spec: RunSpec) -> dict:
@@ -184,6 +187,8 @@ def _dataset(spec: RunSpec) -> dict:
         return {"dataset": "own answers", "sources": list(spec.sources), "label_rule": LABEL_RULE}
     if spec.task == logged.LOGGED:
         return {"dataset": "response log", "label_rule": logged.LABEL_RULE}
+    if spec.task == CONSISTENCY:  # labelled by the samples' agreement: protocol["label_free"]
+        return {"dataset": "deployment prompts", "sources": list(spec.sources)}
     return {"dataset": "HaluEval"}
 
 

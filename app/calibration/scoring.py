@@ -19,12 +19,14 @@ from signals.response import response_scores
 from ..engine import Cancelled, Engine, GenerationJob
 from ..prompts import encode_prompt
 from ..storage import write_bytes_atomic
+from .deployment import load_prompts
 from .halueval import load_samples
 from .questions import load_questions
 
 
 PROMPT_FORMATS = ("raw", "chat")
 ANSWERS = "answers"  # the task of own-answer runs: the model answers questions, labelled by their gold answers
+CONSISTENCY = "consistency"  # label-free runs: the model answers prompts, labelled by its own samples' agreement
 
 
 @dataclass
@@ -42,23 +44,28 @@ class RunSpec:
     n_boot: int = 1000
     batch_size: int = 1  # >1 scores that many samples per engine job (batched decode; higher throughput)
     probes: bool = True  # capture block outputs at the prompt's end and the last step; fit probes on them
+    n_samples: int = 5  # task "consistency": sampled answers per prompt beside the greedy one
+    temperature: float = 0.5  # ... their temperature (at 1.0 a 135M model hardly ever repeats itself)
+    top_p: float = 1.0  # ... and nucleus
 
     def __post_init__(self):
-        if self.task == ANSWERS:
+        if self.task in (ANSWERS, CONSISTENCY):
             self.prompt_format = "chat"  # the model answers questions as a chat
 
     @property
     def label(self) -> str:
         """The task in file names: for own answers with their sources ("answers-nq_open")."""
-        if self.task != ANSWERS:
+        if self.task not in (ANSWERS, CONSISTENCY):
             return self.task
-        return "-".join([ANSWERS, *(Path(s).stem if Path(s).suffix else s for s in self.sources)])
+        return "-".join([self.task, *(Path(s).stem if Path(s).suffix else s for s in self.sources)])
 
     def samples(self, split: str, cache_dir: Path) -> tuple:
         """This run's samples of `split` and the split's description: HaluEval judgment prompts
         (task qa, dialogue or summarization) or questions the model answers (task "answers")."""
         if self.task == ANSWERS:
             return load_questions(list(self.sources), split, self.n, self.seed, self.dataset)
+        if self.task == CONSISTENCY:
+            return load_prompts(list(self.sources), split, self.n, self.seed, self.dataset)
         return load_samples(self.task, split, self.n, self.seed, self.dataset, cache_dir)
 
 
@@ -70,8 +77,9 @@ def slug(text: str) -> str:
 def checkpoint_path(reports_dir: Path, lm, spec: RunSpec, split: str) -> Path:
     """Where the scores of this model/task/split/protocol go; the same run of the same model (by
     fingerprint, not by name) always finds it again, and no other model's run ever does."""
+    sampled = f"_k{spec.n_samples}_t{spec.temperature:g}_p{spec.top_p:g}" if spec.task == CONSISTENCY else ""
     name = (f"{slug(lm.model_id)}-{lm.fingerprint.id}_{spec.task}_{split}_seed{spec.seed}_mt{spec.max_tokens}_"
-            f"{spec.prompt_format}.jsonl")
+            f"{spec.prompt_format}{sampled}.jsonl")
     return Path(reports_dir) / "scores" / name
 
 
@@ -144,6 +152,9 @@ def score_all(engine: Engine, samples: list, spec: RunSpec, checkpoint: Path,
     With `spec.probes`, each sample's block outputs are saved (see `states_dir`) before its record,
     and a sample whose states are missing is scored again.
     """
+    score = score_batch
+    if spec.task == CONSISTENCY:  # each record also holds the prompt's sampled answers
+        from .labelfree import score_batch as score
     done = read_checkpoint(checkpoint)
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     todo = [s for s in samples
@@ -153,7 +164,7 @@ def score_all(engine: Engine, samples: list, spec: RunSpec, checkpoint: Path,
         for start in range(0, len(todo), spec.batch_size):
             if cancelled is not None and cancelled.is_set():
                 raise Cancelled(f"cancelled after {len(samples) - len(todo) + start} of {len(samples)} samples")
-            for rec, states in score_batch(engine, todo[start:start + spec.batch_size], spec):
+            for rec, states in score(engine, todo[start:start + spec.batch_size], spec):
                 if states is not None:
                     buf = io.BytesIO()
                     np.save(buf, states)

@@ -17,13 +17,15 @@ PACKAGED = "halueval"
 
 class CalibrateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    task: Literal["qa", "dialogue", "summarization", "answers"] = Field(
-        "qa", description="a HaluEval judgment task, or 'answers': the model answers questions itself, labelled "
-                          "by their gold answers")
+    task: Literal["qa", "dialogue", "summarization", "answers", "consistency"] = Field(
+        "qa", description="a HaluEval judgment task; 'answers': the model answers questions itself, labelled "
+                          "by their gold answers; 'consistency': label-free, the model answers prompts, labelled by "
+                          "whether `samples` sampled answers agree with its greedy one")
     n: int = Field(200, ge=10, description="samples to score (HaluEval: even, two per item)")
     sources: list[str] = Field(list(SOURCES), min_length=1,
                                description="task 'answers': shipped question sources, or question files (JSONL/CSV) "
-                                           "inside the server's data folder")
+                                           "inside the server's data folder; task 'consistency' also takes prompt "
+                                           "files there (.txt one a line, or JSONL with 'prompt' or 'messages')")
     max_tokens: int = Field(20, ge=1, le=512)
     seed: int = Field(42, ge=0)
     dataset: str = Field(PACKAGED, description="'halueval' (the packaged copy) or a file name inside the "
@@ -31,6 +33,10 @@ class CalibrateRequest(BaseModel):
     activate: bool = Field(False, description="serve the new thresholds as soon as the job succeeds")
     batch_size: int = Field(1, ge=1, le=32, description="samples per engine job: 1 keeps /generate waits to one "
                                                           "sample; more is faster but delays interactive requests")
+    samples: int = Field(5, ge=1, le=20, description="task 'consistency': answers sampled per prompt beside the "
+                                                     "greedy one (in the same engine batch)")
+    temperature: float = Field(0.5, gt=0, le=2, description="task 'consistency': the samples' temperature")
+    top_p: float = Field(1.0, gt=0, le=1, description="task 'consistency': the samples' nucleus")
     probes: bool = Field(True, description="capture block outputs and fit linear probes (about 140 KB of disk "
                                            "per sample for a 135M model, under reports/scores)")
 
