@@ -3,6 +3,7 @@ priority), its record appended to a JSONL checkpoint and fsynced, its block outp
 it. An interrupted run loses nothing and a re-run resumes where it stopped; checkpoints are keyed
 by the model's fingerprint, so no other model's run ever reads them."""
 
+import hashlib
 import io
 import json
 import os
@@ -144,21 +145,30 @@ def _states(records: list) -> np.ndarray:
     return np.stack([records[0].hidden, records[-1].hidden])
 
 
+def sample_digest(sample) -> str:
+    """A digest of everything a sample is (its prompt, context, gold answers): a checkpoint record
+    made for another sample under the same key (an edited question file) is not reused."""
+    return hashlib.sha256(repr(sample).encode()).hexdigest()[:16]
+
+
 def score_all(engine: Engine, samples: list, spec: RunSpec, checkpoint: Path,
               progress: Callable[[int, int], None] = lambda done, total: None,
               cancelled: threading.Event | None = None) -> list:
     """Score every sample not yet in `checkpoint`, `spec.batch_size` at a time, appending each record.
 
     With `spec.probes`, each sample's block outputs are saved (see `states_dir`) before its record,
-    and a sample whose states are missing is scored again.
+    and a sample whose states are missing is scored again; so is one whose record was made for a
+    different sample under its key (`sample_digest`; records written before digests are trusted).
     """
     score = score_batch
     if spec.task == CONSISTENCY:  # each record also holds the prompt's sampled answers
         from .labelfree import score_batch as score
     done = read_checkpoint(checkpoint)
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    digests = {s.key: sample_digest(s) for s in samples}
     todo = [s for s in samples
-            if s.key not in done or (spec.probes and not _states_path(checkpoint, s.key).exists())]
+            if s.key not in done or done[s.key].get("sample", digests[s.key]) != digests[s.key]
+            or (spec.probes and not _states_path(checkpoint, s.key).exists())]
     progress(len(samples) - len(todo), len(samples))
     with open(checkpoint, "a") as f:
         for start in range(0, len(todo), spec.batch_size):
@@ -169,6 +179,7 @@ def score_all(engine: Engine, samples: list, spec: RunSpec, checkpoint: Path,
                     buf = io.BytesIO()
                     np.save(buf, states)
                     write_bytes_atomic(_states_path(checkpoint, rec["key"]), buf.getvalue())
+                rec["sample"] = digests[rec["key"]]
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 done[rec["key"]] = rec
             f.flush()

@@ -65,3 +65,20 @@ def test_served_params_say_what_traffic_they_were_calibrated_on(engine, tmp_path
     write_params(tmp_path / "p.json", engine.lm, task="answers")
     with TestClient(create_app(Settings(home=tmp_path, params_dir=tmp_path), engine)) as c:
         assert c.get("/model").json()["params"]["task"] == "answers"
+
+
+def test_an_edited_question_is_answered_again_not_read_from_the_checkpoint(engine, tmp_path):
+    path = _questions(tmp_path / "q.jsonl", 20)
+    spec = RunSpec("tiny", task="answers", n=10, max_tokens=4, sources=(str(path),), batch_size=4, probes=False)
+    ckpt = tmp_path / "ckpt.jsonl"
+    first = score_all(engine, spec.samples("train", tmp_path)[0], spec, ckpt)
+    assert all(r["label"] == 1 for r in first)
+    lines = ckpt.read_text().count("\n")
+    said = first[0]["text"].split()[0]  # the same file name and items, but the first answer's alias changed
+    edited = path.read_text().splitlines()
+    item = int(first[0]["key"].split(":")[1])
+    edited[item] = json.dumps({"question": f"What is item {item}?", "answer": [said]})
+    path.write_text("\n".join(edited) + "\n")
+    again = score_all(engine, spec.samples("train", tmp_path)[0], spec, ckpt)
+    assert ckpt.read_text().count("\n") == lines + 1  # only the edited question was answered again
+    assert again[0]["label"] == 0 and [r["label"] for r in again[1:]] == [r["label"] for r in first[1:]]
