@@ -170,14 +170,26 @@ def calibrate_or_evaluate(settings: Settings, args) -> None:
         spec.samples(split, reports / "data")
     except DatasetError as e:
         _bad_input(e)
-    engine = _engine(settings)
-    bar, update = _progress_bar(f"{args.command} {spec.task}/{split}")
-    try:
+
+    def run(engine, update) -> Path:
         if params is None:
-            path = calibration.calibrate(engine, spec, out, reports, progress=update)
-        else:
-            path = calibration.evaluate(engine, Path(args.params_file), spec, out, reports,
-                                        progress=update)
+            return calibration.calibrate(engine, spec, out, reports, progress=update)
+        return calibration.evaluate(engine, Path(args.params_file), spec, out, reports, progress=update)
+
+    _run_on_engine(settings, f"{args.command} {spec.task}/{split}", run,
+                   "halluwatch calibrate --activate" if params is None and args.activate else None)
+
+
+def _run_on_engine(settings: Settings, label: str, run, activated_by: str | None) -> None:
+    """Load the model and `run(engine, progress)` (a calibration or evaluation; it returns the file it
+    wrote) under a progress bar; unusable data exits 2; activate the params when `activated_by` says
+    who asked; print the path."""
+    from .calibration.halueval import DatasetError
+
+    engine = _engine(settings)
+    bar, update = _progress_bar(label)
+    try:
+        path = run(engine, update)
     except DatasetError as e:  # e.g. the model answered every question right, or every one wrong
         path = e
     finally:
@@ -185,10 +197,10 @@ def calibrate_or_evaluate(settings: Settings, args) -> None:
         engine.stop()
     if isinstance(path, DatasetError):
         _bad_input(path)
-    if params is None and args.activate:
+    if activated_by is not None:
         from .calibration.params import activate as set_active
 
-        set_active(settings.state_dir, path, "halluwatch calibrate --activate")
+        set_active(settings.state_dir, path, activated_by)
     print(path)
 
 
@@ -249,29 +261,19 @@ def calibrate_from_log(settings: Settings, args) -> None:
         logged_samples(rows, None)  # refuse before loading the model
     except DatasetError as e:
         _bad_input(e)
-    engine = _engine(settings)
-    bar, update = _progress_bar(f"calibrate {LOGGED}")
-    try:
+
+    def run(engine, update) -> Path:
         samples, prompt_format = logged_samples(rows, engine.lm.fingerprint.id)
         spec = LoggedRunSpec(model_ref=settings.model, task=LOGGED, n=len(samples), seed=args.seed,
                              max_tokens=args.max_tokens or max(r["response_tokens"] for r in rows),
                              prompt_format=prompt_format, batch_size=args.batch_size, probes=not args.no_probes,
                              logged=tuple(samples))
         reports = Path(args.reports) if args.reports else settings.reports_dir
-        path = calibration.calibrate(engine, spec, Path(args.out) if args.out else settings.calibrations_dir,
+        return calibration.calibrate(engine, spec, Path(args.out) if args.out else settings.calibrations_dir,
                                      reports, progress=update)
-    except DatasetError as e:
-        path = e
-    finally:
-        bar.close()
-        engine.stop()
-    if isinstance(path, DatasetError):
-        _bad_input(path)
-    if args.activate:
-        from .calibration.params import activate as set_active
 
-        set_active(settings.state_dir, path, "halluwatch calibrate --from-log --activate")
-    print(path)
+    _run_on_engine(settings, f"calibrate {LOGGED}", run,
+                   "halluwatch calibrate --from-log --activate" if args.activate else None)
 
 
 def _bad_input(e) -> None:

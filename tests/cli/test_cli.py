@@ -16,6 +16,7 @@ from support.qa_data import write_qa
 
 from app.calibration.params import load_params
 from app.cli import main
+from signals.selection import one_se_choice
 
 
 def test_generate_default_model_answers_paris(capsys):
@@ -86,7 +87,9 @@ def test_calibrate_prints_the_params_path_last(cli_run, engine):
     params = json.loads(path.read_text())
     assert params["n"] == 20 and params["protocol"]["max_tokens"] == 3 and params["model_ref"] == model
     assert params["model_fingerprint"] == engine.lm.fingerprint.as_dict()
-    assert params["risk"]["detector"] == params["ranking"][0] and params["probe"] is not None
+    folds = {name: d["cv_auroc_folds"] for name, d in params["detectors"].items()}
+    assert params["risk"]["detector"] == one_se_choice(params["ranking"], params["detectors"], folds)
+    assert params["probe"] is not None
     assert load_params(path).probe is not None  # its probe file is beside it, checksum and all
     assert not (home / "state" / "active_calibrations.json").exists()  # not activated without --activate
 
