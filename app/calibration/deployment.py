@@ -16,27 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .halueval import DatasetError
-from .questions import SOURCES, load_questions, read_questions, source_questions
+from .questions import SOURCES, SourceItem, load_questions, read_questions, source_questions
 
 ROLES = ("system", "user", "assistant")
 
 
 @dataclass(frozen=True)
-class Prompt:
+class Prompt(SourceItem):
     """One deployment prompt: a user message (`prompt`) or a whole chat (`messages`); no gold answer."""
 
-    source: str
-    item: int  # index in the source
     prompt: str | None
     messages: tuple | None = None
-
-    @property
-    def key(self) -> str:
-        return f"{self.source}:{self.item}"
-
-    @property
-    def task(self) -> str:
-        return self.source
 
     def label_for(self, answer: str) -> None:
         """No gold answer: no label."""

@@ -46,14 +46,11 @@ def is_correct(answer: str, aliases) -> bool:
 
 
 @dataclass(frozen=True)
-class Question:
-    """One question of a source, with its gold aliases (and context, open-book)."""
+class SourceItem:
+    """One item of a calibration source: its key in checkpoints ("source:item") and task (its source)."""
 
     source: str
     item: int  # index in the source
-    question: str
-    answers: tuple
-    context: str | None = None
 
     @property
     def key(self) -> str:
@@ -62,6 +59,15 @@ class Question:
     @property
     def task(self) -> str:
         return self.source
+
+
+@dataclass(frozen=True)
+class Question(SourceItem):
+    """One question of a source, with its gold aliases (and context, open-book)."""
+
+    question: str
+    answers: tuple
+    context: str | None = None
 
     @property
     def prompt(self) -> str:

@@ -2,10 +2,9 @@
 
 import csv
 import json
-import os
-import tempfile
 from pathlib import Path
 
+from ..storage import atomic_path
 from .summary import iso
 
 FORMATS = ("jsonl", "csv", "parquet")
@@ -53,24 +52,13 @@ def export(rows, fmt: str, out: Path | None) -> int:
         import sys
 
         return (_jsonl if fmt == "jsonl" else _csv)(rows, sys.stdout)
-    out = Path(out)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
-    try:
+    with atomic_path(out) as tmp:
         if fmt == "parquet":
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            os.close(fd)
             table = pa.Table.from_pylist([flat(r) for r in rows])
             pq.write_table(table, tmp)
-            n = table.num_rows
-        else:
-            with open(fd, "w", encoding="utf-8", newline="") as f:
-                n = (_jsonl if fmt == "jsonl" else _csv)(rows, f)
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return n
+            return table.num_rows
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            return (_jsonl if fmt == "jsonl" else _csv)(rows, f)
