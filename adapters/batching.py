@@ -2,12 +2,13 @@
 
 A newcomer's prompt is prefilled alone, in chunks (`Prefill.advance`, one chunk per call, so a
 caller can interleave it with decode steps), all but its last token, exactly as `generate_steps`
-does. Its cache is then merged into mlx-lm's batch caches (`BatchKVCache` /
-`BatchRotatingKVCache` `merge` and `extend`: left padding, the models' own masks) and its last
-prompt token is its input to the next batched step. Every step is one forward pass over all rows
-and one `mx.eval`; a row leaves with the caches' `filter`. Tokens and logprobs are computed with
-`generate_steps`' expressions row by row, so a sequence gets the same tokens, and the same values
-up to float rounding, as when it runs alone.
+does; with a prompt cache (mlx-lm's `LRUPromptCache`) it starts from the longest prefix it shares
+with a prompt prefilled before it, as `mlx_lm.server` does. Its cache is then merged into
+mlx-lm's batch caches (`BatchKVCache` / `BatchRotatingKVCache` `merge` and `extend`: left
+padding, the models' own masks) and its last prompt token is its input to the next batched step.
+Every step is one forward pass over all rows and one `mx.eval`; a row leaves with the caches'
+`filter`. Tokens and logprobs are computed with `generate_steps`' expressions row by row, so a
+sequence gets the same tokens, and the same values up to float rounding, as when it runs alone.
 """
 
 import random
@@ -16,11 +17,14 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 from mlx_lm.generate import generation_stream
-from mlx_lm.models.cache import make_prompt_cache
+from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
 from mlx_lm.sample_utils import apply_top_p
 
-from .decode import Reduce, RawStep, _copy_prefix, _host_hidden, _sorted_top, _top_k
+from .decode import Reduce, RawStep, _host_hidden, _sorted_top, _top_k
 from .loader import LoadedModel
+
+
+REUSE_ENTRIES = 256  # prompts a prompt cache keeps at most (its byte budget usually binds first)
 
 
 @dataclass
@@ -49,28 +53,41 @@ class Row:
 
 
 class Prefill:
-    """A newcomer's prompt going through the model alone, a chunk per `advance()`. A prefix it
-    shares with an `after` prompt (prefilled before it) is copied from that one's cache
-    (plain KV caches only), as calibration batches of HaluEval pairs share their whole context."""
+    """A newcomer's prompt going through the model alone, a chunk per `advance()`. With `reuse`, it
+    starts from the KV cache of the longest prefix it shares with a prompt prefilled before it,
+    looked up at the first `advance()` (so prompts admitted together share theirs, as calibration
+    batches of HaluEval pairs share their whole context)."""
 
-    def __init__(self, lm: LoadedModel, row: Row, prompt_ids: list, step_size: int, after=None):
+    def __init__(self, lm: LoadedModel, row: Row, prompt_ids: list, step_size: int,
+                 reuse: LRUPromptCache | None = None):
         if not prompt_ids:
             raise ValueError("prompt_ids must not be empty")
         self.row, self.ids = row, prompt_ids
-        self.cache = make_prompt_cache(lm.model)
-        self._rest, self._after = prompt_ids, after
-        self._model, self._step = lm.model, step_size
+        self.cache = None  # made by the first advance()
+        self.reused = 0  # prompt tokens whose KV entries came from `reuse`
+        self._rest, self._reuse = prompt_ids, reuse
+        self._model, self._key, self._step = lm.model, lm.model_id, step_size
 
     @property
     def done(self) -> bool:
-        return len(self._rest) <= 1
+        return self.cache is not None and len(self._rest) <= 1
+
+    def _start(self) -> None:
+        cache, rest = (None, self.ids) if self._reuse is None else self._reuse.fetch_nearest_cache(self._key, self.ids)
+        if cache is not None and not rest:  # all of it is cached, but its last token is the first input
+            if can_trim_prompt_cache(cache):
+                trim_prompt_cache(cache, 1)
+                rest = self.ids[-1:]
+            else:
+                cache, rest = None, self.ids
+        self.cache = cache if cache is not None else make_prompt_cache(self._model)
+        self._rest, self.reused = rest, len(self.ids) - len(rest)
 
     def advance(self, budget: int) -> int:
         """Run the next chunk of the prompt (all but its last token), at most `budget` tokens;
         return how many went through."""
-        if self._after is not None:
-            after, self._after = self._after, None
-            self._rest = self.ids[_copy_prefix(self.cache, after.cache, after.ids, self.ids):]
+        if self.cache is None:
+            self._start()
         n = min(self._step, budget, len(self._rest) - 1)
         if n <= 0:
             return 0
@@ -83,11 +100,14 @@ class Prefill:
 
 
 class DecodeBatch:
-    """The running batch: `rows` in cache order, stepped together by `step()`."""
+    """The running batch: `rows` in cache order, stepped together by `step()`. With `reuse_bytes`,
+    the KV caches of prefilled prompts are kept (least recently used out first, within that many
+    bytes) for later prompts that share a prefix with them."""
 
-    def __init__(self, lm: LoadedModel, prefill_step_size: int = 2048):
+    def __init__(self, lm: LoadedModel, prefill_step_size: int = 2048, reuse_bytes: int = 0):
         self.lm = lm
         self.prefill_step_size = prefill_step_size
+        self.reuse = LRUPromptCache(max_size=REUSE_ENTRIES, max_bytes=reuse_bytes) if reuse_bytes > 0 else None
         self.rows: list = []
         self._cache = None  # per layer: a batch cache over `rows`
         self._inputs = None  # (B,) the next input token of every row
@@ -97,16 +117,18 @@ class DecodeBatch:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def prefill(self, prompt_ids: list, row: Row, after: Prefill | None = None) -> Prefill:
-        """A newcomer to prefill (sharing a prefix with `after`, see Prefill); `join` it once `done`."""
+    def prefill(self, prompt_ids: list, row: Row) -> Prefill:
+        """A newcomer to prefill; `join` it once `done`."""
         if row.sampling is not None:
             row.key = row.sampling.key()
-        return Prefill(self.lm, row, prompt_ids, self.prefill_step_size, after)
+        return Prefill(self.lm, row, prompt_ids, self.prefill_step_size, self.reuse)
 
     def join(self, prefill: Prefill) -> None:
         """Add a prefilled sequence as the last row; its first step is the batch's next step."""
         if not prefill.done:
             raise ValueError("the prompt is not prefilled yet")
+        if self.reuse is not None and len(prefill.ids) > 1:  # merging copies the cache: it stays as it is
+            self.reuse.insert_cache(self.lm.model_id, prefill.ids[:-1], prefill.cache)
         with mx.stream(generation_stream):
             cache = [type(c).merge([c]) for c in prefill.cache]
             last = mx.array(prefill.ids[-1:])

@@ -1,4 +1,4 @@
-"""What generation and scoring share: the per-step record, chunked prefill, prefix reuse, and
+"""What generation and scoring share: the per-step record, chunked prefill, and
 scoring a given response (teacher forcing). Generation itself is `adapters.batching`.
 """
 
@@ -8,7 +8,7 @@ from collections.abc import Callable
 import mlx.core as mx
 import numpy as np
 from mlx_lm.generate import generation_stream, wired_limit
-from mlx_lm.models.cache import KVCache, make_prompt_cache
+from mlx_lm.models.cache import make_prompt_cache
 
 from .loader import LoadedModel
 
@@ -52,26 +52,6 @@ def _prefill(model, cache, prompt_ids: list, step_size: int) -> mx.array:
         prompt = prompt[n:]
         mx.clear_cache()
     return prompt
-
-
-MIN_SHARED_PREFIX = 16
-
-
-def _copy_prefix(cache: list, prev_cache: list, prev_ids: list, ids: list) -> int:
-    """Fill `cache` with the KV entries of the prefix `ids` shares with `prev_ids`; return its length.
-
-    `prev_cache` holds all of `prev_ids` but its last token. Only plain KVCaches are shared (a
-    rotating cache may have dropped the prefix); short prefixes are not worth it (returns 0).
-    """
-    n = 0
-    limit = min(len(prev_ids), len(ids)) - 1
-    while n < limit and prev_ids[n] == ids[n]:
-        n += 1
-    if n < MIN_SHARED_PREFIX or not all(type(c) is KVCache for c in cache + prev_cache):
-        return 0
-    for c, p in zip(cache, prev_cache):
-        c.keys, c.values, c.offset = p.keys[..., :n, :], p.values[..., :n, :], n
-    return n
 
 
 # Takes the same leading parameters as batching.generate_steps, on purpose: both are the model's

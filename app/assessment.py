@@ -55,6 +55,7 @@ def response_body(records: list, fin: Finished, calibrations: tuple, params_reas
         "finish_reason": fin.finish_reason,
         "usage": {
             "prompt_tokens": fin.prompt_tokens,
+            "cached_tokens": fin.cached_tokens,
             # the step that halted on P_fail was scored but its token was not appended
             "completion_tokens": len(records) - (fin.finish_reason == "pfail"),
         },

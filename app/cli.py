@@ -16,7 +16,8 @@ def _engine(settings: Settings):
 
     engine = Engine(settings.model, precision=settings.precision, pfail_tau=settings.pfail_tau,
                     pfail_lambda=settings.pfail_lambda, queue_depth=settings.queue_depth,
-                    prefill_step_size=settings.prefill_step_size, max_batch_size=settings.max_batch_size)
+                    prefill_step_size=settings.prefill_step_size, max_batch_size=settings.max_batch_size,
+                    prompt_cache_mb=settings.prompt_cache_mb)
     try:
         engine.start()
     except (ModelNotFound, FileNotFoundError, ValueError) as e:

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
                                                       "more wait in the queue")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="largest request body (413 beyond)")
     prefill_step_size: int = Field(2048, ge=1)
+    prompt_cache_mb: float = Field(512, ge=0, description="KV caches of recent prompts kept in memory, so a new "
+                                   "prompt sharing a prefix with one (a system prompt, an earlier turn) skips "
+                                   "prefilling it; 0: off")
     api_key: str | None = Field(None, description="require 'Authorization: Bearer <key>' on every route but /health")
     metrics_public: bool = Field(False, description="serve /metrics without the API key")
     request_timeout_s: float = Field(300.0, gt=0,

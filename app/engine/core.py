@@ -51,6 +51,7 @@ class _Member:
     steps: int = 0
     t_first: float | None = None
     t_last: float | None = None
+    cached_tokens: int = 0  # prompt tokens reused from the prompt cache
     columns: list | None = None  # its probes' values in a step's values (None: they are all there, in order)
 
 
@@ -60,13 +61,14 @@ class Engine:
 
     def __init__(self, model_ref: str = "default", *, precision: str = "auto", pfail_tau: float = 2.0,
                  pfail_lambda: float = 5.0, queue_depth: int = 16, prefill_step_size: int = 2048,
-                 max_batch_size: int = 32):
+                 max_batch_size: int = 32, prompt_cache_mb: float = 0):
         self.model_ref = model_ref
         self.precision = precision
         self.pfail_tau = pfail_tau
         self.pfail_lambda = pfail_lambda
         self.prefill_step_size = prefill_step_size
         self.max_batch_size = max_batch_size
+        self.prompt_cache_mb = prompt_cache_mb
         self._waiting = WaitQueue(queue_depth)
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -123,7 +125,7 @@ class Engine:
         try:
             self.lm = load(self.model_ref, self.precision)
             self._verdict = tuple(mx.array(ids) for ids in verdict_token_ids(self.lm.tokenizer))
-            self._batch = DecodeBatch(self.lm, self.prefill_step_size)
+            self._batch = DecodeBatch(self.lm, self.prefill_step_size, int(self.prompt_cache_mb * 2**20))
         except BaseException as e:  # reported by start()
             self._error = e
             return
@@ -162,28 +164,27 @@ class Engine:
     def _admit(self) -> None:
         """Take what fits from the queue (waiting for work while there is nothing to do)."""
         while (work := self._waiting.take(self._fits, wait=not self.busy)) is not None:
-            now, after = time.perf_counter(), None  # members of a batch share prompt prefixes
+            now = time.perf_counter()
             for job, handle in _members(work):
                 if job.cancelled.is_set():
                     handle.emit(_cancelled(job))
                 elif isinstance(job, ScoreJob):
                     self._score(job, handle)
                 else:
-                    after = self._join_later(job, handle, now - job.submitted, after)
+                    self._join_later(job, handle, now - job.submitted)
 
-    def _join_later(self, job: GenerationJob, handle: Handle, queue_s: float, after: Prefill | None):
-        """Queue a generation job's prefill; returns it (None if the job was refused)."""
+    def _join_later(self, job: GenerationJob, handle: Handle, queue_s: float) -> None:
+        """Queue a generation job's prefill."""
         sampling = Sampling(job.temperature, job.top_p, job.seed) if job.temperature > 0 else None
         row = Row(handle, job.top_logprobs, job.capture_hidden, sampling)
         try:
-            prefill = self._batch.prefill(job.prompt_ids, row, after)
+            prefill = self._batch.prefill(job.prompt_ids, row)
         except Exception as e:
             handle.emit(e)
-            return None
+            return
         member = _Member(job, handle, TextDeltas(self.lm.tokenizer), prefill, queue_s)
         # interactive prompts are prefilled before calibration ones (the list stays in priority order)
         self._prefills.insert(sum(1 for m in self._prefills if m.job.priority <= job.priority), member)
-        return prefill
 
     def _advance_prefills(self) -> None:
         """Prefill newcomers, interactive ones first, at most one prefill chunk's worth of tokens;
@@ -199,6 +200,7 @@ class Engine:
                     if not member.prefill.done:
                         break
                     self._batch.join(member.prefill)
+                    member.cached_tokens = member.prefill.reused
                     member.prefill = None  # its cache is in the batch now
                     self._members.append(member)
             except Exception as e:
@@ -250,7 +252,7 @@ class Engine:
         rate = (n - 1) / (t_last - t_first) if n > 1 and t_last > t_first else None
         ttft = t_first - member.job.submitted if t_first else None
         return Finished(reason, len(member.job.prompt_ids), ttft, rate, stop_id, member.deltas.flush(),
-                        member.queue_s)
+                        member.queue_s, member.cached_tokens)
 
     def _batch_reducer(self):
         """The reduction for the running batch: its members' probes, each once; sets where each

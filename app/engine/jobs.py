@@ -87,3 +87,4 @@ class Finished:
     stop_token_id: int | None = None
     text_tail: str = ""  # an incomplete UTF-8 character held back at the end, if any
     queue_s: float | None = None  # from submission until the job was taken into the running batch
+    cached_tokens: int = 0  # prompt tokens not prefilled: their KV entries came from the prompt cache

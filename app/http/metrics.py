@@ -60,6 +60,9 @@ class Metrics:
                                      "Each response's own decode rate after its first token (it shares the batch)",
                                      buckets=RATE_BUCKETS, registry=r)
         self.tokens = Counter("halluwatch_generated_tokens", "Completion tokens of finished responses", registry=r)
+        self.cached_tokens = Counter("halluwatch_cached_prompt_tokens",
+                                     "Prompt tokens of finished responses not prefilled: the prompt cache held them",
+                                     registry=r)
         self.responses = Counter("halluwatch_responses", "Finished responses by risk quadrant (none: no params)",
                                  ["quadrant"], registry=r)
         self.hbar_s = Histogram("halluwatch_response_hbar_s", "Response-level ℏₛ (mean of the top-5 steps)",
@@ -85,6 +88,7 @@ class Metrics:
     def observe(self, body: dict) -> None:
         usage, scores = body.get("usage") or {}, body.get("scores") or {}
         self.tokens.inc(usage.get("completion_tokens") or 0)
+        self.cached_tokens.inc(usage.get("cached_tokens") or 0)
         timing = body.get("timing") or {}
         for histogram, key in ((self.ttft, "ttft_s"), (self.queue_wait, "queue_s"), (self.decode_rate, "tokens_per_s")):
             if timing.get(key) is not None:

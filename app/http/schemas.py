@@ -81,6 +81,8 @@ class TraceStep(BaseModel):
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = Field(0, description="prompt tokens not prefilled: the prompt cache held them "
+                                              "(a prefix shared with an earlier prompt)")
 
 
 class Scores(BaseModel):

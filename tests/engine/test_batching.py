@@ -1,7 +1,7 @@
 """Continuous batching: a sequence in a batch that others join and leave gets what it gets alone.
 
 1. `DecodeBatch` driven by a fixed schedule (rows of different prompt lengths and lengths joining
-   at different steps, one leaving early, chunked prefill, a shared prefix) on every tiny
+   at different steps, one leaving early, chunked prefill, prefixes reused) on every tiny
    architecture: each row's tokens equal `generate_steps` alone, logprobs and signals within 1e-4.
 2. The engine with jobs submitted while others decode (from inside the engine's reports, so the
    step each joins at is fixed): per-request probes, top logprobs, seeded sampling, a calibration
@@ -45,12 +45,7 @@ def _assert_same(got: list, alone: list) -> None:
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_rows_joining_and_leaving_mid_batch_match_alone(tiny_model_path, monkeypatch, arch):
-    import adapters.batching as batching
-
-    shared = []
-    copy = batching._copy_prefix
-    monkeypatch.setattr(batching, "_copy_prefix", lambda *a: shared.append(copy(*a)) or shared[-1])
+def test_rows_joining_and_leaving_mid_batch_match_alone(tiny_model_path, arch):
     lm = load(str(tiny_model_path(arch)), precision="native")
     tok = lm.tokenizer
     base = _ids(tok, 40)
@@ -58,16 +53,17 @@ def test_rows_joining_and_leaving_mid_batch_match_alone(tiny_model_path, monkeyp
     plan = [(_ids(tok, 5), 14, 0, 3), (_ids(tok, 21, 3), 6, 0, 0), (_ids(tok, 45, 7), 10, 3, 5),
             (base + _ids(tok, 3, 50), 9, 5, 0), (base + _ids(tok, 2, 60), 7, 5, 2)]
     leaves_early = (0, 8)  # row 0 leaves after 8 of its 14 steps (as a cancelled job does)
-    batch = DecodeBatch(lm, prefill_step_size=8)
-    got = [[] for _ in plan]
-    step, pending, after = 0, list(range(len(plan))), None
+    batch = DecodeBatch(lm, prefill_step_size=8, reuse_bytes=1 << 26)
+    got, reused = [[] for _ in plan], [None] * len(plan)
+    step, pending = 0, list(range(len(plan)))
     while pending or batch.rows:
         for i in [i for i in pending if plan[i][2] <= step]:
             ids, _, _, top = plan[i]
-            prefill = after = batch.prefill(ids, Row(i, top_logprobs=top), after if i == 4 else None)
+            prefill = batch.prefill(ids, Row(i, top_logprobs=top))
             while not prefill.done:
                 prefill.advance(8)
             batch.join(prefill)
+            reused[i] = prefill.reused
             pending.remove(i)
         if not batch.rows:
             step += 1
@@ -82,8 +78,8 @@ def test_rows_joining_and_leaving_mid_batch_match_alone(tiny_model_path, monkeyp
         alone = list(generate_steps(lm, ids, len(got[i]), _reduce, top_logprobs=top, prefill_step_size=8))
         _assert_same(got[i], alone)
     assert len(set(s.token for s in got[2])) > 2, "degenerate tiny model: the test would prove little"
-    if arch in ("llama", "qwen2", "phi3"):  # plain KV caches: the last prompt reused the 40 tokens it
-        assert shared == [40]  # shares with the one before (rotating caches never share)
+    if arch in ("llama", "qwen2", "phi3"):  # plain KV caches: prompt 3 starts with prompt 0 but its
+        assert reused == [0, 0, 0, 4, 40]  # last token, prompt 4 shares 40 tokens with prompt 3
 
 
 def _probe(lm, layer: int, seed: int) -> Probe:
@@ -145,7 +141,8 @@ def _same_records(got: list, alone: list) -> None:
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_engine_jobs_joining_leaving_and_cancelled_mid_batch_match_alone(tiny_model_path, monkeypatch, arch):
-    with running_engine(tiny_model_path(arch)) as engine:
+    # with a prompt cache: the batched jobs reuse the prompts their runs alone left in it
+    with running_engine(tiny_model_path(arch), prompt_cache_mb=64) as engine:
         lm = engine.lm
         tok = lm.tokenizer
         with_probe = (_probe(lm, 1, 0), _probe(lm, 2, 1))
@@ -187,6 +184,7 @@ def test_engine_jobs_joining_leaving_and_cancelled_mid_batch_match_alone(tiny_mo
 
     assert script.batch_sizes and script.batch_sizes[0] >= 4  # a, c, d, e, f were decoding together
     for name in jobs:
+        assert script.finished(name).cached_tokens == len(made[name].prompt_ids) - 1, name  # all but its last
         got = script.records(name)
         if name == "c":  # cancelled at b's step 3: after its own step 3, a prefix of what it gets alone
             assert script.finished("c").finish_reason == "cancelled"

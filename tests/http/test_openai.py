@@ -162,6 +162,16 @@ def test_chat_matches_generate(client, http):
     assert risk["finish_reason"] == gen["finish_reason"]
 
 
+def test_a_repeated_prompt_is_not_prefilled_again(client):
+    chat = [{"role": "user", "content": "Say something about caches, please."}]
+    first, again = (client.chat.completions.create(model="m", messages=chat, max_tokens=8) for _ in range(2))
+    assert again.usage.prompt_tokens_details.cached_tokens == again.usage.prompt_tokens - 1  # all but the last
+    assert first.usage.prompt_tokens_details.cached_tokens < first.usage.prompt_tokens - 1
+    assert again.choices[0].message.content == first.choices[0].message.content
+    scores = [{k: v for k, v in risk_of(r)["scores"].items() if isinstance(v, float)} for r in (first, again)]
+    assert scores[0] and scores[1] == pytest.approx(scores[0], rel=1e-4, abs=1e-5)
+
+
 def test_chat_without_logprobs_has_null_logprobs(client):
     r = client.chat.completions.create(model="m", messages=CHAT, max_completion_tokens=3)
     assert r.choices[0].logprobs is None

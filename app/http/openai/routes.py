@@ -136,7 +136,8 @@ def _start(request: Request, req, prompt: str | None, messages: list | None):
 def _usage(body: dict) -> dict:
     u = body["usage"]
     return {"prompt_tokens": u["prompt_tokens"], "completion_tokens": u["completion_tokens"],
-            "total_tokens": u["prompt_tokens"] + u["completion_tokens"]}
+            "total_tokens": u["prompt_tokens"] + u["completion_tokens"],
+            "prompt_tokens_details": {"cached_tokens": u["cached_tokens"]}}
 
 
 def _token_risk(spans: list) -> dict:
