@@ -102,7 +102,14 @@ class Prefill:
 class DecodeBatch:
     """The running batch: `rows` in cache order, stepped together by `step()`. With `reuse_bytes`,
     the KV caches of prefilled prompts are kept (least recently used out first, within that many
-    bytes) for later prompts that share a prefix with them."""
+    bytes) for later prompts that share a prefix with them.
+
+    Steps are pipelined as in mlx-lm's `generate_step`: `step()` starts the next forward pass
+    (its tokens feed it without a round trip to the host) before it reads the previous one's
+    results, so the caller's work on a step overlaps the model's work on the next. A row that
+    leaves has had one step computed for nothing; a row that joins gets its first step one call
+    later.
+    """
 
     def __init__(self, lm: LoadedModel, prefill_step_size: int = 2048, reuse_bytes: int = 0):
         self.lm = lm
@@ -112,6 +119,7 @@ class DecodeBatch:
         self._cache = None  # per layer: a batch cache over `rows`
         self._inputs = None  # (B,) the next input token of every row
         self._prev = None  # (B, D) every row's previous final hidden state (zeros: none yet); or None
+        self._pending = None  # the started step: (its outputs for the first `n` rows, n, its tag)
         self._steps = 0
 
     def __len__(self) -> int:
@@ -124,7 +132,7 @@ class DecodeBatch:
         return Prefill(self.lm, row, prompt_ids, self.prefill_step_size, self.reuse)
 
     def join(self, prefill: Prefill) -> None:
-        """Add a prefilled sequence as the last row; its first step is the batch's next step."""
+        """Add a prefilled sequence as the last row; its first step is the next one started."""
         if not prefill.done:
             raise ValueError("the prompt is not prefilled yet")
         if self.reuse is not None and len(prefill.ids) > 1:  # merging copies the cache: it stays as it is
@@ -143,12 +151,14 @@ class DecodeBatch:
         self.rows.append(prefill.row)
 
     def keep(self, indices: list) -> None:
-        """Keep only the rows at `indices` (in that order); the others leave the batch."""
+        """Keep only the rows at `indices` (increasing); the others leave the batch."""
         if len(indices) == len(self.rows):
             return
+        if any(b <= a for a, b in zip(indices, indices[1:])):
+            raise ValueError("indices must increase")
         self.rows = [self.rows[i] for i in indices]
         if not indices:
-            self._cache = self._inputs = self._prev = None
+            self._cache = self._inputs = self._prev = self._pending = None
             return
         with mx.stream(generation_stream):
             rows = mx.array(indices)
@@ -156,6 +166,12 @@ class DecodeBatch:
                 c.filter(rows)
             self._inputs = self._inputs[rows]
             self._prev = None if self._prev is None else self._prev[rows]
+            if self._pending is not None:  # rows that joined after it started come last: `started` is a prefix
+                outputs, n, tag = self._pending
+                started = [i for i in indices if i < n]
+                picked = mx.array(started)
+                self._pending = ([None if x is None else x[picked] for x in outputs], len(started), tag) \
+                    if started else None
 
     def _choose(self, logprobs: mx.array) -> mx.array:
         """The next token of every row: argmax, or the row's own sampler."""
@@ -174,12 +190,22 @@ class DecodeBatch:
             picks.append(mx.random.categorical(lp * (1 / r.sampling.temperature), key=sub).astype(greedy.dtype))
         return mx.concatenate(picks)
 
-    def step(self, reduce: Reduce) -> list:
-        """One forward pass over every row; one RawStep per row, in row order.
+    def step(self, reduce: Reduce, tag=None) -> tuple:
+        """Start the next forward pass over every row (computing `reduce`, tagged `tag`); return
+        the previous one's results, `(steps, its tag)`: one RawStep per row in row order, None for a
+        row that joined since (its first step is the one just started).
 
         `reduce` gets the whole batch; `prev_final` is None while no row has a previous step, and
         its rows of zeros are rows at their first step.
         """
+        if self._pending is None:
+            self._start(reduce, tag)
+        outputs, n, done_tag = self._pending
+        self._start(reduce, tag)
+        return self._host_steps(outputs, n), done_tag
+
+    def _start(self, reduce: Reduce, tag) -> None:
+        """Build the next step over every row and start computing it (`mx.async_eval`)."""
         model, taps = self.lm.model, self.lm.taps
         k = max(r.top_logprobs for r in self.rows)
         capture = any(r.capture_hidden for r in self.rows)
@@ -190,17 +216,18 @@ class DecodeBatch:
             hidden = taps.stacked()
             values = reduce(logits, hidden, token, self._prev)
             chosen = mx.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
-            out = [token, chosen, values, hidden[:, -1, :]]
-            out += list(_top_k(logprobs, k)) if k else [None, None]
-            out.append(hidden.astype(mx.float32) if capture else None)
-            mx.eval([x for x in out if x is not None], [r.key for r in self.rows if r.key is not None])
-        self._inputs, self._prev = token, out[3]
+            outputs = [token, chosen, values, *(_top_k(logprobs, k) if k else (None, None)),
+                       hidden.astype(mx.float32) if capture else None]
+            self._inputs, self._prev = token, hidden[:, -1, :]
+            mx.async_eval([x for x in outputs if x is not None], self._prev,
+                          [r.key for r in self.rows if r.key is not None])
+        self._pending = (outputs, len(self.rows), tag)
         self._steps += 1
         if self._steps % 256 == 0:
             mx.clear_cache()
-        return self._host_steps(*out[:3], *out[4:])
 
-    def _host_steps(self, token, chosen, values, top_ids, top_lps, captured) -> list:
+    def _host_steps(self, outputs: list, n: int) -> list:
+        token, chosen, values, top_ids, top_lps, captured = outputs
         tops = zip(top_ids.tolist(), top_lps.tolist()) if top_ids is not None else None
         hidden = _host_hidden(captured)
         steps = []
@@ -210,7 +237,7 @@ class DecodeBatch:
                 ids, lps = next(tops)
                 top = _sorted_top(ids, lps)[:row.top_logprobs]
             steps.append(RawStep(t, lp, v, top, hidden[i] if row.capture_hidden else None))
-        return steps
+        return steps + [None] * (len(self.rows) - n)
 
 
 def generate_steps(
@@ -232,4 +259,4 @@ def generate_steps(
         prefill.advance(prefill_step_size)
     batch.join(prefill)
     for _ in range(max_tokens):
-        yield batch.step(reduce)[0]
+        yield batch.step(reduce)[0][0]

@@ -1,21 +1,26 @@
 """Decode speed of the engine with all signals ÷ plain `mlx_lm.stream_generate` (goal ≥ 0.97).
 
-Same model file and prompt. Each run's decode rate is (tokens − 1) / (time of last token − time
+Same model file and prompt. With `--http`, a third arm: a halluwatch server (a subprocess, as
+users run it) streaming the same greedy generation over HTTP (`POST /generate`, `stream: true`),
+its rate taken from the arrival times of the `token` events at the client; judged against
+`--http-goal` (ratio http ÷ plain). Each run's decode rate is (tokens − 1) / (time of last token − time
 of first token). The two arms run in `--runs` pairs whose order alternates (plain then ours, ours
 then plain, …: A B B A A B …), so that a drift of the machine's speed favours neither; each pair
 gives a ratio ours ÷ plain. Prints every pair, the median rates, the median of the per-pair ratios
 with its range and IQR, and PASS or FAIL against `--goal`. The exit status is 0 either way, unless
 `--strict` (then 1 on FAIL).
 
-    python bench/overhead.py [--model default] [--runs 7] [--max-tokens 128] [--probe] [--goal 0.97]
-                             [--strict] [--json PATH]
+    python bench/overhead.py [--model default|bench8|embedded|PATH] [--runs 7] [--max-tokens 128] [--probe]
+                             [--goal 0.97] [--http] [--http-goal 0.93] [--strict] [--json PATH]
 
 With --probe the engine also applies the probe of the model's calibrated params (calibrated_params/).
+`bench8` and `embedded` are bench/concurrency.py's bench models (float32 mlx-lm folders).
 """
 
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,7 +35,9 @@ from mlx_lm import stream_generate  # noqa: E402
 from adapters.loader import load  # noqa: E402
 from app.engine import Engine, GenerationJob, StepRecord  # noqa: E402
 from app.prompts import encode_prompt  # noqa: E402
+import httpx  # noqa: E402
 from benchlib import add_json_option, describe, exit_now, judge, machine, spread, write_json  # noqa: E402
+from concurrency import BUILDERS, bench_model, start  # noqa: E402
 
 PROMPT = "Tell me a long story about a dragon who learns to cook, with many details."
 
@@ -61,6 +68,23 @@ def engine_run(engine, ids, max_tokens, probe=None) -> tuple:
     return decode_rate(stamps), len(stamps)
 
 
+def http_run(url: str, max_tokens: int) -> tuple:
+    """The same generation streamed by a halluwatch server; stamps taken as its token events arrive."""
+    body = {"prompt": PROMPT, "chat_template": True, "max_tokens": max_tokens, "stream": True}
+    stamps = []
+    with httpx.stream("POST", f"{url}/generate", json=body, timeout=600) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if line == "event: token":
+                stamps.append(time.perf_counter())
+    return decode_rate(stamps), len(stamps)
+
+
+def ratio_of(pairs: list, arm: str, goal: float) -> dict:
+    return judge(spread([p[arm] / p["plain"] for p in pairs], "median of per-pair ratios"), f"ratio {arm}/plain",
+                 ("≥", goal))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="default")
@@ -69,9 +93,15 @@ def main(argv=None) -> int:
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--probe", action="store_true", help="also apply the calibrated params' probe")
     ap.add_argument("--goal", type=float, default=0.97, help="PASS when the median ratio is at least this")
+    ap.add_argument("--http", action="store_true", help="also time a halluwatch server streaming over HTTP")
+    ap.add_argument("--http-goal", type=float, default=0.93, help="PASS at a median http/plain ratio of at least this")
     ap.add_argument("--strict", action="store_true", help="exit status 1 on FAIL (default: 0 either way)")
     add_json_option(ap)
     args = ap.parse_args(argv)
+    if args.model in BUILDERS:
+        from app.settings import Settings
+
+        args.model = str(bench_model(args.model, Settings().home))
 
     engine = Engine(args.model, precision=args.precision)
     lm_ours = engine.start()
@@ -87,31 +117,52 @@ def main(argv=None) -> int:
         probe = params.probe
     arms = {"plain": lambda: plain_run(plain, ids, args.max_tokens),
             "ours": lambda: engine_run(engine, ids, args.max_tokens, probe)}
+    with tempfile.TemporaryDirectory(prefix="halluwatch-overhead-") as work:
+        server = None
+        if args.http:
+            server, url = start("halluwatch", Path(args.model), Path(work),
+                                argparse.Namespace(max_batch_size=1, queue_depth=1, clients=[1]))
+            arms["http"] = lambda: http_run(url, args.max_tokens)
+        try:
+            pairs = _pairs(arms, args.runs)
+        finally:
+            if server is not None:
+                server.kill()
+    engine.stop()
+    med = {arm: statistics.median(p[arm] for p in pairs) for arm in arms}
+    ratios = [ratio_of(pairs, "ours", args.goal)] + ([ratio_of(pairs, "http", args.http_goal)] if args.http else [])
+    print(f"\nmodel {lm_ours.model_id} ({lm_ours.dtype}, BLAS {lm_ours.blas}), prompt {len(ids)} tokens; {machine()}")
+    print(f"median decode: plain mlx_lm.stream_generate {med['plain']:.2f} tok/s, "
+          f"halluwatch engine with all signals{' and the probe' if probe else ''} {med['ours']:.2f} tok/s"
+          + (f", halluwatch server streaming over HTTP {med['http']:.2f} tok/s" if args.http else ""))
+    for ratio in ratios:
+        print(describe(ratio))
+    result = {"model": lm_ours.model_id, "dtype": lm_ours.dtype, "blas": lm_ours.blas, "prompt_tokens": len(ids),
+              "max_tokens": args.max_tokens, "probe": bool(probe), "plain_tok_s": med["plain"],
+              "ours_tok_s": med["ours"], "ratio": ratios[0], "pairs": pairs}
+    if args.http:
+        result.update(http_tok_s=med["http"], http_ratio=ratios[1])
+    write_json(args.json, "overhead", result, argv)
+    return 1 if args.strict and not all(r["pass"] for r in ratios) else 0
 
-    plain_run(plain, ids, 8), engine_run(engine, ids, 8)  # warm-up
+
+def _pairs(arms: dict, runs: int) -> list:
+    """`runs` rounds of every arm (after a short warm-up of each), the order reversed every other
+    round (A B C, C B A, …) so that a drift of the machine's speed favours none."""
+    for run in arms.values():
+        run()
     pairs = []
-    for i in range(args.runs):
-        order = ("plain", "ours") if i % 2 == 0 else ("ours", "plain")  # ABBA: A B, B A, A B, …
+    for i in range(runs):
+        order = list(arms) if i % 2 == 0 else list(arms)[::-1]
         pair = {"order": " then ".join(order)}
         for arm in order:
             pair[arm], pair[f"{arm}_tokens"] = arms[arm]()
         pair["ratio"] = pair["ours"] / pair["plain"]
         pairs.append(pair)
-        print(f"pair {i + 1} ({pair['order']}): plain {pair['plain']:.2f} tok/s ({pair['plain_tokens']} tokens), "
-              f"ours {pair['ours']:.2f} tok/s ({pair['ours_tokens']} tokens), ratio {pair['ratio']:.3f}", flush=True)
-    engine.stop()
-    med = {arm: statistics.median(p[arm] for p in pairs) for arm in arms}
-    ratio = judge(spread([p["ratio"] for p in pairs], "median of per-pair ratios"), "ratio ours/plain",
-                  ("≥", args.goal))
-    print(f"\nmodel {lm_ours.model_id} ({lm_ours.dtype}, BLAS {lm_ours.blas}), prompt {len(ids)} tokens; {machine()}")
-    print(f"median decode: plain mlx_lm.stream_generate {med['plain']:.2f} tok/s, "
-          f"halluwatch engine with all signals{' and the probe' if probe else ''} {med['ours']:.2f} tok/s")
-    print(describe(ratio))
-    write_json(args.json, "overhead", {
-        "model": lm_ours.model_id, "dtype": lm_ours.dtype, "blas": lm_ours.blas, "prompt_tokens": len(ids),
-        "max_tokens": args.max_tokens, "probe": bool(probe), "plain_tok_s": med["plain"], "ours_tok_s": med["ours"],
-        "ratio": ratio, "pairs": pairs}, argv)
-    return 1 if args.strict and not ratio["pass"] else 0
+        print(f"round {i + 1} ({pair['order']}): " + ", ".join(
+            f"{arm} {pair[arm]:.2f} tok/s ({pair[f'{arm}_tokens']} tokens)" for arm in arms)
+            + f", ratio ours/plain {pair['ratio']:.3f}", flush=True)
+    return pairs
 
 
 if __name__ == "__main__":

@@ -43,10 +43,13 @@ def overhead(results: list) -> str:
     rows = ["| machine | model | plain mlx-lm | halluwatch (all signals) | halluwatch ÷ plain | goal | result |",
             "|---|---|---|---|---|---|---|"]
     for r in results:
-        ratio = r["ratio"]
-        rows.append(f"| {r['machine']}, {r['dtype']} + {r['blas']} | {r['model']} | {r['plain_tok_s']:.2f} tok/s "
-                    f"| {r['ours_tok_s']:.2f} tok/s | {figure_text(ratio)} | {ratio['goal']} "
-                    f"| {verdict(ratio['pass'])} |")
+        arms = [("", r["ours_tok_s"], r["ratio"])]
+        if "http_ratio" in r:  # bench/overhead.py --http
+            arms.append((", server streaming over HTTP", r["http_tok_s"], r["http_ratio"]))
+        for how, tok_s, ratio in arms:
+            rows.append(f"| {r['machine']}, {r['dtype']} + {r['blas']} | {r['model']} | {r['plain_tok_s']:.2f} tok/s "
+                        f"| {tok_s:.2f} tok/s{how} | {figure_text(ratio)} | {ratio['goal']} "
+                        f"| {verdict(ratio['pass'])} |")
     return "\n".join(rows) + "\n\n" + "".join(f"Command: {provenance(r)}.\n" for r in results)
 
 

@@ -52,7 +52,6 @@ class _Member:
     t_first: float | None = None
     t_last: float | None = None
     cached_tokens: int = 0  # prompt tokens reused from the prompt cache
-    columns: list | None = None  # its probes' values in a step's values (None: they are all there, in order)
 
 
 class Engine:
@@ -211,10 +210,12 @@ class Engine:
     # -- decoding -------------------------------------------------------------------------------
 
     def _step(self) -> None:
-        """One step of the running batch: a StepRecord to each member; the finished ones leave."""
+        """Start the running batch's next step and report the one before it (see DecodeBatch.step):
+        a StepRecord to each member that took part in it; the finished ones leave."""
         try:
-            raws = self._batch.step(self._batch_reducer())
-            keep = [i for i, (member, raw) in enumerate(zip(self._members, raws)) if self._report(member, raw)]
+            raws, columns = self._batch.step(*self._batch_reducer())
+            keep = [i for i, (member, raw) in enumerate(zip(self._members, raws))
+                    if raw is None or self._report(member, raw, columns.get(id(member)))]
         except Exception as e:
             log.exception("generation failed")
             for member in self._members:
@@ -223,14 +224,15 @@ class Engine:
         self._members = [self._members[i] for i in keep]
         self._batch.keep(keep)
 
-    def _report(self, member: _Member, raw) -> bool:
-        """Emit a member's step; False when it is done (and its Finished emitted)."""
+    def _report(self, member: _Member, raw, columns: list | None) -> bool:
+        """Emit a member's step (its probes' values at `columns` of the step's values, None: all
+        of them, in order); False when it is done (and its Finished emitted)."""
         job = member.job
         member.t_last = time.perf_counter()
         member.t_first = member.t_first or member.t_last
         member.steps += 1
-        if member.columns is not None:
-            raw.values = raw.values[:N_SIGNALS] + [raw.values[c] for c in member.columns]
+        if columns is not None:
+            raw.values = raw.values[:N_SIGNALS] + [raw.values[c] for c in columns]
         halted = job.halt_cutoff is not None and raw.values[PFAIL] > job.halt_cutoff
         is_stop = raw.token in self.lm.stop_ids
         member.handle.emit(self._record(raw, "" if halted or is_stop else member.deltas.add(raw.token)))
@@ -254,18 +256,19 @@ class Engine:
         return Finished(reason, len(member.job.prompt_ids), ttft, rate, stop_id, member.deltas.flush(),
                         member.queue_s, member.cached_tokens)
 
-    def _batch_reducer(self):
-        """The reduction for the running batch: its members' probes, each once; sets where each
-        member's probe values lie."""
+    def _batch_reducer(self) -> tuple:
+        """(the reduction for the running batch: its members' probes, each once; where each
+        member's probe values lie in its values, by id(member), None: all of them, in order)."""
         probes = {id(p): p for m in self._members for p in m.job.probes}
         key = tuple(probes)
         if self._reduce[0] != key:
             self._reduce = (key, self._reducer(tuple(probes.values())))
         at = {pid: N_SIGNALS + 2 * i for i, pid in enumerate(key)}
+        columns = {}
         for m in self._members:
             ids = tuple(id(p) for p in m.job.probes)
-            m.columns = None if ids == key else [at[i] + k for i in ids for k in (0, 1)]
-        return self._reduce[1]
+            columns[id(m)] = None if ids == key else [at[i] + k for i in ids for k in (0, 1)]
+        return self._reduce[1], columns
 
     def _weights(self, probes: tuple) -> list:
         """The probes' weights as MLX arrays of this thread, made once per probe (kept for the

@@ -88,7 +88,8 @@ def test_chat_messages_and_template(client):
     a = client.post("/generate", json={"messages": msgs[1:], "max_tokens": 4}).json()
     b = client.post("/generate", json={"prompt": "Hi", "chat_template": True, "max_tokens": 4}).json()
     c = client.post("/generate", json={"prompt": "Hi", "max_tokens": 4}).json()
-    assert a["usage"] == b["usage"] and a["text"] == b["text"]
+    assert a["usage"]["prompt_tokens"] == b["usage"]["prompt_tokens"] and a["text"] == b["text"]
+    assert b["usage"]["cached_tokens"] == b["usage"]["prompt_tokens"] - 1  # the same prompt: from the cache
     assert c["usage"]["prompt_tokens"] < a["usage"]["prompt_tokens"]  # raw prompt, no template
     r = client.post("/generate", json={"messages": msgs, "max_tokens": 4})
     assert r.status_code == 200

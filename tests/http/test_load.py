@@ -38,7 +38,7 @@ def test_concurrent_chat_clients_share_the_batch_and_match_the_sequential_run(ti
     from adapters.batching import DecodeBatch
 
     rows, step = [], DecodeBatch.step
-    monkeypatch.setattr(DecodeBatch, "step", lambda self, reduce: rows.append(len(self.rows)) or step(self, reduce))
+    monkeypatch.setattr(DecodeBatch, "step", lambda self, *a: rows.append(len(self.rows)) or step(self, *a))
     with fuzz.serve(tiny_model_path("llama"), tmp_path, queue_depth=2, max_batch_size=4, max_streams=CLIENTS,
                     max_tokens_limit=MAX_TOKENS) as (url, _app, engine):
         model = httpx.get(f"{url}/v1/models").json()["data"][0]["id"]
