@@ -17,8 +17,9 @@ by side per count: aggregate completion tok/s (completion tokens of the 200 answ
 of the whole count), p50/p95 latency of the 200s, the answers by status, and the answers equal to
 the server's sequential run of their prompt; then the ratios halluwatch ÷ mlx_lm.server with
 PASS/FAIL per goal (at 8 clients and more: tok/s ratio ≥ `--goal`, p95 no worse than mlx-lm's,
-no answer but 200, 429 or 503, every 200 equal to the sequential run) and halluwatch's peak RSS
-next to its weights plus the KV caches of a full batch. The exit status is 0 unless `--strict`
+no answer but 200, 429 or 503, every 200 equal to the sequential run) and each server's peak RSS
+during the last count (and its RSS just before it) next to the weights plus the KV caches of a
+full batch. The exit status is 0 unless `--strict`
 (then 1 on any FAIL). The machine may be shared: the numbers are what this run saw.
 
     python bench/concurrency.py [--models embedded,bench8] [--clients 1,8,32] [--requests 2]
@@ -28,6 +29,7 @@ next to its weights plus the KV caches of a full batch. The exit status is 0 unl
 import argparse
 import asyncio
 import collections
+import contextlib
 import json
 import math
 import os
@@ -134,15 +136,21 @@ def start(server: str, model: Path, work: Path, args) -> tuple:
     raise RuntimeError(f"{server} did not start (see {work / (server + '.log')})")
 
 
-def peak_rss_mb(proc) -> float | None:
-    """The process's peak resident set (VmHWM, Linux), MB."""
+def rss_mb(proc, field: str = "VmHWM") -> float | None:
+    """The process's peak (VmHWM) or current (VmRSS) resident set, MB (Linux)."""
     try:
         for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
     return None
+
+
+def reset_peak_rss(proc) -> None:
+    """Start the process's VmHWM again from its current resident set (Linux; root or its owner)."""
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{proc.pid}/clear_refs").write_text("5")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,17 +249,22 @@ def bench(name: str, home: Path, work: Path, args) -> dict:
         for clients in args.clients:
             row = {"clients": clients}
             for s in SERVERS:
+                reset_peak_rss(procs[s])
+                before = rss_mb(procs[s], "VmRSS")
                 answers, seconds = asyncio.run(run_clients(urls[s], ids[s], clients, args.requests, args.max_tokens))
-                row[s] = summary(answers, seconds, sequential[s])
-            row["hw_rss_mb"] = peak_rss_mb(procs["halluwatch"])
+                row[s] = summary(answers, seconds, sequential[s]) | {"rss_before_mb": before,
+                                                                     "rss_peak_mb": rss_mb(procs[s])}
             levels.append(judge_level(row, args))
             print_level(levels[-1])
         kv = kv_cache_mb(model, args.max_batch_size, prompt_tokens + args.max_tokens)
-        rss = {s: peak_rss_mb(procs[s]) for s in SERVERS}
-        print(f"peak RSS: halluwatch {rss['halluwatch']:.0f} MB, mlx_lm.server {rss['mlx_lm.server']:.0f} MB; "
-              f"weights {weights_mb:.0f} MB + KV caches of a full batch ({args.max_batch_size} × "
+        top = levels[-1]
+        rss = {s: top[s]["rss_peak_mb"] for s in SERVERS}
+        print(f"peak RSS at {top['clients']} clients: " + ", ".join(
+            f"{s} {top[s]['rss_peak_mb']:.0f} MB ({top[s]['rss_before_mb']:.0f} MB before)" for s in SERVERS)
+            + f"; weights {weights_mb:.0f} MB + KV caches of a full batch ({args.max_batch_size} × "
               f"{prompt_tokens + args.max_tokens} tokens at most) {kv:.1f} MB = {weights_mb + kv:.0f} MB")
         return {"model": name, "weights_mb": weights_mb, "kv_batch_mb": kv, "peak_rss_mb": rss,
+                "rss_before_mb": {s: top[s]["rss_before_mb"] for s in SERVERS}, "peak_rss_clients": top["clients"],
                 "sequential_equal_across_servers": same_text, "prompts": len(PROMPTS), "levels": levels}
     finally:
         for proc in procs.values():

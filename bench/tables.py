@@ -173,6 +173,15 @@ def response_log(results: list) -> str:
     return "\n".join(rows) + "\n\n" + "".join(f"Command: {provenance(r)}.\n" for r in results)
 
 
+def _peak_rss(m: dict) -> str:
+    """Peak RSS of both servers: during the last client count, with the RSS before it, when recorded."""
+    peak, before = m["peak_rss_mb"], m.get("rss_before_mb")
+    if before is None:
+        return f"peak RSS halluwatch {peak['halluwatch']:.0f} MB, mlx_lm.server {peak['mlx_lm.server']:.0f} MB"
+    return f"peak RSS at {m['peak_rss_clients']} clients " + ", ".join(
+        f"{s} {peak[s]:.0f} MB ({before[s]:.0f} MB before)" for s in ("halluwatch", "mlx_lm.server"))
+
+
 def concurrency(results: list) -> str:
     (r,) = results
     rows = ["| model | clients | halluwatch tok/s | mlx_lm.server tok/s | ratio | p50 / p95 halluwatch | "
@@ -191,8 +200,7 @@ def concurrency(results: list) -> str:
             rows.append(f"| {m['model']} | {level['clients']} | {hw['tok_s']:.1f} | {ml['tok_s']:.1f} | {ratio} "
                         f"| {seconds(hw)} | {seconds(ml)} | {statuses} | {hw['equal_to_sequential']}/"
                         f"{hw['ok_answers']} | {goals} |")
-    memory = "".join(f"- {m['model']}: peak RSS halluwatch {m['peak_rss_mb']['halluwatch']:.0f} MB, mlx_lm.server "
-                     f"{m['peak_rss_mb']['mlx_lm.server']:.0f} MB; weights {m['weights_mb']:.0f} MB + KV caches of a "
+    memory = "".join(f"- {m['model']}: {_peak_rss(m)}; weights {m['weights_mb']:.0f} MB + KV caches of a "
                      f"full batch {m['kv_batch_mb']:.1f} MB\n" for m in r["results"])
     return "\n".join(rows) + "\n\n" + memory + f"\nCommand: {provenance(r)}; {r['machine']}.\n"
 
