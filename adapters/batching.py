@@ -85,17 +85,20 @@ class Prefill:
 
     def advance(self, budget: int) -> int:
         """Run the next chunk of the prompt (all but its last token), at most `budget` tokens;
-        return how many went through."""
-        if self.cache is None:
+        return how many went through. Once done, the prompt's cache is offered to `reuse` (joining
+        the batch copies it, so it stays as it is)."""
+        first = self.cache is None
+        if first:
             self._start()
-        n = min(self._step, budget, len(self._rest) - 1)
-        if n <= 0:
-            return 0
-        with mx.stream(generation_stream):
-            self._model(mx.array(self._rest[:n])[None], cache=self.cache)
-            mx.eval([c.state for c in self.cache])
-        self._rest = self._rest[n:]
-        mx.clear_cache()
+        n = max(0, min(self._step, budget, len(self._rest) - 1))
+        if n:
+            with mx.stream(generation_stream):
+                self._model(mx.array(self._rest[:n])[None], cache=self.cache)
+                mx.eval([c.state for c in self.cache])
+            self._rest = self._rest[n:]
+            mx.clear_cache()
+        if self.done and (n or first) and self._reuse is not None and len(self.ids) > 1:
+            self._reuse.insert_cache(self._key, self.ids[:-1], self.cache)  # again when all cached: recently used
         return n
 
 
@@ -131,24 +134,24 @@ class DecodeBatch:
             row.key = row.sampling.key()
         return Prefill(self.lm, row, prompt_ids, self.prefill_step_size, self.reuse)
 
-    def join(self, prefill: Prefill) -> None:
-        """Add a prefilled sequence as the last row; its first step is the next one started."""
-        if not prefill.done:
-            raise ValueError("the prompt is not prefilled yet")
-        if self.reuse is not None and len(prefill.ids) > 1:  # merging copies the cache: it stays as it is
-            self.reuse.insert_cache(self.lm.model_id, prefill.ids[:-1], prefill.cache)
+    def join(self, prefills: list) -> None:
+        """Add prefilled sequences as the last rows (their caches merged at once: extending the
+        batch copies all of it); their first step is the next one started."""
+        if not all(p.done for p in prefills):
+            raise ValueError("a prompt is not prefilled yet")
         with mx.stream(generation_stream):
-            cache = [type(c).merge([c]) for c in prefill.cache]
-            last = mx.array(prefill.ids[-1:])
+            cache = [type(layer[0]).merge(list(layer)) for layer in zip(*(p.cache for p in prefills))]
+            last = mx.array([p.ids[-1] for p in prefills])
             if not self.rows:
                 self._cache, self._inputs, self._prev = cache, last, None
             else:
                 for mine, theirs in zip(self._cache, cache):
                     mine.extend(theirs)
                 self._inputs = mx.concatenate([self._inputs, last.astype(self._inputs.dtype)])
-                if self._prev is not None:  # a row of zeros: no previous step
-                    self._prev = mx.concatenate([self._prev, mx.zeros((1, self._prev.shape[1]), self._prev.dtype)])
-        self.rows.append(prefill.row)
+                if self._prev is not None:  # rows of zeros: no previous step
+                    zeros = mx.zeros((len(prefills), self._prev.shape[1]), self._prev.dtype)
+                    self._prev = mx.concatenate([self._prev, zeros])
+        self.rows.extend(p.row for p in prefills)
 
     def keep(self, indices: list) -> None:
         """Keep only the rows at `indices` (increasing); the others leave the batch."""
@@ -257,6 +260,6 @@ def generate_steps(
     prefill = batch.prefill(prompt_ids, Row(None, top_logprobs, capture_hidden, sampling))
     while not prefill.done:
         prefill.advance(prefill_step_size)
-    batch.join(prefill)
+    batch.join([prefill])
     for _ in range(max_tokens):
         yield batch.step(reduce)[0][0]

@@ -188,7 +188,7 @@ class Engine:
     def _advance_prefills(self) -> None:
         """Prefill newcomers, interactive ones first, at most one prefill chunk's worth of tokens;
         join the finished ones."""
-        budget = self.prefill_step_size
+        budget, ready = self.prefill_step_size, []
         while self._prefills and budget > 0:
             member = self._prefills[0]
             try:
@@ -198,14 +198,27 @@ class Engine:
                     budget -= member.prefill.advance(budget)
                     if not member.prefill.done:
                         break
-                    self._batch.join(member.prefill)
-                    member.cached_tokens = member.prefill.reused
-                    member.prefill = None  # its cache is in the batch now
-                    self._members.append(member)
+                    ready.append(member)
             except Exception as e:
                 log.exception("prefill failed")
                 member.handle.emit(e)
             self._prefills.pop(0)
+        if ready:
+            self._join(ready)
+
+    def _join(self, ready: list) -> None:
+        """Prefilled members into the batch, at once."""
+        try:
+            self._batch.join([m.prefill for m in ready])
+        except Exception as e:
+            log.exception("joining the batch failed")
+            for member in ready:
+                member.handle.emit(e)
+            return
+        for member in ready:
+            member.cached_tokens = member.prefill.reused
+            member.prefill = None  # its cache is in the batch now
+        self._members += ready
 
     # -- decoding -------------------------------------------------------------------------------
 

@@ -57,14 +57,17 @@ def test_rows_joining_and_leaving_mid_batch_match_alone(tiny_model_path, arch):
     got, reused = [[] for _ in plan], [None] * len(plan)
     step, pending = 0, list(range(len(plan)))
     while pending or batch.rows:
-        for i in [i for i in pending if plan[i][2] <= step]:
+        newcomers = [i for i in pending if plan[i][2] <= step]
+        prefills = []
+        for i in newcomers:  # those joining at one step join together
             ids, _, _, top = plan[i]
-            prefill = batch.prefill(ids, Row(i, top_logprobs=top))
-            while not prefill.done:
-                prefill.advance(8)
-            batch.join(prefill)
-            reused[i] = prefill.reused
+            prefills.append(batch.prefill(ids, Row(i, top_logprobs=top)))
+            while not prefills[-1].done:
+                prefills[-1].advance(8)
+            reused[i] = prefills[-1].reused
             pending.remove(i)
+        if prefills:
+            batch.join(prefills)
         if not batch.rows:
             step += 1
             continue
