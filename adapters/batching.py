@@ -41,15 +41,17 @@ class Sampling:
         return mx.random.key(self.seed if self.seed is not None else random.getrandbits(63))
 
 
-@dataclass
+@dataclass(eq=False)
 class Row:
     """What the batch keeps for one sequence besides its cache row."""
 
-    owner: object  # the caller's handle on this sequence
+    owner: object  # what the caller knows this sequence by
     top_logprobs: int = 0
     capture_hidden: bool = False
     sampling: Sampling | None = None
+    max_steps: int | None = None  # it leaves the batch by itself after this many steps
     key: mx.array | None = None  # the sampling key, advanced each step
+    started: int = 0  # steps started for it
 
 
 class Prefill:
@@ -110,8 +112,8 @@ class DecodeBatch:
     Steps are pipelined as in mlx-lm's `generate_step`: `step()` starts the next forward pass
     (its tokens feed it without a round trip to the host) before it reads the previous one's
     results, so the caller's work on a step overlaps the model's work on the next. A row that
-    leaves has had one step computed for nothing; a row that joins gets its first step one call
-    later.
+    leaves early (a stop token, a cancel) has had one step computed for nothing; one that reaches
+    its `max_steps` has not. A row that joins gets its first step one call later.
     """
 
     def __init__(self, lm: LoadedModel, prefill_step_size: int = 2048, reuse_bytes: int = 0):
@@ -122,7 +124,7 @@ class DecodeBatch:
         self._cache = None  # per layer: a batch cache over `rows`
         self._inputs = None  # (B,) the next input token of every row
         self._prev = None  # (B, D) every row's previous final hidden state (zeros: none yet); or None
-        self._pending = None  # the started step: (its outputs for the first `n` rows, n, its tag)
+        self._pending = None  # the started step: (its outputs, the rows they are for, its tag)
         self._steps = 0
 
     def __len__(self) -> int:
@@ -153,28 +155,28 @@ class DecodeBatch:
                     self._prev = mx.concatenate([self._prev, zeros])
         self.rows.extend(p.row for p in prefills)
 
-    def keep(self, indices: list) -> None:
-        """Keep only the rows at `indices` (increasing); the others leave the batch."""
+    def leave(self, rows: list) -> None:
+        """These rows leave the batch (those still in it)."""
+        gone = {id(r) for r in rows}
+        indices = [i for i, r in enumerate(self.rows) if id(r) not in gone]
         if len(indices) == len(self.rows):
             return
-        if any(b <= a for a, b in zip(indices, indices[1:])):
-            raise ValueError("indices must increase")
         self.rows = [self.rows[i] for i in indices]
         if not indices:
             self._cache = self._inputs = self._prev = self._pending = None
             return
         with mx.stream(generation_stream):
-            rows = mx.array(indices)
+            picked = mx.array(indices)
             for c in self._cache:
-                c.filter(rows)
-            self._inputs = self._inputs[rows]
-            self._prev = None if self._prev is None else self._prev[rows]
-            if self._pending is not None:  # rows that joined after it started come last: `started` is a prefix
-                outputs, n, tag = self._pending
-                started = [i for i in indices if i < n]
-                picked = mx.array(started)
-                self._pending = ([None if x is None else x[picked] for x in outputs], len(started), tag) \
-                    if started else None
+                c.filter(picked)
+            self._inputs = self._inputs[picked]
+            self._prev = None if self._prev is None else self._prev[picked]
+            if self._pending is not None:
+                outputs, started, tag = self._pending
+                stay = [i for i, r in enumerate(started) if id(r) not in gone]
+                picked = mx.array(stay)
+                self._pending = ([None if x is None else x[picked] for x in outputs], [started[i] for i in stay],
+                                 tag) if stay else None
 
     def _choose(self, logprobs: mx.array) -> mx.array:
         """The next token of every row: argmax, or the row's own sampler."""
@@ -194,18 +196,22 @@ class DecodeBatch:
         return mx.concatenate(picks)
 
     def step(self, reduce: Reduce, tag=None) -> tuple:
-        """Start the next forward pass over every row (computing `reduce`, tagged `tag`); return
-        the previous one's results, `(steps, its tag)`: one RawStep per row in row order, None for a
-        row that joined since (its first step is the one just started).
+        """Start the next forward pass over every row that can use it (computing `reduce`, tagged
+        `tag`), and return the previous one's results: `([(row, RawStep)], its tag)`, for the rows
+        that took part in it and have not left since. A row that joined since gets its first step
+        from the next call; a row at its `max_steps` has left.
 
         `reduce` gets the whole batch; `prev_final` is None while no row has a previous step, and
         its rows of zeros are rows at their first step.
         """
         if self._pending is None:
             self._start(reduce, tag)
-        outputs, n, done_tag = self._pending
-        self._start(reduce, tag)
-        return self._host_steps(outputs, n), done_tag
+        outputs, rows, done_tag = self._pending
+        self._pending = None
+        self.leave([r for r in self.rows if r.max_steps is not None and r.started >= r.max_steps])
+        if self.rows:
+            self._start(reduce, tag)
+        return self._host_steps(outputs, rows), done_tag
 
     def _start(self, reduce: Reduce, tag) -> None:
         """Build the next step over every row and start computing it (`mx.async_eval`)."""
@@ -224,23 +230,25 @@ class DecodeBatch:
             self._inputs, self._prev = token, hidden[:, -1, :]
             mx.async_eval([x for x in outputs if x is not None], self._prev,
                           [r.key for r in self.rows if r.key is not None])
-        self._pending = (outputs, len(self.rows), tag)
+        for r in self.rows:
+            r.started += 1
+        self._pending = (outputs, list(self.rows), tag)
         self._steps += 1
         if self._steps % 256 == 0:
             mx.clear_cache()
 
-    def _host_steps(self, outputs: list, n: int) -> list:
+    def _host_steps(self, outputs: list, rows: list) -> list:
         token, chosen, values, top_ids, top_lps, captured = outputs
         tops = zip(top_ids.tolist(), top_lps.tolist()) if top_ids is not None else None
         hidden = _host_hidden(captured)
         steps = []
-        for i, (row, t, lp, v) in enumerate(zip(self.rows, token.tolist(), chosen.tolist(), values.tolist())):
+        for i, (row, t, lp, v) in enumerate(zip(rows, token.tolist(), chosen.tolist(), values.tolist())):
             top = []
             if tops is not None:
                 ids, lps = next(tops)
                 top = _sorted_top(ids, lps)[:row.top_logprobs]
-            steps.append(RawStep(t, lp, v, top, hidden[i] if row.capture_hidden else None))
-        return steps + [None] * (len(self.rows) - n)
+            steps.append((row, RawStep(t, lp, v, top, hidden[i] if row.capture_hidden else None)))
+        return steps
 
 
 def generate_steps(
@@ -257,9 +265,9 @@ def generate_steps(
     """Up to `max_tokens` steps of one sequence alone (a batch of one); the caller decides when
     to stop. Greedy tokens and logprobs are bit-identical to mlx-lm's `generate_step`."""
     batch = DecodeBatch(lm, prefill_step_size)
-    prefill = batch.prefill(prompt_ids, Row(None, top_logprobs, capture_hidden, sampling))
+    prefill = batch.prefill(prompt_ids, Row(None, top_logprobs, capture_hidden, sampling, max_tokens))
     while not prefill.done:
         prefill.advance(prefill_step_size)
     batch.join([prefill])
     for _ in range(max_tokens):
-        yield batch.step(reduce)[0][0]
+        yield batch.step(reduce)[0][0][1]

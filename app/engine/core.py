@@ -175,13 +175,13 @@ class Engine:
     def _join_later(self, job: GenerationJob, handle: Handle, queue_s: float) -> None:
         """Queue a generation job's prefill."""
         sampling = Sampling(job.temperature, job.top_p, job.seed) if job.temperature > 0 else None
-        row = Row(handle, job.top_logprobs, job.capture_hidden, sampling)
+        row = Row(None, job.top_logprobs, job.capture_hidden, sampling, job.max_tokens)
         try:
             prefill = self._batch.prefill(job.prompt_ids, row)
         except Exception as e:
             handle.emit(e)
             return
-        member = _Member(job, handle, TextDeltas(self.lm.tokenizer), prefill, queue_s)
+        row.owner = member = _Member(job, handle, TextDeltas(self.lm.tokenizer), prefill, queue_s)
         # interactive prompts are prefilled before calibration ones (the list stays in priority order)
         self._prefills.insert(sum(1 for m in self._prefills if m.job.priority <= job.priority), member)
 
@@ -226,16 +226,15 @@ class Engine:
         """Start the running batch's next step and report the one before it (see DecodeBatch.step):
         a StepRecord to each member that took part in it; the finished ones leave."""
         try:
-            raws, columns = self._batch.step(*self._batch_reducer())
-            keep = [i for i, (member, raw) in enumerate(zip(self._members, raws))
-                    if raw is None or self._report(member, raw, columns.get(id(member)))]
+            steps, columns = self._batch.step(*self._batch_reducer())
+            done = [row for row, raw in steps if not self._report(row.owner, raw, columns.get(id(row.owner)))]
         except Exception as e:
             log.exception("generation failed")
             for member in self._members:
                 member.handle.emit(e)
-            keep = []
-        self._members = [self._members[i] for i in keep]
-        self._batch.keep(keep)
+            done = self._batch.rows
+        self._batch.leave(done)
+        self._members = [row.owner for row in self._batch.rows]
 
     def _report(self, member: _Member, raw, columns: list | None) -> bool:
         """Emit a member's step (its probes' values at `columns` of the step's values, None: all

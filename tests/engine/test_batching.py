@@ -54,14 +54,15 @@ def test_rows_joining_and_leaving_mid_batch_match_alone(tiny_model_path, arch):
             (base + _ids(tok, 3, 50), 9, 5, 0), (base + _ids(tok, 2, 60), 7, 5, 2)]
     leaves_early = (0, 8)  # row 0 leaves after 8 of its 14 steps (as a cancelled job does)
     batch = DecodeBatch(lm, prefill_step_size=8, reuse_bytes=1 << 26)
-    got, reused = [[] for _ in plan], [None] * len(plan)
+    got, reused, rows = [[] for _ in plan], [None] * len(plan), {}
     step, pending = 0, list(range(len(plan)))
     while pending or batch.rows:
         newcomers = [i for i in pending if plan[i][2] <= step]
         prefills = []
         for i in newcomers:  # those joining at one step join together
             ids, _, _, top = plan[i]
-            prefills.append(batch.prefill(ids, Row(i, top_logprobs=top)))
+            rows[i] = Row(i, top_logprobs=top, max_steps=plan[i][1])
+            prefills.append(batch.prefill(ids, rows[i]))
             while not prefills[-1].done:
                 prefills[-1].advance(8)
             reused[i] = prefills[-1].reused
@@ -72,13 +73,14 @@ def test_rows_joining_and_leaving_mid_batch_match_alone(tiny_model_path, arch):
             step += 1
             continue
         steps, _ = batch.step(_reduce)
-        for row, raw in zip(batch.rows, steps):
-            if raw is not None:  # None: it joined after the step returned was started
-                got[row.owner].append(raw)
-        stop = {i: n for i, (_, n, _, _) in enumerate(plan)} | dict([leaves_early])
-        batch.keep([k for k, row in enumerate(batch.rows) if len(got[row.owner]) < stop[row.owner]])
+        for row, raw in steps:
+            got[row.owner].append(raw)
+        owner, after = leaves_early
+        batch.leave([row for row in batch.rows if row.owner == owner and len(got[owner]) == after])
         step += 1
     assert [len(s) for s in got] == [8, 6, 10, 9, 7]
+    # steps are pipelined: the row that left early had one more started; none past its max_steps
+    assert [rows[i].started for i in range(len(plan))] == [9, 6, 10, 9, 7]
     for i, (ids, _, _, top) in enumerate(plan):
         alone = list(generate_steps(lm, ids, len(got[i]), _reduce, top_logprobs=top, prefill_step_size=8))
         _assert_same(got[i], alone)
