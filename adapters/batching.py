@@ -20,7 +20,7 @@ from mlx_lm.generate import generation_stream
 from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
 from mlx_lm.sample_utils import apply_top_p
 
-from .decode import Reduce, RawStep, _host_hidden, _sorted_top, _top_k
+from .decode import Reduce, RawStep, _host_hidden, _sorted_top, _top_k, float32_logprobs
 from .loader import LoadedModel
 
 
@@ -223,7 +223,7 @@ class DecodeBatch:
             logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
             token = self._choose(logprobs)
             hidden = taps.stacked()
-            values = reduce(logits, hidden, token, self._prev)
+            values = reduce(float32_logprobs(logits, logprobs), hidden, token, self._prev)
             chosen = mx.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
             outputs = [token, chosen, values, *(_top_k(logprobs, k) if k else (None, None)),
                        hidden.astype(mx.float32) if capture else None]

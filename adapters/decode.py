@@ -12,8 +12,18 @@ from mlx_lm.models.cache import make_prompt_cache
 
 from .loader import LoadedModel
 
-# reduce(logits (1, V), hidden (1, L, D), token (1,), prev_final (1, D) or None) -> (1, F)
+# reduce(logprobs (B, V) float32, hidden (B, L, D), token (B,), prev_final (B, D) or None) -> (B, F)
 Reduce = Callable[[mx.array, mx.array, mx.array, mx.array | None], mx.array]
+
+
+def float32_logprobs(logits: mx.array, logprobs: mx.array) -> mx.array:
+    """The log-softmax a reduction gets, in float32: the decoder's own `logprobs` when the logits
+    are float32 already (no second pass over the vocabulary), else computed again from the logits
+    cast to float32."""
+    if logits.dtype == mx.float32:
+        return logprobs
+    x = logits.astype(mx.float32)
+    return x - mx.logsumexp(x, axis=-1, keepdims=True)
 
 
 @dataclass
@@ -85,9 +95,10 @@ def teacher_forced_steps(
             taps.all_positions = False
         logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
         token = mx.array(response_ids)
-        values = reduce(logits[:1], hidden[:1], token[:1], None)  # Δh_0 = 0
+        signal_lp = float32_logprobs(logits, logprobs)
+        values = reduce(signal_lp[:1], hidden[:1], token[:1], None)  # Δh_0 = 0
         if len(response_ids) > 1:
-            values = mx.concatenate([values, reduce(logits[1:], hidden[1:], token[1:], hidden[:-1, -1, :])])
+            values = mx.concatenate([values, reduce(signal_lp[1:], hidden[1:], token[1:], hidden[:-1, -1, :])])
         chosen = mx.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
         out = [chosen, values]
         if top_logprobs > 0:

@@ -47,7 +47,8 @@ def prototype(lm, ids: list) -> int:
         logits = lm.model(mx.array(ids + tokens)[None])[:, -1, :]
         hidden = lm.taps.stacked()
         token = mx.argmax(logits, axis=-1)
-        values = step_signals(logits, hidden, token, prev, 2.0, 5.0)
+        x = logits.astype(mx.float32)
+        values = step_signals(x - mx.logsumexp(x, axis=-1, keepdims=True), hidden, token, prev, 2.0, 5.0)
         prev = hidden[:, -1, :]
         mx.eval(token, values, prev)
         tokens.append(token.item())

@@ -5,11 +5,14 @@ batch axes, so the same code serves one sequence or a batch. All inputs are cast
 first: the reductions must not run in the model's activation dtype.
 """
 
+import math
+
 import mlx.core as mx
 
 GINI_EPS = 0.01
 NORM_EPS = 1e-8
 PROB_FLOOR = 1e-10
+LOG_PROB_FLOOR = math.log(PROB_FLOOR)
 PRI_ALPHA = 0.1
 PFAIL_CLIP = 50.0
 
@@ -36,9 +39,9 @@ def delta_sigma(hidden: mx.array) -> mx.array:
     return mx.sqrt(mx.mean(mx.sum(dev * dev, axis=-1), axis=-1))
 
 
-def entropy(probs: mx.array) -> mx.array:
-    """Token entropy −Σ p ln p (0 · ln 0 = 0)."""
-    return -mx.sum(mx.where(probs > 0, probs * mx.log(mx.maximum(probs, PROB_FLOOR)), 0.0), axis=-1)
+def entropy(probs: mx.array, logprobs: mx.array) -> mx.array:
+    """Token entropy −Σ p ln max(p, 1e-10), given ln p (no logarithm per token: 0 · ln 0 = 0)."""
+    return -mx.sum(probs * mx.maximum(logprobs, LOG_PROB_FLOOR), axis=-1)
 
 
 def mass(probs: mx.array, ids: mx.array) -> mx.array:
@@ -51,10 +54,9 @@ def hbar_s(d_mu: mx.array, d_sigma: mx.array) -> mx.array:
     return mx.sqrt(d_mu * d_sigma)
 
 
-def surprise(probs: mx.array, token: mx.array) -> mx.array:
-    """S = −ln max(p[token], 1e-10); `token` has the leading shape of `probs`."""
-    p = mx.take_along_axis(probs, token[..., None], axis=-1)[..., 0]
-    return -mx.log(mx.maximum(p, PROB_FLOOR))
+def surprise(logprobs: mx.array, token: mx.array) -> mx.array:
+    """S = −ln max(p[token], 1e-10), given ln p; `token` has the leading shape of `logprobs`."""
+    return -mx.maximum(mx.take_along_axis(logprobs, token[..., None], axis=-1)[..., 0], LOG_PROB_FLOOR)
 
 
 def delta_h(h_last: mx.array, h_prev: mx.array) -> mx.array:
@@ -86,26 +88,29 @@ STEP_FIELDS = ("delta_mu", "delta_sigma", "hbar_s", "surprise", "delta_h", "pri"
 VERDICT_FIELDS = ("p_yes", "p_no")
 
 
-def step_signals(logits, hidden, token, prev_final, tau: float, lam: float, verdict_ids=None) -> mx.array:
+def step_signals(logprobs, hidden, token, prev_final, tau: float, lam: float, verdict_ids=None) -> mx.array:
     """All per-step signals of one step, stacked on a new last axis in STEP_FIELDS order.
 
-    logits: (..., V) that chose `token`; hidden: (..., L, D) block outputs at the last
+    logprobs: (..., V) log-softmax of the logits that chose `token` (the logits less their
+    logsumexp, as the decoder computes them anyway: p is one exp of them, and ln p needs no
+    logarithm over the vocabulary); hidden: (..., L, D) block outputs at the last
     position; prev_final: (..., D) final hidden state of the previous step, or None at
     step 0 (Δh_0 = 0; in a batch, a row of zeros marks a sequence at its step 0);
     verdict_ids: optional (yes ids, no ids) whose probability masses are appended
     (VERDICT_FIELDS).
     """
-    probs = mx.softmax(logits.astype(mx.float32), axis=-1)
+    logprobs = logprobs.astype(mx.float32)
+    probs = mx.exp(logprobs)
     d_mu = delta_mu(probs)
     d_sigma = delta_sigma(hidden)
     hbar = hbar_s(d_mu, d_sigma)
-    s = surprise(probs, token)
+    s = surprise(logprobs, token)
     if prev_final is None:  # Δh_0 = 0
         d_h = mx.zeros_like(s)
     else:
         d_h = mx.where(mx.any(prev_final != 0, axis=-1), delta_h(hidden[..., -1, :], prev_final), 0.0)
     chosen = mx.take_along_axis(probs, token[..., None], axis=-1)[..., 0]
-    values = [d_mu, d_sigma, hbar, s, d_h, pri(s, d_h), pfail(hbar, tau, lam), entropy(probs), chosen]
+    values = [d_mu, d_sigma, hbar, s, d_h, pri(s, d_h), pfail(hbar, tau, lam), entropy(probs, logprobs), chosen]
     if verdict_ids is not None:
         values += [mass(probs, ids) for ids in verdict_ids]
     return mx.stack(values, axis=-1)

@@ -299,8 +299,8 @@ class Engine:
         """The per-step reduction: step_signals, then each probe's (logit, distance)."""
         weights = self._weights(probes)
 
-        def reduce(logits, hidden, token, prev_final):
-            values = step_signals(logits, hidden, token, prev_final, self.pfail_tau, self.pfail_lambda,
+        def reduce(logprobs, hidden, token, prev_final):
+            values = step_signals(logprobs, hidden, token, prev_final, self.pfail_tau, self.pfail_lambda,
                                   self._verdict)
             if not weights:
                 return values

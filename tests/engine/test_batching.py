@@ -27,8 +27,8 @@ TEXT = "The quick brown fox jumps over the lazy dog near the river in 1999, and 
 TOL = dict(rtol=1e-4, atol=1e-5)
 
 
-def _reduce(logits, hidden, token, prev):
-    return step_signals(logits, hidden, token, prev, 2.0, 5.0)
+def _reduce(logprobs, hidden, token, prev):
+    return step_signals(logprobs, hidden, token, prev, 2.0, 5.0)
 
 
 def _ids(tokenizer, n: int, offset: int = 0) -> list:

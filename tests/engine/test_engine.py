@@ -31,8 +31,8 @@ def _prompt(tokenizer, n: int) -> list:
     return ids[:n]
 
 
-def _reduce(logits, hidden, token, prev):
-    return step_signals(logits, hidden, token, prev, 2.0, 5.0)
+def _reduce(logprobs, hidden, token, prev):
+    return step_signals(logprobs, hidden, token, prev, 2.0, 5.0)
 
 
 @pytest.mark.parametrize("prompt_len,prefill_step", [(5, 2048), (45, 8)], ids=["short", "chunked"])

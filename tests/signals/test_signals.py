@@ -22,7 +22,8 @@ def test_step_signals_match_numpy(with_prev, scale):
     hidden = (RNG.standard_normal((6, 48)) * np.linspace(1, 400, 6)[:, None]).astype(np.float32)
     prev = RNG.standard_normal(48).astype(np.float32) if with_prev else None
     token = int(np.argmax(logits))
-    got = step.step_signals(mx.array(logits)[None], mx.array(hidden)[None], mx.array([token]),
+    x = mx.array(logits)[None]
+    got = step.step_signals(x - mx.logsumexp(x, axis=-1, keepdims=True), mx.array(hidden)[None], mx.array([token]),
                             None if prev is None else mx.array(prev)[None], 2.0, 5.0)
     assert got.shape == (1, len(step.STEP_FIELDS))
     np.testing.assert_allclose(np.array(got[0]), reference(logits, hidden, token, prev), rtol=1e-5, atol=1e-12)
@@ -39,7 +40,7 @@ def test_reductions_run_in_float32():
 
 def test_surprise_floor_and_batch():
     probs = mx.array([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0]])
-    s = step.surprise(probs, mx.array([2, 0]))
+    s = step.surprise(mx.log(probs), mx.array([2, 0]))  # ln 0 = -inf: the floor
     assert s.tolist() == pytest.approx([-math.log(1e-10), 0.0])
 
 
@@ -78,7 +79,7 @@ def test_response_scores():
 
 def test_entropy_and_mass():
     p = mx.array([[0.5, 0.25, 0.25, 0.0]])
-    assert float(step.entropy(p)[0]) == pytest.approx(1.5 * math.log(2))
+    assert float(step.entropy(p, mx.log(p))[0]) == pytest.approx(1.5 * math.log(2))  # 0 · ln 0 = 0
     assert float(step.mass(p, mx.array([1, 3]))[0]) == 0.25
 
 
