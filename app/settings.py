@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     log_queue: int = Field(1000, ge=1, description="log entries waiting to be written before new ones are dropped")
     log_max_age_days: float = Field(30.0, gt=0, description="log entries older than this are pruned")
     log_max_rows: int = Field(1_000_000, ge=1, description="beyond this many log entries the oldest are pruned")
+    log_max_mb: float = Field(1024.0, gt=0, description="beyond this many MB (2**20 bytes) the oldest log entries are "
+                                                      "pruned, to 90 % of it")
     drift_window: int = Field(500, ge=10, description="responses per calibration in the rolling window drift is "
                                                       "measured on")
     drift_min_live: int = Field(200, ge=2, description="responses in the window before drift is measured")

@@ -53,7 +53,8 @@ def open_log(settings, lm) -> ResponseLog | None:
     context = Context(replica=f"{socket.gethostname()}:{os.getpid()}", model=lm.model_id,
                       model_fingerprint=lm.fingerprint.id, flag_risk=settings.flag_risk,
                       keep_text=settings.log_text, salt=load_salt(settings.state_dir))
-    writer = LogWriter(store, settings.log_queue, settings.log_max_age_days * 86400, settings.log_max_rows)
+    writer = LogWriter(store, settings.log_queue, settings.log_max_age_days * 86400, settings.log_max_rows,
+                       int(settings.log_max_mb * 2**20))
     return ResponseLog(store, writer, context)
 
 

@@ -13,10 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import REGCLASS
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+TABLE = "responses"
 LABELS = ("hallucinated", "correct")
 _MIGRATION_LOCK = 7_411_902  # PostgreSQL advisory lock: replicas starting together migrate one at a time
+_PRUNE_LOCK = 7_411_903  # PostgreSQL advisory lock: one replica at a time prunes by size
+SIZE_HEADROOM = 0.9  # a store over its size limit is pruned to this share of it
+_SIZE_ROUNDS = 5  # prune-and-measure rounds at most (the size per entry is an estimate)
 
 
 class BadCursor(ValueError):
@@ -47,6 +52,7 @@ def database_url(log_url: str | None, state_dir: Path) -> str:
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect on a new file: pruned pages can be freed
     cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer; a crash keeps the file intact
     cursor.execute("PRAGMA synchronous=FULL")  # a committed batch survives power loss too
     cursor.execute("PRAGMA busy_timeout=10000")
@@ -94,7 +100,7 @@ class Store:
         else:
             self.engine = sa.create_engine(url, pool_pre_ping=True)
         migrate(self.engine)
-        self.table = sa.Table("responses", sa.MetaData(), autoload_with=self.engine)
+        self.table = sa.Table(TABLE, sa.MetaData(), autoload_with=self.engine)
         self.columns = [c.name for c in self.table.columns]
 
     def close(self) -> None:
@@ -109,10 +115,64 @@ class Store:
         t = self.table
         with self.engine.begin() as conn:
             n = conn.execute(sa.delete(t).where(t.c.ts < older_than)).rowcount
-            cutoff = conn.execute(sa.select(t.c.ts).order_by(t.c.ts.desc()).offset(max_rows).limit(1)).scalar()
-            if cutoff is not None:
-                n += conn.execute(sa.delete(t).where(t.c.ts <= cutoff)).rowcount
-        return n
+            return n + self._keep_newest(conn, max_rows)
+
+    def _keep_newest(self, conn, keep: int) -> int:
+        """Delete all but the newest `keep` rows (rows sharing the cut's time go too); the number deleted."""
+        t = self.table
+        cutoff = conn.execute(sa.select(t.c.ts).order_by(t.c.ts.desc()).offset(keep).limit(1)).scalar()
+        return 0 if cutoff is None else conn.execute(sa.delete(t).where(t.c.ts <= cutoff)).rowcount
+
+    def size(self) -> int:
+        """Bytes the log takes: on SQLite the database pages in use ((page_count - freelist_count) x
+        page_size, the write-ahead log not counted), on PostgreSQL pg_total_relation_size of the table
+        (its heap, TOAST and indexes)."""
+        with self.engine.connect() as conn:
+            return self._size(conn)
+
+    def _size(self, conn) -> int:
+        if conn.dialect.name == "sqlite":
+            pragma = conn.exec_driver_sql
+            pages = pragma("PRAGMA page_count").scalar() - pragma("PRAGMA freelist_count").scalar()
+            return pages * pragma("PRAGMA page_size").scalar()
+        return conn.execute(sa.select(sa.func.pg_total_relation_size(sa.cast(TABLE, REGCLASS)))).scalar_one()
+
+    def prune_to_size(self, max_bytes: int) -> int:
+        """When the log takes more than `max_bytes`, delete the oldest rows until it takes at most
+        SIZE_HEADROOM of that, and give the space back (see `_reclaim`); the number deleted. On
+        PostgreSQL one replica at a time does it (another's turn returns 0)."""
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            postgres = conn.dialect.name == "postgresql"
+            if postgres and not conn.execute(sa.select(sa.func.pg_try_advisory_lock(_PRUNE_LOCK))).scalar():
+                return 0
+            try:
+                return self._prune_to_size(conn, max_bytes)
+            finally:
+                if postgres:
+                    conn.execute(sa.select(sa.func.pg_advisory_unlock(_PRUNE_LOCK)))
+
+    def _prune_to_size(self, conn, max_bytes: int) -> int:
+        deleted = 0
+        for _ in range(_SIZE_ROUNDS):
+            size = self._size(conn)
+            rows = conn.execute(sa.select(sa.func.count()).select_from(self.table)).scalar_one()
+            if size <= max_bytes or rows == 0:
+                break
+            deleted += self._keep_newest(conn, int(rows * SIZE_HEADROOM * max_bytes / size))
+            self._reclaim(conn)
+        return deleted
+
+    @staticmethod
+    def _reclaim(conn) -> None:
+        """Return the space of deleted rows to the file system, so that `size` sees it gone: SQLite
+        frees its empty pages (a log created in incremental auto-vacuum mode) and truncates the
+        write-ahead log; PostgreSQL rewrites the table (VACUUM FULL: writers wait meanwhile)."""
+        if conn.dialect.name == "sqlite":
+            # executescript steps the pragma to the end (a plain execute frees one page)
+            conn.connection.driver_connection.executescript(
+                "PRAGMA incremental_vacuum; PRAGMA wal_checkpoint(TRUNCATE);")
+        else:
+            conn.exec_driver_sql("VACUUM FULL responses")
 
     def get(self, response_id: str) -> dict | None:
         with self.engine.connect() as conn:

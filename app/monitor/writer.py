@@ -2,7 +2,8 @@
 
 `submit` never blocks: at most `bound` entries wait (queued, or in the batch being written), and an
 entry beyond that is dropped and counted, so a crash loses at most `bound` entries. The thread
-commits each batch in one transaction and prunes by age and row count every `prune_every_s`.
+commits each batch in one transaction and prunes by age, row count and size every `prune_every_s`.
+A writer can be started again after `close` (an app whose lifespan runs twice).
 """
 
 import logging
@@ -18,14 +19,25 @@ BATCH = 256
 class LogWriter:
     """Writes rows to a `Store` off the request path; `written`, `dropped`, `pruned` count rows."""
 
-    def __init__(self, store, bound: int, max_age_s: float, max_rows: int, prune_every_s: float = 60.0):
+    def __init__(self, store, bound: int, max_age_s: float, max_rows: int, max_bytes: int,
+                 prune_every_s: float = 60.0):
         self.store, self.bound = store, bound
-        self.max_age_s, self.max_rows, self.prune_every_s = max_age_s, max_rows, prune_every_s
+        self.max_age_s, self.max_rows, self.max_bytes = max_age_s, max_rows, max_bytes
+        self.prune_every_s = prune_every_s
         self.written = self.dropped = self.pruned = 0
         self.pending = 0  # rows accepted but not yet committed
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._stop = threading.Event()
+        self._last_prune = 0.0
+        self._thread: threading.Thread | None = None
+        self.start()
+
+    def start(self) -> None:
+        """Start the writing thread unless it runs (it prunes at once)."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
         self._last_prune = 0.0
         self._thread = threading.Thread(target=self._run, name="halluwatch-log-writer", daemon=True)
         self._thread.start()
@@ -69,6 +81,7 @@ class LogWriter:
         self._last_prune = time.monotonic()
         try:
             n = self.store.prune(time.time() - self.max_age_s, self.max_rows)
+            n += self.store.prune_to_size(self.max_bytes)
         except Exception:
             log.exception("pruning the response log failed")
             return 0
@@ -94,7 +107,8 @@ class LogWriter:
         return not self.pending
 
     def close(self, timeout: float = 10.0) -> None:
-        """Write what is queued (up to `timeout`), stop the thread and close the store."""
+        """Write what is queued (up to `timeout`), stop the thread and close the store's connections
+        (`start` opens new ones)."""
         self._stop.set()
         self._thread.join(timeout)
         if not self._thread.is_alive():

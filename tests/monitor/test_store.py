@@ -1,12 +1,13 @@
 """The log store on SQLite and PostgreSQL: migrations, insert, label, filtered cursor pages, retention."""
 
 import time
+from pathlib import Path
 
 import pytest
 from support.postgres import STORES, log_url
 
 from app.monitor.entry import Context, Exchange
-from app.monitor.store import BadCursor, Filters, Store, database_url
+from app.monitor.store import SIZE_HEADROOM, BadCursor, Filters, Store, database_url
 
 CONTEXT = Context(replica="r1", model="m", model_fingerprint="f" * 16, flag_risk=0.5, keep_text=False, salt=b"s" * 32)
 
@@ -85,6 +86,21 @@ def test_prune_by_age_then_by_row_count(store):
     assert store.prune(now - 30 * 86400, 1000) == 10 and store.count() == 10
     assert store.prune(now - 30 * 86400, 4) == 6
     assert sorted(r["id"] for r in store.rows(Filters())) == ["new-0006", "new-0007", "new-0008", "new-0009"]
+
+
+def test_prune_to_size_deletes_the_oldest_until_the_store_is_under_the_limit(store):
+    store.insert(rows(3000, 1000.0))
+    full = store.size()
+    assert store.prune_to_size(full) == 0 and store.count() == 3000  # at the limit: nothing goes
+    limit = full // 3
+    deleted = store.prune_to_size(limit)
+    kept = sorted(r["id"] for r in store.rows(Filters(), ["id"]))
+    assert store.size() <= limit and deleted == 3000 - len(kept)
+    assert kept == [f"id-{i:04d}" for i in range(3000 - len(kept), 3000)]  # the newest stay
+    assert len(kept) >= 3000 * SIZE_HEADROOM / 3 * 0.5  # not far more than needed goes
+    if store.url.startswith("sqlite:"):  # the file itself shrank: free pages went back, the WAL was emptied
+        path = Path(store.url.split("///", 1)[1])
+        assert path.stat().st_size <= limit and Path(f"{path}-wal").stat().st_size == 0
 
 
 def test_postgresql_tests_fail_in_ci_without_a_server(monkeypatch):

@@ -26,13 +26,16 @@ class GatedStore:
     def prune(self, older_than, max_rows):
         return 0
 
+    def prune_to_size(self, max_bytes):
+        return 0
+
     def close(self):
         pass
 
 
 def test_submit_never_blocks_and_counts_what_it_drops():
     store = GatedStore()
-    writer = LogWriter(store, bound=5, max_age_s=1e9, max_rows=10**6)
+    writer = LogWriter(store, bound=5, max_age_s=1e9, max_rows=10**6, max_bytes=2**40)
     start = time.perf_counter()
     accepted = [writer.submit({"id": str(i)}) for i in range(20)]
     assert time.perf_counter() - start < 0.5  # the store is stuck; submitting is not
@@ -46,7 +49,7 @@ def test_submit_never_blocks_and_counts_what_it_drops():
 def test_a_failed_batch_is_counted_as_dropped():
     store = GatedStore(fail=True)
     store.gate.set()
-    writer = LogWriter(store, bound=10, max_age_s=1e9, max_rows=10**6)
+    writer = LogWriter(store, bound=10, max_age_s=1e9, max_rows=10**6, max_bytes=2**40)
     for i in range(3):
         writer.submit({"id": str(i)})
     assert writer.flush(5) and writer.dropped == 3 and writer.written == 0
@@ -56,7 +59,7 @@ def test_a_failed_batch_is_counted_as_dropped():
 def test_close_writes_the_queue_and_the_writer_prunes(tmp_path):
     store = Store(database_url(None, tmp_path))
     store.insert(rows(4, time.time() - 90 * 86400, prefix="old"))
-    writer = LogWriter(store, bound=100, max_age_s=30 * 86400, max_rows=10**6)
+    writer = LogWriter(store, bound=100, max_age_s=30 * 86400, max_rows=10**6, max_bytes=2**40)
     for row in rows(50, time.time()):
         writer.submit(row)
     writer.close()
@@ -64,6 +67,32 @@ def test_close_writes_the_queue_and_the_writer_prunes(tmp_path):
     assert writer.written == 50 and writer.pruned == 4 and check.count() == 50
     assert not [r for r in check.rows(Filters(until=time.time() - 86400))]
     check.close()
+
+
+def test_the_writer_prunes_by_size_and_counts_it(tmp_path):
+    store = Store(database_url(None, tmp_path))
+    store.insert(rows(2000, time.time() - 3600, prefix="old"))
+    limit = store.size() // 2
+    writer = LogWriter(store, bound=100, max_age_s=30 * 86400, max_rows=10**6, max_bytes=limit)
+    writer.close()  # the thread pruned when it started
+    check = Store(store.url)
+    assert writer.pruned == 2000 - check.count() > 0 and check.size() <= limit
+    check.close()
+
+
+def test_a_closed_writer_starts_again():
+    store = GatedStore()
+    store.gate.set()
+    writer = LogWriter(store, bound=10, max_age_s=1e9, max_rows=10**6, max_bytes=2**40)
+    running = writer._thread
+    writer.start()  # running: no second thread
+    assert writer._thread is running and running.is_alive()
+    writer.close()
+    assert not writer.submit({"id": "while closed"}) and writer.dropped == 1
+    writer.start()
+    assert writer.submit({"id": "after"}) and writer.flush(5)
+    assert [r["id"] for r in store.inserted] == ["after"] and writer.written == 1
+    writer.close()
 
 
 def test_text_is_kept_only_on_request_and_hashed_with_a_stable_salt(tmp_path):
