@@ -26,6 +26,8 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        if app.state.response_log is not None:
+            app.state.response_log.start()  # again, when an earlier lifespan's shutdown closed it
         yield
         app.state.jobs.shutdown()  # a running calibration job stops and is marked interrupted
         if app.state.response_log is not None:

@@ -31,6 +31,10 @@ class ResponseLog:
         w = self.writer
         return {"written": w.written, "dropped": w.dropped, "pruned": w.pruned, "queued": w.pending}
 
+    def start(self) -> None:
+        """Write again after `close` (no-op while the writer runs)."""
+        self.writer.start()
+
     def close(self) -> None:
         self.writer.close()
 

@@ -2,14 +2,17 @@
 the id it answers with; /monitor/summary, /monitor/responses and /feedback read and label them."""
 
 import json
+import time
 
 import pytest
 from fastapi.testclient import TestClient
 from support.params import write_params
 from support.postgres import STORES, log_url
+from support.server_process import wait_until
 
 from app.http.app import create_app
-from app.monitor.store import Filters
+from app.monitor.entry import Context, Exchange
+from app.monitor.store import Filters, Store, database_url
 from app.settings import Settings
 
 PROMPT = "The capital of France is"
@@ -145,6 +148,38 @@ def test_text_kept_with_log_text_and_nothing_logged_when_off(engine, tmp_path):
         assert c.post("/feedback", json={"response_id": r.json()["response_id"], "label": "correct"}).status_code == 404
         assert "halluwatch_log_dropped_total 0.0" in c.get("/metrics").text
         assert not (tmp_path / "b" / "home" / "state" / "responses.sqlite3").exists()
+
+
+def test_a_second_lifespan_logs_again(engine, tmp_path):
+    app = monitored(engine, tmp_path, None).app
+    ids = []
+    for _ in range(2):  # the first lifespan's shutdown closed the log; the second starts it again
+        with TestClient(app) as c:
+            ids.append(c.post("/generate", json={"prompt": PROMPT, "max_tokens": 2}).json()["response_id"])
+            flushed(c)
+    assert all(app.state.response_log.store.get(rid) for rid in ids)
+    assert app.state.response_log.counts()["written"] == 2
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_size_retention_prunes_the_oldest_and_says_so(engine, tmp_path, kind):
+    context = Context(replica="old", model="m", model_fingerprint="f" * 16, flag_risk=0.5, keep_text=False,
+                      salt=b"s" * 32)
+    body = {"text": "old", "usage": {"prompt_tokens": 3, "completion_tokens": 1}, "scores": {}, "quadrant": None,
+            "risk": None}
+    with log_url(kind) as url:
+        old = Store(database_url(url, tmp_path / "home" / "state"))
+        old.insert([context.row(Exchange("/generate", f"p{i}", "raw", response_id=f"old-{i:05d}"), body,
+                                now=time.time() - 3600 + i) for i in range(2000)])
+        limit_mb = old.size() / 2 / 2**20
+        old.close()
+        with monitored(engine, tmp_path, url, log_max_mb=limit_mb) as c:
+            log = c.app.state.response_log
+            wait_until(lambda: log.writer.pruned > 0, 30, "the first prune")
+            assert c.get("/health").json()["log"]["pruned"] == log.writer.pruned > 0
+            assert f"halluwatch_log_pruned_total {float(log.writer.pruned)}" in c.get("/metrics").text
+            assert log.store.size() <= limit_mb * 2**20 and log.store.get("old-01999") is not None
+            assert log.store.get("old-00000") is None
 
 
 def test_monitor_and_feedback_need_the_api_key(engine, tmp_path):
