@@ -3,13 +3,20 @@ PostgreSQL) against the log off, 8 concurrent clients.
 
 One engine serves three apps on real uvicorn servers (127.0.0.1): log off, log in SQLite, log in
 PostgreSQL (`--postgres-url`, default $HALLUWATCH_TEST_POSTGRES_URL; without one that store is
-left out and the result says so). Each round runs `--clients` clients × `--requests` /generate
-requests (non-streamed, `--max-tokens`) against every app in turn, the order reversed every other
-round (ABBA), after one warm-up round. Per round: tok/s = completion tokens ÷ wall seconds, and
-the p95 of request latency; the figures are the medians of the per-round ratios on ÷ off (tok/s:
-goal ≥ 0.98; p95: goal ≤ 1.02, i.e. at most 2% slower).
+left out and the result says so). A block is `--clients` clients × `--requests` /generate requests
+(non-streamed, `--max-tokens`) against one app. A round runs the blocks in a mirrored order, off
+on-SQLite on-PostgreSQL on-PostgreSQL on-SQLite off (the next round: the "on" blocks at the ends,
+the "off" ones in the middle), so a load that drifts linearly during a round weighs on every
+condition alike; after a "log on" block the bench waits (untimed) for its writer to commit, so the
+log's work does not spill into the next block. Round 0 warms up. Per round and store, from its two
+blocks against the round's two "off" blocks: tok/s = completion tokens ÷ wall seconds, the p95 of
+request latency, and the process CPU seconds per completion token (server, engine, writer and
+clients share this process; PostgreSQL's own processes are not counted). The figures are the
+medians of the per-round ratios on ÷ off with their spread (tok/s: goal ≥ 0.98; p95: goal ≤ 1.02,
+i.e. at most 2% slower; CPU per token: no goal, it shows the log's work with less of the noise
+that other processes on the machine add to wall-clock figures).
 
-    python bench/log_overhead.py [--rounds 6] [--clients 8] [--requests 6] [--max-tokens 16] [--json PATH]
+    python bench/log_overhead.py [--rounds 20] [--clients 8] [--requests 2] [--max-tokens 16] [--json PATH]
 """
 
 import argparse
@@ -20,6 +27,7 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -35,25 +43,78 @@ PROMPTS = ("hello", "The capital of France is", "Once upon a time, there was", "
            "What is the meaning of life?")
 
 
-async def one_round(url: str, clients: int, requests: int, max_tokens: int) -> tuple:
-    """(tok/s, p95 latency s) of `clients` concurrent clients × `requests` requests each."""
-    latencies, tokens = [], 0
+@dataclass
+class Block:
+    """What one block of requests took: completion tokens, wall and process CPU seconds, latencies."""
+
+    tokens: int = 0
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    latencies: list = field(default_factory=list)
+
+    def add(self, other: "Block") -> None:
+        self.tokens += other.tokens
+        self.wall_s += other.wall_s
+        self.cpu_s += other.cpu_s
+        self.latencies += other.latencies
+
+    def figures(self) -> tuple:
+        """(tok/s, p95 latency s, CPU s per token)."""
+        p95 = statistics.quantiles(self.latencies, n=20, method="inclusive")[18]
+        return self.tokens / self.wall_s, p95, self.cpu_s / self.tokens
+
+
+async def requests_block(url: str, clients: int, requests: int, max_tokens: int) -> Block:
+    """`clients` concurrent clients × `requests` requests each (CPU time is added by the caller)."""
+    block = Block()
 
     async def client(k: int) -> None:
-        nonlocal tokens
         async with httpx.AsyncClient(base_url=url, timeout=300) as http:
             for j in range(requests):
                 start = time.perf_counter()
                 r = await http.post("/generate", json={"prompt": PROMPTS[(k + j) % len(PROMPTS)],
                                                        "max_tokens": max_tokens})
                 r.raise_for_status()
-                latencies.append(time.perf_counter() - start)
-                tokens += r.json()["usage"]["completion_tokens"]
+                block.latencies.append(time.perf_counter() - start)
+                block.tokens += r.json()["usage"]["completion_tokens"]
 
     start = time.perf_counter()
     await asyncio.gather(*(client(k) for k in range(clients)))
-    wall = time.perf_counter() - start
-    return tokens / wall, statistics.quantiles(latencies, n=20, method="inclusive")[18]
+    block.wall_s = time.perf_counter() - start
+    return block
+
+
+def mirrored(names: list, r: int) -> list:
+    """The blocks of round `r`: "off" at both ends of even rounds, in the middle of odd ones."""
+    on = names[1:]
+    half = [names[0], *on] if r % 2 == 0 else [*on, names[0]]
+    return half + half[::-1]
+
+
+def run_round(apps: dict, urls: dict, r: int, args) -> dict:
+    """One round: {name: Block summed over its two blocks}."""
+    took = {name: Block() for name in urls}
+    for name in mirrored(list(urls), r):
+        cpu = time.process_time()
+        block = asyncio.run(requests_block(urls[name], args.clients, args.requests, args.max_tokens))
+        log = apps[name].state.response_log
+        if log is not None:
+            assert log.writer.flush(60), "the log writer did not catch up"
+        block.cpu_s = time.process_time() - cpu  # the writer's work (till committed) included
+        took[name].add(block)
+    return took
+
+
+def ratio_figures(rounds: list, name: str) -> dict:
+    """Medians and spread of the per-round ratios of `name` on ÷ off."""
+    per_round = [(on.figures(), off.figures()) for on, off in ((t[name], t["off"]) for t in rounds)]
+
+    def ratios(i: int) -> dict:
+        return spread([on[i] / off[i] for on, off in per_round], "median of per-round ratios")
+
+    return {"tok_s": judge(ratios(0), f"tok/s, log in {name} ÷ off", ("≥", 0.98)),
+            "p95": judge(ratios(1), f"p95 latency, log in {name} ÷ off", ("≤", 1.02)),
+            "cpu_per_token": judge(ratios(2), f"process CPU s per token, log in {name} ÷ off")}
 
 
 def main(argv=None) -> int:
@@ -66,9 +127,9 @@ def main(argv=None) -> int:
     from app.settings import Settings
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--requests", type=int, default=6, help="requests per client per round")
+    ap.add_argument("--requests", type=int, default=2, help="requests per client per block")
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--model", type=Path, help="a model folder (default: a tiny random llama built now)")
     ap.add_argument("--postgres-url", default=os.environ.get("HALLUWATCH_TEST_POSTGRES_URL"),
@@ -85,36 +146,29 @@ def main(argv=None) -> int:
         engine.start()
         stack.callback(engine.stop)
         write_params(Path(tmp) / "p.json", engine.lm)
-        urls = {name: stack.enter_context(live_server(create_app(Settings(
-            home=Path(tmp) / name, params=Path(tmp) / "p.json", queue_depth=4 * args.clients, **extra), engine)))
-            for name, extra in stores.items()}
-        names = list(stores)
-        measured = {name: [] for name in names}
+        apps = {name: create_app(Settings(home=Path(tmp) / name, params=Path(tmp) / "p.json",
+                                          queue_depth=4 * args.clients, **extra), engine)
+                for name, extra in stores.items()}
+        urls = {name: stack.enter_context(live_server(app)) for name, app in apps.items()}
+        rounds = []
         for r in range(args.rounds + 1):  # round 0 warms up
-            for name in names if r % 2 else names[::-1]:
-                result = asyncio.run(one_round(urls[name], args.clients, args.requests, args.max_tokens))
-                if r:
-                    measured[name].append(result)
-                    print(f"round {r} {name:>10}: {result[0]:7.1f} tok/s, p95 {result[1]:.3f} s")
-    figures = {}
-    for name in names[1:]:
-        pairs = list(zip(measured[name], measured["off"]))
-        figures[name] = {
-            "tok_s": judge(spread([on[0] / off[0] for on, off in pairs], "median of per-round ratios"),
-                           f"tok/s, log in {name} ÷ off", ("≥", 0.98)),
-            "p95": judge(spread([on[1] / off[1] for on, off in pairs], "median of per-round ratios"),
-                         f"p95 latency, log in {name} ÷ off", ("≤", 1.02)),
-        }
-        for figure in figures[name].values():
+            took = run_round(apps, urls, r, args)
+            if r:
+                rounds.append(took)
+                print(f"round {r}: " + "; ".join(
+                    f"{name} {b.figures()[0]:.1f} tok/s, p95 {b.figures()[1]:.3f} s" for name, b in took.items()))
+    figures = {name: ratio_figures(rounds, name) for name in list(stores)[1:]}
+    for store in figures.values():
+        for figure in store.values():
             print(describe(figure))
     if not args.postgres_url:
         print("PostgreSQL left out: no --postgres-url or HALLUWATCH_TEST_POSTGRES_URL")
+    medians = [{name: statistics.median(t[name].figures()[i] for t in rounds) for name in stores} for i in range(3)]
     write_json(args.json, "log_overhead", {
         "clients": args.clients, "requests_per_client": args.requests, "max_tokens": args.max_tokens,
-        "rounds": args.rounds, "model": str(args.model or "tiny random llama"),
-        "tok_s": {name: statistics.median(x[0] for x in rows) for name, rows in measured.items()},
-        "p95_s": {name: statistics.median(x[1] for x in rows) for name, rows in measured.items()},
-        "ratios": figures}, argv)
+        "rounds": args.rounds, "blocks_per_round": len(mirrored(list(stores), 0)),
+        "model": str(args.model or "tiny random llama"),
+        "tok_s": medians[0], "p95_s": medians[1], "cpu_s_per_token": medians[2], "ratios": figures}, argv)
     return 0
 
 

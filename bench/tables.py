@@ -161,10 +161,12 @@ def response_log(results: list) -> str:
     rows = ["| bench | result | verdict |", "|---|---|---|"]
     for r in results:
         if r["bench"] == "log_overhead":
+            blocks = f" of {r['blocks_per_round']} mirrored blocks" if "blocks_per_round" in r else ""
             for store, figs in r["ratios"].items():
+                shown = "; ".join(describe(figs[k]) for k in ("tok_s", "p95", "cpu_per_token") if k in figs)
                 rows.append(f"| log in {store} vs off ({r['clients']} clients × {r['requests_per_client']} requests "
-                            f"× {r['rounds']} rounds, {r['model']}) | {describe(figs['tok_s'])}; "
-                            f"{describe(figs['p95'])} | {verdict(figs['tok_s']['pass'] and figs['p95']['pass'])} |")
+                            f"× {r['rounds']} rounds{blocks}, {r['model']}) | {shown} | "
+                            f"{verdict(figs['tok_s']['pass'] and figs['p95']['pass'])} |")
         else:
             rows.append(f"| kill -9 mid-run, restart ({r['clients']} clients, {r['model']}) | "
                         f"{r['entries_lost']} of {r['requests_answered']} answered responses lost (bound: the writer "
