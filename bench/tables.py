@@ -168,10 +168,11 @@ def response_log(results: list) -> str:
                             f"× {r['rounds']} rounds{blocks}, {r['model']}) | {shown} | "
                             f"{verdict(figs['tok_s']['pass'] and figs['p95']['pass'])} |")
         else:
-            rows.append(f"| kill -9 mid-run, restart ({r['clients']} clients, {r['model']}) | "
-                        f"{r['entries_lost']} of {r['requests_answered']} answered responses lost (bound: the writer "
-                        f"queue, {r['queue_bound']}); `integrity_check`: {r['integrity']}; healthy after restart: "
-                        f"{r['healthy_after_restart']} | {verdict(r['ok'])} |")
+            for store, run in r["stores"].items():
+                rows.append(f"| kill -9 mid-run, restart, log in {store} ({r['clients']} clients, {r['model']}) | "
+                            f"{run['entries_lost']} of {run['requests_answered']} answered responses lost (bound: "
+                            f"the writer queue, {r['queue_bound']}); store intact: {run['integrity']}; healthy after "
+                            f"restart: {run['healthy_after_restart']} | {verdict(run['ok'])} |")
     return "\n".join(rows) + "\n\n" + "".join(f"Command: {provenance(r)}.\n" for r in results)
 
 

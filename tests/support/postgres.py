@@ -24,13 +24,14 @@ def server_url() -> str:
 
 
 @contextmanager
-def fresh_database():
-    """Yield the postgresql:// URL of a new, empty database; dropped afterwards."""
+def fresh_database(server: str | None = None):
+    """Yield the postgresql:// URL of a new, empty database on `server` (default: the test server);
+    dropped afterwards."""
     import sqlalchemy as sa
 
     from app.monitor.store import database_url
 
-    url = server_url()
+    url = server or server_url()
     name = f"halluwatch_test_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(database_url(url, None), isolation_level="AUTOCOMMIT")
     try:
