@@ -155,8 +155,10 @@ class Store:
         deleted = 0
         for _ in range(_SIZE_ROUNDS):
             size = self._size(conn)
+            if size <= max_bytes:
+                break
             rows = conn.execute(sa.select(sa.func.count()).select_from(self.table)).scalar_one()
-            if size <= max_bytes or rows == 0:
+            if rows == 0:
                 break
             deleted += self._keep_newest(conn, int(rows * SIZE_HEADROOM * max_bytes / size))
             self._reclaim(conn)
