@@ -232,6 +232,34 @@ class Store:
             for row in result:
                 yield dict(row)
 
+    def bucket_counts(self, since: float, until: float, bucket_s: float) -> list:
+        """The entries of [since, until) counted in SQL per (bucket, quadrant, replica), bucket being
+        the index of the `bucket_s` wide slice from `since`: dicts with "bucket", "quadrant",
+        "replica", "count", "flagged" and "inside" (how many are flagged / in distribution) out of
+        "flagged_known" and "inside_known" (those where it is known), and "latency_sum"."""
+        t = self.table
+        offset = (t.c.ts - since) / bucket_s  # >= 0 in the window: SQLite's CAST truncates, PostgreSQL's rounds
+        whole = sa.func.floor(offset) if self.engine.dialect.name == "postgresql" else offset
+        bucket = sa.cast(whole, sa.Integer).label("bucket")
+        query = (sa.select(bucket, t.c.quadrant, t.c.replica, sa.func.count().label("count"),
+                           sa.func.sum(sa.cast(t.c.flagged, sa.Integer)).label("flagged"),
+                           sa.func.count(t.c.flagged).label("flagged_known"),
+                           sa.func.sum(sa.cast(t.c.in_distribution, sa.Integer)).label("inside"),
+                           sa.func.count(t.c.in_distribution).label("inside_known"),
+                           sa.func.sum(t.c.latency_s).label("latency_sum"))
+                 .where(*self._where(Filters(since=since, until=until)))
+                 .group_by(sa.literal_column("bucket"), t.c.quadrant, t.c.replica))  # by name: one expression
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    def newest(self, f: Filters, columns: list, limit: int) -> list:
+        """The newest `limit` matching rows (only `columns`), newest first."""
+        t = self.table
+        query = sa.select(*(t.c[name] for name in columns)).where(*self._where(f))
+        query = query.order_by(t.c.ts.desc(), t.c.id.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
     def count(self) -> int:
         with self.engine.connect() as conn:
             return conn.execute(sa.select(sa.func.count()).select_from(self.table)).scalar_one()

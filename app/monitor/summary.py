@@ -1,5 +1,7 @@
 """The monitor summary of a window of log entries: counts, flagged share per quadrant, risk
-quantiles, in-distribution share, and the same per time bucket with the mean latency."""
+quantiles, in-distribution share, and the same per time bucket with the mean latency. Counts,
+shares and latency sums come from SQL (`Store.bucket_counts`); the risk quantiles (and the drift)
+from the window's newest SAMPLE entries, all of them in a smaller window."""
 
 import re
 from datetime import UTC, datetime
@@ -7,8 +9,9 @@ from datetime import UTC, datetime
 import numpy as np
 
 QUADRANTS = ("Q1", "Q2", "Q3", "Q4", "none")
-COLUMNS = ["ts", "replica", "quadrant", "flagged", "risk", "in_distribution", "latency_s", "calibration",
-           "distance_ratio"]
+SAMPLE = 100_000  # the newest entries of a window its risk quantiles and drift are computed on
+SAMPLE_COLUMNS = ["ts", "risk", "calibration", "distance_ratio"]
+_COUNTED = ("count", "flagged", "flagged_known", "inside", "inside_known", "latency_sum")
 MAX_BUCKETS = 1000
 MAX_WINDOW_S = 366 * 86400
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -40,45 +43,59 @@ def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
-def _share(values: list) -> float | None:
-    """Share of True among the values that are not None (None when there are none)."""
-    known = [v for v in values if v is not None]
-    return sum(map(bool, known)) / len(known) if known else None
+def _share(true: int | None, known: int) -> float | None:
+    """Share of `true` among `known` (None when none is known)."""
+    return (true or 0) / known if known else None
 
 
 def _quantiles(values: list, qs=(0.5, 0.9, 0.99)) -> dict | None:
-    known = [v for v in values if v is not None]
-    if not known:
+    if not values:
         return None
-    return {f"p{round(q * 100)}": float(v) for q, v in zip(qs, np.quantile(known, qs))}
+    return {f"p{round(q * 100)}": float(v) for q, v in zip(qs, np.quantile(values, qs))}
 
 
-def _stats(rows: list) -> dict:
-    return {"count": len(rows), "flagged_share": _share([r["flagged"] for r in rows]),
-            "risk_quantiles": _quantiles([r["risk"] for r in rows]),
-            "in_distribution_share": _share([r["in_distribution"] for r in rows])}
+def _total(groups: list) -> dict:
+    """The sums of `Store.bucket_counts` groups."""
+    return {key: sum(g[key] or 0 for g in groups) for key in _COUNTED}
 
 
-def summarize(rows, since: float, until: float, bucket_s: float, drift: dict | None = None) -> dict:
-    """The summary of `rows` (dicts with COLUMNS, `since` ≤ ts < `until`); `drift`: the window's drift
-    per calibration (app/monitor/drift.py `window_drift`), when there are calibrations to compare with."""
-    rows = list(rows)
+def _stats(groups: list, risks: list) -> dict:
+    t = _total(groups)
+    return {"count": t["count"], "flagged_share": _share(t["flagged"], t["flagged_known"]),
+            "risk_quantiles": _quantiles(risks), "in_distribution_share": _share(t["inside"], t["inside_known"])}
+
+
+def _mean_latency(groups: list) -> float | None:
+    t = _total(groups)
+    return t["latency_sum"] / t["count"] if t["count"] else None
+
+
+def summarize(counts: list, sample: list, since: float, until: float, bucket_s: float,
+              drift: dict | None = None) -> dict:
+    """The summary of a window from its entries counted per bucket, quadrant and replica (`counts`:
+    `Store.bucket_counts`) and, for the risk quantiles, its newest entries (`sample`: dicts with
+    SAMPLE_COLUMNS, at most SAMPLE); `drift`: the sample's drift per calibration
+    (app/monitor/drift.py `window_drift`), when there are calibrations to compare with."""
     n_buckets = max(1, int(np.ceil((until - since) / bucket_s)))
     per_bucket: list = [[] for _ in range(n_buckets)]
-    for r in rows:
-        per_bucket[min(int((r["ts"] - since) // bucket_s), n_buckets - 1)].append(r)
+    for g in counts:
+        per_bucket[min(g["bucket"], n_buckets - 1)].append(g)
+    risks: list = [[] for _ in range(n_buckets)]
+    for r in sample:
+        if r["risk"] is not None:
+            risks[min(int((r["ts"] - since) // bucket_s), n_buckets - 1)].append(r["risk"])
     replicas: dict = {}
-    for r in rows:
-        replicas[r["replica"]] = replicas.get(r["replica"], 0) + 1
+    for g in counts:
+        replicas[g["replica"]] = replicas.get(g["replica"], 0) + g["count"]
     return {
         "since": iso(since), "until": iso(until), "bucket_s": bucket_s,
-        **_stats(rows),
-        "quadrants": {q: {"count": len(sel), "flagged_share": _share([r["flagged"] for r in sel])}
+        **_stats(counts, [v for b in risks for v in b]),
+        "quadrants": {q: {"count": t["count"], "flagged_share": _share(t["flagged"], t["flagged_known"])}
                       for q in QUADRANTS
-                      for sel in [[r for r in rows if (r["quadrant"] or "none") == q]]},
+                      for t in [_total([g for g in counts if (g["quadrant"] or "none") == q])]},
         "replicas": replicas,
-        "buckets": [{"start": iso(since + i * bucket_s), **_stats(b),
-                     "mean_latency_s": float(np.mean([r["latency_s"] for r in b])) if b else None}
-                    for i, b in enumerate(per_bucket)],
+        "buckets": [{"start": iso(since + i * bucket_s), **_stats(b, r), "mean_latency_s": _mean_latency(b)}
+                    for i, (b, r) in enumerate(zip(per_bucket, risks))],
+        "quantile_entries": len(sample),
         "drift": drift,
     }

@@ -4,10 +4,9 @@ import time
 from pathlib import Path
 
 import pytest
-from support.postgres import STORES, log_url
 
 from app.monitor.entry import Context, Exchange
-from app.monitor.store import SIZE_HEADROOM, BadCursor, Filters, Store, database_url
+from app.monitor.store import SIZE_HEADROOM, BadCursor, Filters, Store
 
 CONTEXT = Context(replica="r1", model="m", model_fingerprint="f" * 16, flag_risk=0.5, keep_text=False, salt=b"s" * 32)
 
@@ -23,14 +22,6 @@ def body(risk: float | None, quadrant: str | None = "Q1") -> dict:
 def rows(n: int, start: float, step: float = 1.0, prefix: str = "id", **kw) -> list:
     return [CONTEXT.row(Exchange("/generate", f"prompt {i}", "raw", response_id=f"{prefix}-{i:04d}"),
                         body(**kw) if kw else body(i / n), now=start + i * step) for i in range(n)]
-
-
-@pytest.fixture(params=STORES)
-def store(request, tmp_path):
-    with log_url(request.param) as url:
-        s = Store(database_url(url, tmp_path))
-        yield s
-        s.close()
 
 
 def test_migrations_are_idempotent_and_rows_round_trip(store):

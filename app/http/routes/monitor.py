@@ -74,10 +74,12 @@ def monitor_summary(q: Annotated[SummaryQuery, Query()], request: Request) -> di
         raise query_error("bucket", f"the bucket must fit the window, with at most {summaries.MAX_BUCKETS} "
                                     f"buckets in it")
     until = time.time()
-    rows = list(log.store.rows(Filters(since=until - window, until=until), summaries.COLUMNS))
-    drift = window_drift(rows, request.app.state.served.calibrations, request.app.state.settings.drift_min_live)
+    since = until - window
+    counts = log.store.bucket_counts(since, until, bucket)
+    sample = log.store.newest(Filters(since=since, until=until), summaries.SAMPLE_COLUMNS, summaries.SAMPLE)
+    drift = window_drift(sample, request.app.state.served.calibrations, request.app.state.settings.drift_min_live)
     return {"window": q.window, "bucket": q.bucket,
-            **summaries.summarize(rows, until - window, until, bucket, drift or None)}
+            **summaries.summarize(counts, sample, since, until, bucket, drift or None)}
 
 
 @router.get("/responses", responses={404: {"description": "the log is off"}, 422: {"description": "invalid field"}})
