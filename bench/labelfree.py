@@ -32,6 +32,7 @@ import adapters  # noqa: E402,F401  (OpenBLAS before mlx)
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
+from app.calibration.halueval import DatasetError  # noqa: E402
 from app.calibration.questions import SOURCES  # noqa: E402
 from app.calibration.runs import calibrate, saved_detector_scores, states_by_position  # noqa: E402
 from app.calibration.scoring import ANSWERS, CONSISTENCY, RunSpec, checkpoint_path, load_states, score_all  # noqa: E402
@@ -41,12 +42,17 @@ from benchlib import add_json_option, exit_now, machine, write_json  # noqa: E40
 from transfer_matrix import cell  # noqa: E402
 
 
-def timed_calibrate(engine, spec: RunSpec, out: Path, reports: Path) -> tuple:
-    """(params path, scoring seconds, samples scored by this run): the seconds between the first
-    progress report (checkpoint read) and the last (last batch written)."""
-    marks = []
-    path = calibrate(engine, spec, out, reports, progress=lambda done, total: marks.append((time.perf_counter(), done)))
-    return path, marks[-1][0] - marks[0][0], marks[-1][1] - marks[0][1]
+def timed_calibrate(engine, spec: RunSpec, out: Path, reports: Path) -> dict:
+    """{params path (None when calibrate refused the training samples, e.g. a target of one class,
+    and `refused` says why), scoring seconds, samples scored by this run}: the seconds between the
+    first progress report (checkpoint read) and the last (last batch written)."""
+    marks, run = [], {"params": None}
+    try:
+        run["params"] = calibrate(engine, spec, out, reports,
+                                  progress=lambda done, total: marks.append((time.perf_counter(), done)))
+    except DatasetError as e:  # raised after scoring: the time is still measured
+        run["refused"] = str(e)
+    return {**run, "seconds": marks[-1][0] - marks[0][0], "scored": marks[-1][1] - marks[0][1]}
 
 
 def paired_difference(a, b, labels, n_boot: int, seed: int) -> dict:
@@ -81,7 +87,7 @@ def test_sets(specs: list, default: str) -> list:
 def compare(params: dict, records: list, states: dict, args) -> dict:
     """Each arm's test cell on these records and the label-free − other AUROC differences (paired)."""
     cells = {arm: cell(json.loads(path.read_text()), path.parent, records, states, args.n_boot, args.seed)
-             for arm, path in params.items()}
+             if path else {"skipped": "no params"} for arm, path in params.items()}
     labels = [r["label"] for r in records]
     out = {"n": len(records), "wrong": int(sum(labels)), "arms": cells, "difference": {}}
     for other in [a for a in params if a != "label_free"]:
@@ -98,16 +104,16 @@ def compare(params: dict, records: list, states: dict, args) -> dict:
 def evaluate_on(engine, params: dict, sources: tuple, n: int, args, reports: Path) -> dict:
     """The comparison on the test split of `sources` (n questions); per source too when several."""
     spec = RunSpec(args.model, task=ANSWERS, sources=sources, n=n, max_tokens=args.max_tokens, seed=args.seed,
-                   batch_size=args.batch_size, n_boot=args.n_boot)
+                   batch_size=args.batch_size, n_boot=args.n_boot, probes=args.probes)
     ckpt = checkpoint_path(reports, engine.lm, spec, "test")
     records = score_all(engine, spec.samples("test", reports / "data")[0], spec, ckpt)
-    states = states_by_position(load_states(ckpt, records))
+    states = states_by_position(load_states(ckpt, records)) if args.probes else None
     out = {"sources": list(sources), **compare(params, records, states, args)}
     if len(sources) > 1:
         out["per_source"] = {}
         for task in dict.fromkeys(r["task"] for r in records):
             idx = [i for i, r in enumerate(records) if r["task"] == task]
-            part = {position: s[idx] for position, s in states.items()}
+            part = states and {position: s[idx] for position, s in states.items()}
             out["per_source"][task] = compare(params, [records[i] for i in idx], part, args)
     return out
 
@@ -141,13 +147,15 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--batch-size", type=int, default=8, help="questions (labelled) or prompts (label-free) a batch")
     ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--no-probes", dest="probes", action="store_false",
+                    help="both arms without probes, the test without block states (reuses records scored without)")
     ap.add_argument("--reports", type=Path, help="checkpoints and params (default: $HALLUWATCH_HOME/reports)")
     add_json_option(ap)
     args = ap.parse_args(argv)
     reports = args.reports or Settings().reports_dir
     tests = test_sets(args.test, f"{args.sources}:{args.n}")
     common = dict(sources=tuple(args.sources.split(",")), n=args.n, max_tokens=args.max_tokens, seed=args.seed,
-                  batch_size=args.batch_size, n_boot=args.n_boot)
+                  batch_size=args.batch_size, n_boot=args.n_boot, probes=args.probes)
     specs = {"labelled": RunSpec(args.model, task=ANSWERS, **common),
              "label_free": RunSpec(args.model, task=CONSISTENCY, n_samples=args.samples, temperature=args.temperature,
                                    top_p=args.top_p, **common)}
@@ -156,9 +164,9 @@ def main(argv=None) -> int:
     runs = {}
     try:
         for arm, spec in specs.items():
-            path, seconds, scored = timed_calibrate(engine, spec, reports / "labelfree_bench", reports)
-            runs[arm] = {"params": path, "seconds": seconds, "scored": scored}
-            print(f"{arm}: {path.name}, scored {scored} in {seconds:.0f} s", flush=True)
+            runs[arm] = run = timed_calibrate(engine, spec, reports / "labelfree_bench", reports)
+            print(f"{arm}: {run['params'].name if run['params'] else 'refused: ' + run['refused']}, "
+                  f"scored {run['scored']} in {run['seconds']:.0f} s", flush=True)
         params = {arm: run["params"] for arm, run in runs.items()}
         if args.reference:
             params["reference"] = args.reference
@@ -170,8 +178,9 @@ def main(argv=None) -> int:
               **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                  if k not in ("json", "reports")}, "arms": {}, "tests": results}
     for arm, run in runs.items():
-        p = json.loads(run["params"].read_text())
-        result["arms"][arm] = {"params": run["params"].name, "risk": p.get("risk", {}).get("detector"),
+        p = json.loads(run["params"].read_text()) if run["params"] else {"protocol": {}}
+        result["arms"][arm] = {"params": run["params"] and run["params"].name, "refused": run.get("refused"),
+                               "risk": p.get("risk", {}).get("detector"),
                                "train_cv_auroc": p.get("risk", {}).get("cv_auroc"),
                                "selection_skipped": p.get("selection_skipped"),
                                "label_free": p["protocol"].get("label_free"),
@@ -185,7 +194,7 @@ def main(argv=None) -> int:
     print(f"\n{result['model']} ({result['dtype']}, BLAS {result['blas']}), {args.n} training questions of "
           f"{args.sources}, max_tokens {args.max_tokens}, batch {args.batch_size}; {machine()}")
     for arm, a in result["arms"].items():
-        print(f"  {arm}: risk {a['risk'] or 'none (' + str(a['selection_skipped']) + ')'}")
+        print(f"  {arm}: risk {a['risk'] or 'none (' + str(a['refused'] or a['selection_skipped']) + ')'}")
     for name, t in results.items():
         print_comparison(name, t)
         for task, part in t.get("per_source", {}).items():
