@@ -96,28 +96,37 @@ def _label_free_rows(name: str, t: dict, trained_on: dict) -> list:
     return rows
 
 
-def label_free(results: list) -> str:
-    (r,) = results
-    lf = r["arms"]["label_free"]["label_free"]
+def _label_free_run(r: dict) -> str:
+    """One run of bench/labelfree.py: its comparison (when an arm was fitted), the target, the cost."""
+    arms = r["arms"]
     trained_on = {"labelled": f"gold labels, {r['n']} questions",
                   "label_free": f"agreement of {r['samples']} samples at T = {r['temperature']:g}, same questions",
                   "reference": f"`{Path(r['reference']).name}`" if r.get("reference") else ""}
-    rows = ["| test set | n (wrong) | calibration | trained on | selected detector | AUROC [95% CI] | Brier (constant) "
-            "| in range | label-free − this AUROC [paired 95% CI]: ≥ −0.05 |",
-            "|---|---|---|---|---|---|---|---|---|"]
-    for name, t in r["tests"].items():
-        rows += _label_free_rows(name, t, trained_on)
-        for task, part in t.get("per_source", {}).items():
-            rows += _label_free_rows(f"{name}, {task} only", part, trained_on)
-    balance, gold = lf["target_balance"], lf["target_matches_gold"]
-    return ("\n".join(rows) + "\n\n"
-            + f"- target: {balance['inconsistent']} of {r['n']} training answers inconsistent "
-              f"({balance['share_inconsistent']:.0%}); it equals the gold label (wrong = 1) for {gold['share']:.0%} "
-              "of them\n"
-            + label_free_cost(r)
+    text = ""
+    if any(a["params"] for a in arms.values()):
+        rows = ["| test set | n (wrong) | calibration | trained on | selected detector | AUROC [95% CI] "
+                "| Brier (constant) | in range | label-free − this AUROC [paired 95% CI]: ≥ −0.05 |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        for name, t in r["tests"].items():
+            rows += _label_free_rows(name, t, trained_on)
+            for task, part in t.get("per_source", {}).items():
+                rows += _label_free_rows(f"{name}, {task} only", part, trained_on)
+        text += "\n".join(rows) + "\n\n"
+    text += "".join(f"- {arm.replace('_', '-')}: refused ({a['refused']})\n"
+                    for arm, a in arms.items() if a.get("refused"))
+    if lf := arms["label_free"]["label_free"]:
+        balance, gold = lf["target_balance"], lf["target_matches_gold"]
+        text += (f"- target: {balance['inconsistent']} of {r['n']} training answers inconsistent "
+                 f"({balance['share_inconsistent']:.0%}); it equals the gold label (wrong = 1) for {gold['share']:.0%} "
+                 "of them\n")
+    return (text + label_free_cost(r)
             + f"\nMeasured on {r['machine']} (shared), {r['dtype']} + {r['blas']}, model {r['model']}, "
               f"{r['n']} training questions of {r['sources']}, max_tokens {r['max_tokens']}, "
               f"batches of {r['batch_size']} questions: {provenance(r)}.\n")
+
+
+def label_free(results: list) -> str:
+    return "\n".join(_label_free_run(r) for r in results)
 
 
 def fuzz_row(r: dict) -> tuple:
