@@ -80,34 +80,53 @@ def label_free_cost(r: dict) -> str:
             f"{', '.join(timed) or 'nothing'}\n")
 
 
-def label_free(results: list) -> str:
-    (r,) = results
-    rows = ["| calibration | trained on | selected detector | test AUROC [95% CI] | Brier (constant) | in range |",
-            "|---|---|---|---|---|---|"]
-    for arm, trained_on in (("labelled", "gold labels"), ("label_free", f"agreement of {r['samples']} samples at "
-                                                                        f"T = {r['temperature']:g}")):
-        t = r["arms"][arm]["test"]
-        if "skipped" in t:
-            rows.append(f"| {arm.replace('_', '-')} | {trained_on} | — | skipped: {t['skipped']} | | |")
+def _label_free_rows(name: str, t: dict, trained_on: dict) -> list:
+    rows = []
+    for arm, c in t["arms"].items():
+        d = t["difference"].get(arm)
+        diff = "" if d is None else (f"skipped: {d['skipped']}" if "skipped" in d else
+                                     f"{d['value']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]: {verdict(d['pass'])}")
+        head = f"| {name} | {t['n']} ({t['wrong']}) | {arm.replace('_', '-')} | {trained_on[arm]} "
+        if "skipped" in c:
+            rows.append(head + f"| — | skipped: {c['skipped']} | | | {diff} |")
             continue
-        inside = "—" if t["in_distribution"] is None else f"{t['in_distribution']:.0%}"
-        rows.append(f"| {arm.replace('_', '-')} | {trained_on} | {t['detector']} | {t['auroc']:.3f} "
-                    f"[{t['auroc_ci'][0]:.3f}, {t['auroc_ci'][1]:.3f}] | {t['brier']:.3f} ({t['brier_base_rate']:.3f}) "
-                    f"| {inside} |")
-    d = r["difference"]
-    lf = r["arms"]["label_free"]["label_free"]
-    balance, gold = lf["target_balance"], lf["target_matches_gold"]
-    return ("\n".join(rows) + "\n\n"
-            + (f"- label-free − labelled AUROC: not compared ({d['skipped']})\n" if "skipped" in d else
-               f"- label-free − labelled AUROC = {d['value']:+.3f}, paired bootstrap 95% CI [{d['ci'][0]:+.3f}, "
-               f"{d['ci'][1]:+.3f}]; goal {d['goal']}: {verdict(d['pass'])}\n")
-            + f"- target: {balance['inconsistent']} of {r['n']} training answers inconsistent "
-              f"({balance['share_inconsistent']:.0%}); it equals the gold label (wrong = 1) for {gold['share']:.0%} "
-              "of them\n"
-            + label_free_cost(r)
+        inside = "—" if c["in_distribution"] is None else f"{c['in_distribution']:.0%}"
+        rows.append(head + f"| {c['detector']} | {c['auroc']:.3f} [{c['auroc_ci'][0]:.3f}, {c['auroc_ci'][1]:.3f}] "
+                           f"| {c['brier']:.3f} ({c['brier_base_rate']:.3f}) | {inside} | {diff} |")
+    return rows
+
+
+def _label_free_run(r: dict) -> str:
+    """One run of bench/labelfree.py: its comparison (when an arm was fitted), the target, the cost."""
+    arms = r["arms"]
+    trained_on = {"labelled": f"gold labels, {r['n']} questions",
+                  "label_free": f"agreement of {r['samples']} samples at T = {r['temperature']:g}, same questions",
+                  "reference": f"`{Path(r['reference']).name}`" if r.get("reference") else ""}
+    text = ""
+    if any(a["params"] for a in arms.values()):
+        rows = ["| test set | n (wrong) | calibration | trained on | selected detector | AUROC [95% CI] "
+                "| Brier (constant) | in range | label-free − this AUROC [paired 95% CI]: ≥ −0.05 |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        for name, t in r["tests"].items():
+            rows += _label_free_rows(name, t, trained_on)
+            for task, part in t.get("per_source", {}).items():
+                rows += _label_free_rows(f"{name}, {task} only", part, trained_on)
+        text += "\n".join(rows) + "\n\n"
+    text += "".join(f"- {arm.replace('_', '-')}: refused ({a['refused']})\n"
+                    for arm, a in arms.items() if a.get("refused"))
+    if lf := arms["label_free"]["label_free"]:
+        balance, gold = lf["target_balance"], lf["target_matches_gold"]
+        text += (f"- target: {balance['inconsistent']} of {r['n']} training answers inconsistent "
+                 f"({balance['share_inconsistent']:.0%}); it equals the gold label (wrong = 1) for {gold['share']:.0%} "
+                 "of them\n")
+    return (text + label_free_cost(r)
             + f"\nMeasured on {r['machine']} (shared), {r['dtype']} + {r['blas']}, model {r['model']}, "
-              f"{r['n']} training and {r['n']} test questions of {r['sources']}, max_tokens {r['max_tokens']}, "
+              f"{r['n']} training questions of {r['sources']}, max_tokens {r['max_tokens']}, "
               f"batches of {r['batch_size']} questions: {provenance(r)}.\n")
+
+
+def label_free(results: list) -> str:
+    return "\n".join(_label_free_run(r) for r in results)
 
 
 def fuzz_row(r: dict) -> tuple:

@@ -57,8 +57,11 @@ def cell(params: dict, params_dir: Path, records: list, states: dict, n_boot: in
     if labels.min() == labels.max():
         return {"skipped": f"the test split holds one class only ({int(labels[0])})"}
     scores, probes = saved_detector_scores(params, params_dir, records, states)
-    found = selection.evaluate_detectors(scores, labels, params, n_boot=n_boot, seed=seed)
     chosen, baseline = params["risk"]["detector"], _baseline(params)
+    if chosen not in scores:  # a probe, and no block states given
+        return {"skipped": f"{chosen} needs the block states"}
+    shown = {name: scores[name] for name in (chosen, baseline)}  # the bootstrap of every detector is slow
+    found = selection.evaluate_detectors(shown, labels, params, n_boot=n_boot, seed=seed)
     inside = None
     if params.get("probe") in probes:  # the calibration's range, read by its probe, whichever detector gives the risk
         probe = probes[params["probe"]]

@@ -218,7 +218,7 @@ def _check_inputs(hbar, pri, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray
         raise ValueError(f"labels hold one class only (all {int(labels[0])}); need both 0 and 1")
     if (smaller := min(np.count_nonzero(labels == 0), np.count_nonzero(labels == 1))) < CV_FOLDS:
         raise ValueError(f"the smaller class has {smaller} samples; the joint model's {CV_FOLDS}-fold CV needs "
-                         f"at least {CV_FOLDS} of each of 0 (correct) and 1 (hallucinated)")
+                         f"at least {CV_FOLDS} of each class (0 and 1)")
     return hbar, pri, labels.astype(int)
 
 

@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.calibration import runs
+from app.calibration.halueval import DatasetError
 from app.calibration.labelfree import answer_core, sample_seed
 from app.calibration.questions import normalise
 from app.calibration.scoring import RunSpec, checkpoint_path, read_checkpoint, score_all
@@ -106,6 +107,14 @@ def test_calibrate_writes_label_free_params_and_evaluate_uses_real_labels(engine
     assert report["params_task"] == "consistency" and report["task"] == "answers"
     assert report["metrics"]["n_hallucinated"] == sum(gold)  # scored against the gold labels
     assert report["metrics"]["risk"]["detector"] == params["risk"]["detector"]
+
+
+def test_a_target_of_one_class_is_refused_with_the_reason(engine, tmp_path):
+    """At a temperature near 0 every sample is the greedy answer: all consistent, nothing to fit."""
+    spec = _spec(_prompts(tmp_path / "p.txt"), n=10, n_samples=2, temperature=1e-3, probes=False)
+    with pytest.raises(DatasetError, match="10 of the 10 training samples are labelled consistent"):
+        runs.calibrate(engine, spec, tmp_path / "out", tmp_path / "reports")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # no params, no probe files
 
 
 @pytest.fixture

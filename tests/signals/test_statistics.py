@@ -321,5 +321,5 @@ def test_too_few_of_a_class_for_the_joint_cv_is_refused():
     from signals.statistics import calibrate
 
     labels = [0] * 4 + [1] * 26
-    with pytest.raises(ValueError, match="smaller class has 4 samples"):
+    with pytest.raises(ValueError, match="smaller class has 4 samples; .* at least 5 of each class [(]0 and 1[)]$"):
         calibrate(np.arange(30.0), np.arange(30.0), labels)
