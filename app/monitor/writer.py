@@ -2,7 +2,10 @@
 
 `submit` never blocks: at most `bound` entries wait (queued, or in the batch being written), and an
 entry beyond that is dropped and counted, so a crash loses at most `bound` entries. The thread
-commits each batch in one transaction and prunes by age, row count and size every `prune_every_s`.
+commits each batch in one transaction (a batch: what arrives within `LINGER_S` of its first entry,
+at most `BATCH` or half the bound, so a busy server commits a few times a second, not once per
+response) and prunes
+by age, row count and size every `prune_every_s`.
 A writer can be started again after `close` (an app whose lifespan runs twice).
 """
 
@@ -14,6 +17,7 @@ import time
 log = logging.getLogger("halluwatch.monitor")
 
 BATCH = 256
+LINGER_S = 0.1  # a batch waits this long after its first entry for more
 
 
 class LogWriter:
@@ -57,9 +61,10 @@ class LogWriter:
             rows = [self._queue.get(timeout=0.2)]
         except queue.Empty:
             return []
-        while len(rows) < BATCH:
+        deadline = time.monotonic() + (0 if self._stop.is_set() else LINGER_S)
+        while len(rows) < min(BATCH, max(1, self.bound // 2)):  # never wait with the queue half full
             try:
-                rows.append(self._queue.get_nowait())
+                rows.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
             except queue.Empty:
                 break
         return rows
