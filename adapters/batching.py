@@ -204,14 +204,19 @@ class DecodeBatch:
         `reduce` gets the whole batch; `prev_final` is None while no row has a previous step, and
         its rows of zeros are rows at their first step.
         """
-        if self._pending is None:
+        fresh = self._pending is None
+        if fresh:
             self._start(reduce, tag)
         outputs, rows, done_tag = self._pending
+        if fresh:  # nothing was in flight: read this step before starting the next (the first token sooner)
+            steps = self._host_steps(outputs, rows)
         self._pending = None
         self.leave([r for r in self.rows if r.max_steps is not None and r.started >= r.max_steps])
         if self.rows:
             self._start(reduce, tag)
-        return self._host_steps(outputs, rows), done_tag
+        if not fresh:
+            steps = self._host_steps(outputs, rows)
+        return steps, done_tag
 
     def _start(self, reduce: Reduce, tag) -> None:
         """Build the next step over every row and start computing it (`mx.async_eval`)."""
