@@ -38,9 +38,7 @@ for _p in (REPO_ROOT / "bench", REPO_ROOT, REPO_ROOT / "tests"):
 import adapters  # noqa: E402,F401  (first: preloads OpenBLAS before mlx)
 import httpx  # noqa: E402
 from benchlib import add_json_option, describe, exit_now, judge, spread, write_json  # noqa: E402
-
-PROMPTS = ("hello", "The capital of France is", "Once upon a time, there was", "1 2 3 4 5",
-           "What is the meaning of life?")
+from load import PROMPTS  # noqa: E402  (the load bench's prompts)
 
 
 @dataclass
