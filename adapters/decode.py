@@ -74,11 +74,13 @@ def teacher_forced_steps(
     *,
     top_logprobs: int = 0,
     prefill_step_size: int = 2048,
+    capture_hidden: bool = False,
 ) -> list:
     """The steps generation would have recorded had it produced `response_ids`, in one forward pass.
 
     The prompt is prefilled as for generation; then its last token and all response tokens
-    but the last go through the model at once, and the taps keep every position.
+    but the last go through the model at once, and the taps keep every position (each step's
+    block outputs go with it with `capture_hidden`, as generation's do).
     """
     if not prompt_ids or not response_ids:
         raise ValueError("prompt_ids and response_ids must not be empty")
@@ -100,11 +102,12 @@ def teacher_forced_steps(
         if len(response_ids) > 1:
             values = mx.concatenate([values, reduce(signal_lp[1:], hidden[1:], token[1:], hidden[:-1, -1, :])])
         chosen = mx.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
-        out = [chosen, values]
-        if top_logprobs > 0:
-            out += _top_k(logprobs, top_logprobs)
-        mx.eval(out)
+        captured = hidden.astype(mx.float32) if capture_hidden else None
+        best = _top_k(logprobs, top_logprobs) if top_logprobs > 0 else ()
+        mx.eval(chosen, values, captured, *best)
     tops = [[]] * len(response_ids)
     if top_logprobs > 0:
-        tops = [_sorted_top(i, lp) for i, lp in zip(out[2].tolist(), out[3].tolist())]
-    return [RawStep(t, lp, v, top) for t, lp, v, top in zip(response_ids, chosen.tolist(), values.tolist(), tops)]
+        tops = [_sorted_top(i, lp) for i, lp in zip(best[0].tolist(), best[1].tolist())]
+    states = list(_host_hidden(captured)) if capture_hidden else [None] * len(response_ids)
+    return [RawStep(t, lp, v, top, h)
+            for t, lp, v, top, h in zip(response_ids, chosen.tolist(), values.tolist(), tops, states)]

@@ -27,9 +27,9 @@ def _readings(calibrations: tuple, records: list) -> list:
     for params in calibrations:
         probe, logit, inside, ratio = params.probe, None, None, math.inf
         if probe is not None:
-            step = records[0 if probe.position == "prompt_end" else -1]  # where the probe reads
-            if j < len(step.probe_logits):
-                logit, distance = step.probe_logits[j], step.probe_distances[j]
+            if all(j < len(r.probe_logits) for r in records):
+                logit, distance = probe.reading([r.probe_logits[j] for r in records],
+                                                [r.probe_distances[j] for r in records])
                 if probe.distance_limit is not None:
                     inside, ratio = bool(distance <= probe.distance_limit), distance / probe.distance_limit
             j += 1

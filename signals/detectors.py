@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GridSearchCV
 from sklearn.preprocessing import StandardScaler
 
-from signals.probe import POSITIONS, fit_probe
+from signals.probe import POSITIONS, fit_probe, second_moment_in
 from signals.statistics import fit_joint, joint_logit
 
 
@@ -123,7 +123,8 @@ class LinearProbe:
         return self.position in states or self.name in features
 
     def fit(self, features: dict, labels: np.ndarray, states: dict, seed: int) -> dict:
-        probe, curve = fit_probe(states[self.position], labels, self.position, seed=seed)
+        probe, curve = fit_probe(states[self.position], labels, self.position, seed=seed,
+                                 second_moment=second_moment_in(states, self.position))
         return {"direction": 1, "probe": probe, "layer": probe.layer, "C": curve["layer_C"][probe.layer],
                 "layer_cv_auroc": curve["layer_auroc"], "layer_C": curve["layer_C"]}
 

@@ -1,8 +1,12 @@
 """Linear probe on one transformer block's last-token hidden state.
 
-Calibration holds, per sample, the last-position output of every block at one moment
-(``"prompt_end"``: step 0, or ``"last_step"``: the last generated step), shape
-(n_samples, n_layers, hidden), and binary labels (1 = hallucinated). ``fit_probe`` picks the layer
+Calibration holds, per sample, the last-position output of every block at one position
+(``"prompt_end"``: step 0; ``"last_step"``: the last generated step; ``"answer_mean"``: the mean
+over every step of the answer, i.e. the states that chose its tokens), shape
+(n_samples, n_layers, hidden), and binary labels (1 = hallucinated). An answer-mean probe is
+linear, so serving it needs no state kept: its logit is the mean of the per-step logits, and its
+distance the RMS of the per-step distances (computed for training from the steps' second moment,
+``"answer_sq_mean"``). ``fit_probe`` picks the layer
 whose StandardScaler + L2 logistic regression has the best cross-validated AUROC and refits it on
 all the data; ``Probe.risk`` then scores captured states with plain numpy (no scikit-learn at
 serving time). Probes are stored as ``.npz`` files, checked against a SHA-256 digest on load.
@@ -19,7 +23,11 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
-POSITIONS = ("prompt_end", "last_step")
+POSITIONS = ("prompt_end", "last_step", "answer_mean")
+# What calibration saves per sample (in this order): the states at each position, then the mean of
+# the squared step states over the answer, which an answer-mean probe's distance needs
+SECOND_MOMENT = "answer_sq_mean"
+STATE_ROWS = (*POSITIONS, SECOND_MOMENT)
 DEFAULT_CS = (0.001, 0.01, 0.1, 1.0)
 
 
@@ -42,10 +50,31 @@ class Probe:
     # the probe was fitted on, and its output an extrapolation (None: unknown)
     distance_limit: float | None = None
 
-    def distance(self, hidden_layers: np.ndarray) -> np.ndarray:
-        """RMS of the standardised features at the probe's block: about 1 on training-like states."""
+    def distance(self, hidden_layers: np.ndarray, second_moment: np.ndarray | None = None) -> np.ndarray:
+        """RMS of the standardised features at the probe's block: about 1 on training-like states.
+
+        With `second_moment` (the mean of the squared step states of each answer, when
+        `hidden_layers` is their mean), the RMS over the answer's steps as well: what serving
+        gets from the per-step distances (`reading`).
+        """
         h = self._block(hidden_layers)
-        return np.sqrt(np.mean(((h - self.mean) / self.scale) ** 2, axis=-1))
+        if second_moment is None:
+            return np.sqrt(np.mean(((h - self.mean) / self.scale) ** 2, axis=-1))
+        mean_square = self._block(second_moment) - 2 * h * self.mean + self.mean ** 2  # E_t[(h_t − mean)²]
+        return np.sqrt(np.maximum(np.mean(mean_square / self.scale ** 2, axis=-1), 0.0))
+
+    def distance_in(self, states: dict) -> np.ndarray:
+        """`distance` of saved states (STATE_ROWS name → (n, L, D)) at this probe's position."""
+        return self.distance(states[self.position], second_moment_in(states, self.position))
+
+    def reading(self, logits: list, distances: list) -> tuple[float, float]:
+        """A response's (logit, distance) from this probe's values at each of its steps: those of
+        the prompt-end step, of the last step, or over all steps (answer mean: the mean logit, the
+        RMS distance)."""
+        if self.position == "answer_mean":
+            return float(np.mean(logits)), float(np.sqrt(np.mean(np.square(distances))))
+        at = 0 if self.position == "prompt_end" else -1
+        return logits[at], distances[at]
 
     def logit(self, hidden_layers: np.ndarray) -> np.ndarray:
         """The probe's logit for states of shape (n, n_layers, hidden) → (n,), or
@@ -62,6 +91,11 @@ class Probe:
     def risk(self, hidden_layers: np.ndarray) -> np.ndarray:
         """Probability of hallucination: the sigmoid of `logit`."""
         return sigmoid(self.logit(hidden_layers))
+
+
+def second_moment_in(states: dict, position: str) -> np.ndarray | None:
+    """The saved second moment of the answer steps for an answer-mean probe's distance, else None."""
+    return states.get(SECOND_MOMENT) if position == "answer_mean" else None
 
 
 def sigmoid(z) -> np.ndarray:
@@ -120,8 +154,10 @@ def fit_layer_probes(states: np.ndarray, labels, seed: int = 42, cv_folds: int =
 
 
 def fit_probe(states: np.ndarray, labels, position: str, seed: int = 42, cv_folds: int = 5,
-              Cs=DEFAULT_CS) -> tuple[Probe, dict]:
+              Cs=DEFAULT_CS, second_moment: np.ndarray | None = None) -> tuple[Probe, dict]:
     """Pick the best layer with ``fit_layer_probes``, refit it on all the data at its chosen C.
+    The in-range limit is the 99th percentile of the training states' ``distance`` (with
+    ``second_moment`` for an answer-mean probe).
 
     Returns the Probe and the per-layer CV curve (``fit_layer_probes``' dict) for the report.
     """
@@ -135,7 +171,7 @@ def fit_probe(states: np.ndarray, labels, position: str, seed: int = 42, cv_fold
     probe = Probe(layer=layer, position=position, mean=scaler.mean_.copy(),
                   scale=scaler.scale_.copy(), coef=logreg.coef_[0].copy(),
                   intercept=float(logreg.intercept_[0]), cv_auroc=curve["layer_auroc"][layer])
-    probe.distance_limit = float(np.quantile(probe.distance(states), 0.99))
+    probe.distance_limit = float(np.quantile(probe.distance(states, second_moment), 0.99))
     return probe, curve
 
 

@@ -36,5 +36,5 @@ def drift_reference(chosen: dict, states: dict | None) -> dict:
     if served and states is not None:
         position = detectors.get(served[0]).position
         probe = chosen["probes"][position]
-        reference["probe_distance_ratio"] = compact(probe.distance(states[position]) / probe.distance_limit)
+        reference["probe_distance_ratio"] = compact(probe.distance_in(states) / probe.distance_limit)
     return reference

@@ -11,9 +11,8 @@ import numpy as np
 from signals.consistency import ANSWER_RULE, CLUSTER_RULE, TARGET_RULE, consistency, first_sentence, without_words
 
 from ..engine import GenerationJob
-from ..prompts import encode_prompt
 from .questions import normalise
-from .scoring import _score_record, _states
+from .scoring import _score_record, _states, encode
 
 SEED_RULE = "crc32('<split seed>:<prompt key>:<k>') seeds the k-th sample of a prompt"
 
@@ -25,8 +24,7 @@ def sample_seed(spec, key: str, k: int) -> int:
 
 def _jobs(engine, sample, spec) -> list:
     """The greedy job of a prompt (states captured when probes are fitted), then its K sampled jobs."""
-    messages = list(sample.messages) if getattr(sample, "messages", None) else None
-    ids = encode_prompt(engine.lm, sample.prompt, messages, True, spec.max_tokens)
+    ids = encode(engine, sample, spec)
     greedy = GenerationJob(ids, spec.max_tokens, priority=1, capture_hidden=spec.probes)
     return [greedy] + [GenerationJob(ids, spec.max_tokens, priority=1, temperature=spec.temperature,
                                      top_p=spec.top_p, seed=sample_seed(spec, sample.key, k))

@@ -61,7 +61,7 @@ def roc_figure(records: list[dict], params: dict, path: Path, scores: dict | Non
 def layer_figure(curves: dict, path: Path) -> None:
     """Per-layer probe AUROC: training CV (solid, what chose the layer) and test (dashed, diagnostic)."""
     with _figure(path, figsize=(7, 4.5)) as (fig, ax):
-        for (position, c), colour in zip(curves.items(), ("tab:purple", "tab:green")):
+        for (position, c), colour in zip(curves.items(), ("tab:purple", "tab:green", "tab:orange")):
             layers = np.arange(1, len(c["train_cv_auroc"]) + 1)
             ax.plot(layers, c["train_cv_auroc"], color=colour, lw=2, marker="o", ms=3,
                     label=f"{position}: train CV")

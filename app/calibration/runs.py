@@ -14,7 +14,7 @@ from threadpoolctl import threadpool_limits
 
 from signals import detectors, selection
 from signals import statistics as stats
-from signals.probe import POSITIONS, layer_test_auroc
+from signals.probe import STATE_ROWS, layer_test_auroc
 
 from ..engine import Engine
 from ..storage import write_atomic, write_json_atomic
@@ -39,8 +39,8 @@ def _features(records: list) -> dict:
 
 
 def states_by_position(states: np.ndarray) -> dict:
-    """(n, 2, L, D) saved states → {position: (n, L, D)}."""
-    return {position: states[:, i] for i, position in enumerate(POSITIONS)}
+    """(n, 4, L, D) saved states → {row name (STATE_ROWS): (n, L, D)}."""
+    return {name: states[:, i] for i, name in enumerate(STATE_ROWS)}
 
 
 def _select(records: list, labels: np.ndarray, states: dict | None, seed: int, out_dir: Path, stem: str) -> dict:
@@ -228,7 +228,7 @@ def _layer_curves(params: dict, probes: dict, test_states: dict, labels, samples
     for position in probes:
         entry = params["detectors"][detectors.probe_for(position).name]
         probe = probes[position]
-        inside = (float(np.mean(probe.distance(test_states[position]) <= probe.distance_limit))
+        inside = (float(np.mean(probe.distance_in(test_states) <= probe.distance_limit))
                   if probe.distance_limit is not None else None)
         curves[position] = {"layer": entry["layer"], "train_cv_auroc": entry["layer_cv_auroc"], "test_auroc": None,
                             "in_distribution": inside}

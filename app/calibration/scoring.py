@@ -1,7 +1,9 @@
 """Scoring samples for calibration: each sample through the engine (greedy, batched at low
 priority), its record appended to a JSONL checkpoint and fsynced, its block outputs saved beside
 it. An interrupted run loses nothing and a re-run resumes where it stopped; checkpoints are keyed
-by the model's fingerprint, so no other model's run ever reads them."""
+by the model's fingerprint, so no other model's run ever reads them. Block outputs missing beside
+a record, or saved in an older layout, are computed again from the recorded answer (teacher
+forcing: the states generation computed, in one forward pass)."""
 
 import hashlib
 import io
@@ -15,9 +17,10 @@ from collections.abc import Callable
 
 import numpy as np
 
+from signals.probe import STATE_ROWS
 from signals.response import response_scores
 
-from ..engine import Cancelled, Engine, GenerationJob
+from ..engine import Cancelled, Engine, GenerationJob, ScoreJob
 from ..prompts import encode_prompt
 from ..storage import write_bytes_atomic
 from .deployment import load_prompts
@@ -44,7 +47,7 @@ class RunSpec:
     sources: tuple = ()  # task "answers": question sources (questions.SOURCES or question files)
     n_boot: int = 1000
     batch_size: int = 1  # >1 scores that many samples per engine job (batched decode; higher throughput)
-    probes: bool = True  # capture block outputs at the prompt's end and the last step; fit probes on them
+    probes: bool = True  # capture block outputs (prompt end, last step, answer mean); fit probes on them
     n_samples: int = 5  # task "consistency": sampled answers per prompt beside the greedy one
     temperature: float = 0.5  # ... their temperature (at 1.0 a 135M model hardly ever repeats itself)
     top_p: float = 1.0  # ... and nucleus
@@ -85,8 +88,9 @@ def checkpoint_path(reports_dir: Path, lm, spec: RunSpec, split: str) -> Path:
 
 
 def states_dir(checkpoint: Path) -> Path:
-    """Where the block outputs of a checkpoint's samples go: one .npy per sample, (2, L, D) float32
-    holding the last-position output of every block at step 0 (prompt end) and at the last step."""
+    """Where the block outputs of a checkpoint's samples go: one .npy per sample, (4, L, D) float32
+    holding the last-position output of every block at step 0 (prompt end), at the last step, and
+    its mean and the mean of its square over all steps (STATE_ROWS)."""
     return Path(checkpoint).with_name(Path(checkpoint).stem + "_states")
 
 
@@ -95,8 +99,16 @@ def _states_path(checkpoint: Path, key: str) -> Path:
 
 
 def load_states(checkpoint: Path, records: list) -> np.ndarray:
-    """The saved block outputs of these records, shape (n, 2, L, D) (positions as in POSITIONS)."""
+    """The saved block outputs of these records, shape (n, 4, L, D) (rows as in STATE_ROWS)."""
     return np.stack([np.load(_states_path(checkpoint, r["key"])) for r in records])
+
+
+def _states_saved(checkpoint: Path, key: str) -> bool:
+    """Whether a sample's block outputs are saved, in the current layout."""
+    try:
+        return np.load(_states_path(checkpoint, key), mmap_mode="r").shape[0] == len(STATE_ROWS)
+    except (OSError, ValueError):
+        return False
 
 
 def read_checkpoint(path: Path) -> dict:
@@ -112,8 +124,10 @@ def read_checkpoint(path: Path) -> dict:
     return done
 
 
-def _encode(engine: Engine, sample, spec: RunSpec) -> list:
-    return encode_prompt(engine.lm, sample.prompt, None, spec.prompt_format == "chat", spec.max_tokens)
+def encode(engine: Engine, sample, spec: RunSpec) -> list:
+    """A sample's prompt ids: its prompt, or its chat messages, in the run's prompt format."""
+    messages = list(sample.messages) if getattr(sample, "messages", None) else None
+    return encode_prompt(engine.lm, sample.prompt, messages, spec.prompt_format == "chat", spec.max_tokens)
 
 
 def _score_record(sample, records: list, fin) -> dict:
@@ -133,7 +147,7 @@ def score_batch(engine: Engine, samples: list, spec: RunSpec) -> list:
 
     One sample goes through the same pipelined path as /generate; several go as one batch job.
     """
-    jobs = [GenerationJob(_encode(engine, s, spec), spec.max_tokens, priority=1, capture_hidden=spec.probes)
+    jobs = [GenerationJob(encode(engine, s, spec), spec.max_tokens, priority=1, capture_hidden=spec.probes)
             for s in samples]
     handles = [engine.submit(jobs[0])] if len(jobs) == 1 else engine.submit_batch(jobs)
     results = [h.wait() for h in handles]  # Cancelled if the engine stopped
@@ -142,7 +156,16 @@ def score_batch(engine: Engine, samples: list, spec: RunSpec) -> list:
 
 
 def _states(records: list) -> np.ndarray:
-    return np.stack([records[0].hidden, records[-1].hidden])
+    """A response's saved block outputs (STATE_ROWS) from its step records' captured ones."""
+    hidden = np.stack([r.hidden for r in records]).astype(np.float64)  # (steps, L, D)
+    return np.stack([hidden[0], hidden[-1], hidden.mean(axis=0), np.mean(hidden ** 2, axis=0)]).astype(np.float32)
+
+
+def restate_batch(engine: Engine, samples: list, records: list, spec: RunSpec) -> list:
+    """The block outputs of recorded answers, computed again by teacher forcing each one."""
+    handles = [engine.submit(ScoreJob(encode(engine, s, spec), r["token_ids"], priority=1, capture_hidden=True))
+               for s, r in zip(samples, records)]
+    return [_states(h.wait()[0]) for h in handles]  # Cancelled if the engine stopped
 
 
 def sample_digest(sample) -> str:
@@ -156,9 +179,10 @@ def score_all(engine: Engine, samples: list, spec: RunSpec, checkpoint: Path,
               cancelled: threading.Event | None = None) -> list:
     """Score every sample not yet in `checkpoint`, `spec.batch_size` at a time, appending each record.
 
-    With `spec.probes`, each sample's block outputs are saved (see `states_dir`) before its record,
-    and a sample whose states are missing is scored again; so is one whose record was made for a
-    different sample under its key (`sample_digest`; records written before digests are trusted).
+    With `spec.probes`, each sample's block outputs are saved (see `states_dir`) before its record;
+    a recorded sample whose outputs are missing or in an older layout gets them again by teacher
+    forcing (`restate_batch`). A sample whose record was made for a different sample under its key
+    (`sample_digest`; records written before digests are trusted) is scored again.
     """
     score = score_batch
     if spec.task == CONSISTENCY:  # each record also holds the prompt's sampled answers
@@ -166,23 +190,38 @@ def score_all(engine: Engine, samples: list, spec: RunSpec, checkpoint: Path,
     done = read_checkpoint(checkpoint)
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     digests = {s.key: sample_digest(s) for s in samples}
-    todo = [s for s in samples
-            if s.key not in done or done[s.key].get("sample", digests[s.key]) != digests[s.key]
-            or (spec.probes and not _states_path(checkpoint, s.key).exists())]
-    progress(len(samples) - len(todo), len(samples))
-    with open(checkpoint, "a") as f:
-        for start in range(0, len(todo), spec.batch_size):
+    todo = [s for s in samples if s.key not in done or done[s.key].get("sample", digests[s.key]) != digests[s.key]]
+    restate = [s for s in samples if s not in todo and spec.probes and not _states_saved(checkpoint, s.key)]
+    total, finished = len(samples) + len(restate), len(samples) - len(todo)
+    progress(finished, total)
+
+    def batches(items: list):
+        for start in range(0, len(items), spec.batch_size):
             if cancelled is not None and cancelled.is_set():
-                raise Cancelled(f"cancelled after {len(samples) - len(todo) + start} of {len(samples)} samples")
-            for rec, states in score(engine, todo[start:start + spec.batch_size], spec):
+                raise Cancelled(f"cancelled after {finished} of {total} samples")
+            yield items[start:start + spec.batch_size]
+
+    for batch in batches(restate):
+        for s, states in zip(batch, restate_batch(engine, batch, [done[s.key] for s in batch], spec)):
+            _save_states(checkpoint, s.key, states)
+        finished += len(batch)
+        progress(finished, total)
+    with open(checkpoint, "a") as f:
+        for batch in batches(todo):
+            for rec, states in score(engine, batch, spec):
                 if states is not None:
-                    buf = io.BytesIO()
-                    np.save(buf, states)
-                    write_bytes_atomic(_states_path(checkpoint, rec["key"]), buf.getvalue())
+                    _save_states(checkpoint, rec["key"], states)
                 rec["sample"] = digests[rec["key"]]
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 done[rec["key"]] = rec
             f.flush()
             os.fsync(f.fileno())
-            progress(len(samples) - len(todo) + min(start + spec.batch_size, len(todo)), len(samples))
+            finished += len(batch)
+            progress(finished, total)
     return [done[s.key] for s in samples]
+
+
+def _save_states(checkpoint: Path, key: str, states: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, states)
+    write_bytes_atomic(_states_path(checkpoint, key), buf.getvalue())

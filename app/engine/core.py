@@ -327,7 +327,8 @@ class Engine:
         self._scoring = True
         try:
             steps = teacher_forced_steps(self.lm, job.prompt_ids, job.response_ids, self._reducer(job.probes),
-                                         top_logprobs=job.top_logprobs, prefill_step_size=self.prefill_step_size)
+                                         top_logprobs=job.top_logprobs, prefill_step_size=self.prefill_step_size,
+                                         capture_hidden=job.capture_hidden)
         except Exception as e:
             log.exception("scoring failed")
             handle.emit(e)

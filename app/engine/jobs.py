@@ -43,6 +43,7 @@ class ScoreJob(Job):
     response_ids: list
     top_logprobs: int = 0
     probes: tuple = ()
+    capture_hidden: bool = False  # records carry their block outputs (states of a scored answer)
 
 
 @dataclass

@@ -8,7 +8,7 @@ import pytest
 from sklearn.metrics import brier_score_loss
 from fastapi.testclient import TestClient
 
-from app.calibration.runs import calibrate, evaluate
+from app.calibration.runs import calibrate, evaluate, states_by_position
 from app.calibration.scoring import RunSpec, checkpoint_path, load_states, read_checkpoint, score_all, states_dir
 from app.calibration.halueval import load_samples
 from app.calibration.params import load_params
@@ -17,7 +17,7 @@ from app.http.app import create_app
 from app.settings import Settings
 from support.qa_data import write_qa
 from signals import detectors, selection
-from signals.probe import POSITIONS, sigmoid
+from signals.probe import POSITIONS, STATE_ROWS, sigmoid
 
 N, MAX_TOKENS = 24, 6
 
@@ -48,23 +48,38 @@ def test_params_hold_the_ranked_detectors_and_checksummed_probes(engine, calibra
     assert cv == sorted(cv, reverse=True)
     assert params["risk"]["detector"] == selection.one_se_choice(
         params["ranking"], params["detectors"], {n: d["cv_auroc_folds"] for n, d in params["detectors"].items()})
-    assert params["probe"] in POSITIONS
-    assert params["ranking"].index(f"probe_{params['probe']}") < params["ranking"].index(
-        f"probe_{({*POSITIONS} - {params['probe']}).pop()}")
+    assert params["probe"] in POSITIONS  # the best-ranked probe is served
+    assert min(params["ranking"].index(f"probe_{p}") for p in POSITIONS) == params["ranking"].index(
+        f"probe_{params['probe']}")
     for position in POSITIONS:
         entry = params["detectors"][f"probe_{position}"]
         assert (path.parent / entry["file"]).is_file() and len(entry["sha256"]) == 64
         assert len(entry["layer_cv_auroc"]) == engine.lm.n_layers
-    # states of every training sample: (2 positions, L blocks, D)
+    # states of every training sample: (prompt end, last step, answer mean, answer mean square; L blocks, D)
     ckpt = checkpoint_path(root / "reports", engine.lm, _spec(None), "train")
     files = sorted(states_dir(ckpt).glob("*.npy"))
     assert len(files) == N
-    assert np.load(files[0]).shape == (2, engine.lm.n_layers, engine.lm.model.args.hidden_size)
+    states = np.load(files[0])
+    assert states.shape == (len(STATE_ROWS), engine.lm.n_layers, engine.lm.model.args.hidden_size)
+    assert np.all(states[3] >= states[2] ** 2 - 1e-5)  # a mean square is at least the squared mean
     assert not params["scores_file"].startswith("/")
 
 
-def test_serving_equals_calibration_on_the_same_sample(engine, calibrated, dataset):
+def _serving(path, position: str, folder):
+    """A copy of the params at `path` that serves their probe at `position` (probe files beside it)."""
+    data = json.loads(path.read_text())
+    for entry in data["detectors"].values():
+        if "file" in entry:
+            (folder / entry["file"]).write_bytes((path.parent / entry["file"]).read_bytes())
+    copy = folder / path.name
+    copy.write_text(json.dumps({**data, "probe": position}))
+    return copy
+
+
+@pytest.mark.parametrize("position", POSITIONS)
+def test_serving_equals_calibration_on_the_same_sample(engine, calibrated, dataset, position, tmp_path):
     path, root = calibrated
+    path = _serving(path, position, tmp_path)
     params = load_params(path)
     samples, _ = load_samples("qa", "train", N, 42, dataset)
     ckpt = checkpoint_path(root / "reports", engine.lm, _spec(None), "train")
@@ -73,10 +88,10 @@ def test_serving_equals_calibration_on_the_same_sample(engine, calibrated, datas
         for sample in samples[:4]:
             body = client.post("/generate", json={"prompt": sample.prompt, "max_tokens": MAX_TOKENS}).json()
             rec = records[sample.key]
-            states = np.load(states_dir(ckpt) / (sample.key.replace(":", "_") + ".npy"))
-            logit = params.probe.logit(states[POSITIONS.index(params.probe.position)])
+            states = states_by_position(np.load(states_dir(ckpt) / (sample.key.replace(":", "_") + ".npy"))[None])
+            logit = params.probe.logit(states[position])[0]
             assert body["scores"]["probe_risk"] == pytest.approx(float(sigmoid(logit)), abs=1e-5)
-            distance = params.probe.distance(states[POSITIONS.index(params.probe.position)])
+            distance = params.probe.distance_in(states)[0]
             assert body["scores"]["probe_in_distribution"] == bool(distance <= params.probe.distance_limit)
             feats = {**detectors.features(rec, rec["verdict"]), f"probe_{params.probe.position}": float(logit)}
             name = params.data["risk"]["detector"]
@@ -86,7 +101,8 @@ def test_serving_equals_calibration_on_the_same_sample(engine, calibrated, datas
             assert body["risk"] == {"detector": name, "task": "qa", "in_distribution": inside,
                                     "probability": pytest.approx(probability, abs=1e-5),
                                     "calibration": path.name}
-            assert body["scores"]["probe_distance_ratio"] == pytest.approx(distance / params.probe.distance_limit)
+            assert body["scores"]["probe_distance_ratio"] == pytest.approx(distance / params.probe.distance_limit,
+                                                                           rel=1e-4)
 
 
 def test_params_hold_the_drift_reference_of_the_training_split(engine, calibrated):
@@ -99,9 +115,7 @@ def test_params_hold_the_drift_reference_of_the_training_split(engine, calibrate
     assert len(reference["risk"]) == len(records) == N and reference["risk"] == sorted(reference["risk"])
     # out-of-fold scores, Platt-scaled on themselves: the probabilities average to the base rate
     assert np.mean(reference["risk"]) == pytest.approx(labels.mean(), abs=0.01)
-    position = POSITIONS.index(params.probe.position)
-    ratios = [float(params.probe.distance(np.load(states_dir(ckpt) / (r["key"].replace(":", "_") + ".npy"))[position])
-                    / params.probe.distance_limit) for r in records]
+    ratios = params.probe.distance_in(states_by_position(load_states(ckpt, records))) / params.probe.distance_limit
     assert reference["probe_distance_ratio"] == pytest.approx(sorted(ratios), abs=1e-5)
     assert np.mean(np.array(ratios) <= 1) >= 0.95  # the limit is the 99th percentile of these distances
 
@@ -124,16 +138,15 @@ def test_evaluate_reports_every_detector_and_the_layer_curves(engine, calibrated
     records = [stored[s.key] for s in test_samples]
     labels = np.array([r["label"] for r in records])
     assert labels.sum() == N // 2
-    states = load_states(ckpt, records)
+    states = states_by_position(load_states(ckpt, records))
     rows = [detectors.features(r, r["verdict"]) for r in records]
     feats = {name: np.array([row[name] for row in rows]) for name in rows[0]}
     inside = {}
     for position in POSITIONS:
         entry = params["detectors"][f"probe_{position}"]
         probe = load_probe(path.parent / entry["file"], entry["sha256"])
-        at = states[:, POSITIONS.index(position)]
-        feats[f"probe_{position}"] = probe.logit(at)
-        inside[position] = float(np.mean(probe.distance(at) <= probe.distance_limit))
+        feats[f"probe_{position}"] = probe.logit(states[position])
+        inside[position] = float(np.mean(probe.distance_in(states) <= probe.distance_limit))
     risk = params["risk"]
     score = selection.detector_score(risk["detector"], feats, params["detectors"], params["joint_model_weights"])
     platt = 1 / (1 + np.exp(-(risk["a"] * score + risk["b"])))
@@ -152,16 +165,20 @@ def test_evaluate_reports_every_detector_and_the_layer_curves(engine, calibrated
     assert "## Every detector" in text and "probe_prompt_end" in text and "Goal (selected detector" in text
 
 
-def test_missing_states_are_scored_again(engine, dataset, tmp_path):
+def test_missing_or_older_states_are_computed_again_from_the_recorded_answer(engine, dataset, tmp_path):
     samples, _ = load_samples("qa", "train", 12, 42, dataset)
     ckpt = tmp_path / "c.jsonl"
     first = score_all(engine, samples, _spec(dataset, n=12), ckpt)
-    victim = states_dir(ckpt) / (samples[3].key.replace(":", "_") + ".npy")
-    kept = np.load(victim)
-    victim.unlink()
-    again = score_all(engine, samples, _spec(dataset, n=12), ckpt)
-    assert again == first
-    np.testing.assert_array_equal(np.load(victim), kept)
+    files = [states_dir(ckpt) / (s.key.replace(":", "_") + ".npy") for s in samples]
+    kept = [np.load(f) for f in files]
+    files[3].unlink()
+    np.save(files[5], kept[5][:2])  # the older layout: prompt end and last step only
+    seen = []
+    again = score_all(engine, samples, _spec(dataset, n=12), ckpt, progress=lambda done, total: seen.append(total))
+    assert again == first  # the records stay; only the two samples' states are made again
+    assert seen[-1] == 14
+    for i in (3, 5):  # teacher forcing the recorded answer gives the states generation saved
+        np.testing.assert_allclose(np.load(files[i]), kept[i], rtol=1e-4, atol=1e-4)
 
 
 def test_without_probes_nothing_is_captured_and_the_selection_still_runs(engine, dataset, tmp_path):

@@ -147,3 +147,21 @@ def test_distance_limit_bounds_training_states_and_flags_foreign_ones(planted):
     assert np.mean(probe.distance(fresh) <= probe.distance_limit) > 0.9
     foreign = fresh + 10 * fresh.std(axis=0)  # far outside the training range
     assert not np.any(probe.distance(foreign) <= probe.distance_limit)
+
+
+def test_an_answer_mean_probe_reads_the_mean_of_its_steps(planted):
+    """Served step by step (mean logit, RMS distance), an answer-mean probe gives what it gives on
+    the steps' mean state and second moment, as calibration saves them."""
+    probe = Probe(**{**vars(planted[2]), "position": "answer_mean"})
+    steps, _ = make_states(7, seed=9)  # one answer's 7 step states, (7, L, D)
+    logits, distances = probe.logit(steps), probe.distance(steps)
+    logit, distance = probe.reading(list(logits), list(distances))
+    mean, square = steps.astype(np.float64).mean(axis=0), (steps.astype(np.float64) ** 2).mean(axis=0)
+    assert logit == pytest.approx(float(probe.logit(mean)), rel=1e-9)
+    assert distance == pytest.approx(float(probe.distance(mean, square)), rel=1e-9)
+    states = {"answer_mean": mean[None], "answer_sq_mean": square[None]}
+    assert probe.distance_in(states)[0] == pytest.approx(distance, rel=1e-9)
+    assert distance > float(probe.distance(mean))  # the steps spread wider than their mean
+    for position, at in (("prompt_end", 0), ("last_step", -1)):
+        fixed = Probe(**{**vars(probe), "position": position})
+        assert fixed.reading(list(logits), list(distances)) == (logits[at], distances[at])
