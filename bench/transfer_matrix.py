@@ -65,7 +65,7 @@ def cell(params: dict, params_dir: Path, records: list, states: dict, n_boot: in
     inside = None
     if params.get("probe") in probes:  # the calibration's range, read by its probe, whichever detector gives the risk
         probe = probes[params["probe"]]
-        inside = float(np.mean(probe.distance(states[probe.position]) <= probe.distance_limit))
+        inside = float(np.mean(probe.distance_in(states) <= probe.distance_limit))
     return {"detector": chosen, **{k: found["detectors"][chosen][k] for k in ("auroc", "auroc_ci")},
             "brier": found["risk"]["brier"], "brier_base_rate": found["risk"]["brier_base_rate"],
             "in_distribution": inside, "baseline": baseline, "baseline_auroc": found["detectors"][baseline]["auroc"],

@@ -191,7 +191,8 @@ def score_all(engine: Engine, samples: list, spec: RunSpec, checkpoint: Path,
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     digests = {s.key: sample_digest(s) for s in samples}
     todo = [s for s in samples if s.key not in done or done[s.key].get("sample", digests[s.key]) != digests[s.key]]
-    restate = [s for s in samples if s not in todo and spec.probes and not _states_saved(checkpoint, s.key)]
+    again = {s.key for s in todo}
+    restate = [s for s in samples if s.key not in again and spec.probes and not _states_saved(checkpoint, s.key)]
     total, finished = len(samples) + len(restate), len(samples) - len(todo)
     progress(finished, total)
 
