@@ -34,9 +34,13 @@ def delta_sigma(hidden: mx.array) -> mx.array:
 
     `hidden` has shape (..., L, D): the last-position output of each of the L blocks.
     """
-    u = unit_vectors(hidden)
+    return _spread(unit_vectors(hidden))
+
+
+def _spread(u: mx.array) -> mx.array:
+    """Δσ of the unit vectors `u` (..., L, D): sqrt of the mean over L of ‖u − mean(u)‖²."""
     dev = u - mx.mean(u, axis=-2, keepdims=True)
-    return mx.sqrt(mx.mean(mx.sum(dev * dev, axis=-1), axis=-1))
+    return mx.sqrt(mx.sum(dev * dev, axis=(-2, -1)) * (1.0 / u.shape[-2]))
 
 
 def entropy(probs: mx.array, logprobs: mx.array) -> mx.array:
@@ -56,13 +60,26 @@ def hbar_s(d_mu: mx.array, d_sigma: mx.array) -> mx.array:
 
 def surprise(logprobs: mx.array, token: mx.array) -> mx.array:
     """S = −ln max(p[token], 1e-10), given ln p; `token` has the leading shape of `logprobs`."""
-    return -mx.maximum(mx.take_along_axis(logprobs, token[..., None], axis=-1)[..., 0], LOG_PROB_FLOOR)
+    return _surprise(token_logprob(logprobs, token))
+
+
+def token_logprob(logprobs: mx.array, token: mx.array) -> mx.array:
+    """ln p[token] along the last axis; `token` has the leading shape of `logprobs`."""
+    return mx.take_along_axis(logprobs, token[..., None], axis=-1)[..., 0]
+
+
+def _surprise(token_lp: mx.array) -> mx.array:
+    return -mx.maximum(token_lp, LOG_PROB_FLOOR)
 
 
 def delta_h(h_last: mx.array, h_prev: mx.array) -> mx.array:
     """Hidden jump Δh = 1 − clip(cos(h_t, h_{t−1}), −1, 1) of the final hidden states."""
-    cos = mx.sum(unit_vectors(h_last) * unit_vectors(h_prev), axis=-1)
-    return 1.0 - mx.clip(cos, -1.0, 1.0)
+    return _jump(unit_vectors(h_last), unit_vectors(h_prev))
+
+
+def _jump(u: mx.array, v: mx.array) -> mx.array:
+    """Δh of unit vectors: 1 − clip(u · v, −1, 1)."""
+    return 1.0 - mx.clip(mx.sum(u * v, axis=-1), -1.0, 1.0)
 
 
 def pri(s: mx.array, d_h: mx.array, alpha: float = PRI_ALPHA) -> mx.array:
@@ -101,16 +118,18 @@ def step_signals(logprobs, hidden, token, prev_final, tau: float, lam: float, ve
     """
     logprobs = logprobs.astype(mx.float32)
     probs = mx.exp(logprobs)
+    u = unit_vectors(hidden)  # once, for Δσ and Δh
     d_mu = delta_mu(probs)
-    d_sigma = delta_sigma(hidden)
+    d_sigma = _spread(u)
     hbar = hbar_s(d_mu, d_sigma)
-    s = surprise(logprobs, token)
+    chosen = token_logprob(logprobs, token)
+    s = _surprise(chosen)
     if prev_final is None:  # Δh_0 = 0
         d_h = mx.zeros_like(s)
     else:
-        d_h = mx.where(mx.any(prev_final != 0, axis=-1), delta_h(hidden[..., -1, :], prev_final), 0.0)
-    chosen = mx.take_along_axis(probs, token[..., None], axis=-1)[..., 0]
-    values = [d_mu, d_sigma, hbar, s, d_h, pri(s, d_h), pfail(hbar, tau, lam), entropy(probs, logprobs), chosen]
+        d_h = mx.where(mx.any(prev_final != 0, axis=-1), _jump(u[..., -1, :], unit_vectors(prev_final)), 0.0)
+    values = [d_mu, d_sigma, hbar, s, d_h, pri(s, d_h), pfail(hbar, tau, lam), entropy(probs, logprobs),
+              mx.exp(chosen)]
     if verdict_ids is not None:
         values += [mass(probs, ids) for ids in verdict_ids]
     return mx.stack(values, axis=-1)
