@@ -1,13 +1,18 @@
-"""Per-step signals of docs/signals.md, as lazy MLX array expressions.
+"""Per-step signals of docs/signals.md, in two parts.
 
-Every function reduces over the last axis (vocabulary or hidden size) and keeps any leading
-batch axes, so the same code serves one sequence or a batch. All inputs are cast to float32
-first: the reductions must not run in the model's activation dtype.
+`step_reductions` is the part that needs the model's arrays: lazy MLX expressions that reduce over
+the vocabulary and the block outputs, computed with the step on the device. `finish` is the rest:
+per-row arithmetic that turns those few numbers into the signals. The engine runs it with NumPy on
+the host, once per step for the whole batch (some thirty tiny device operations per step fewer);
+`step_signals` runs both lazily in MLX. Every function keeps any leading batch axes, so the same
+code serves one sequence or a batch. The reductions cast their inputs to float32 first: they must
+not run in the model's activation dtype.
 """
 
 import math
 
 import mlx.core as mx
+import numpy as np
 
 GINI_EPS = 0.01
 NORM_EPS = 1e-8
@@ -23,10 +28,18 @@ def unit_vectors(h: mx.array) -> mx.array:
     return h / mx.sqrt(mx.sum(h * h, axis=-1, keepdims=True) + NORM_EPS)
 
 
+def _xp(x):
+    """The array library of `x`: NumPy for host values, else MLX."""
+    return np if isinstance(x, np.ndarray) else mx
+
+
 def delta_mu(probs: mx.array) -> mx.array:
     """Precision proxy Δμ = 1 / sqrt(Gini + 0.01), Gini = 1 − Σ p²."""
-    gini = 1.0 - mx.sum(probs * probs, axis=-1)
-    return mx.rsqrt(gini + GINI_EPS)
+    return _precision(mx.sum(probs * probs, axis=-1))
+
+
+def _precision(sum_p2):
+    return 1.0 / _xp(sum_p2).sqrt(1.0 - sum_p2 + GINI_EPS)
 
 
 def delta_sigma(hidden: mx.array) -> mx.array:
@@ -34,14 +47,22 @@ def delta_sigma(hidden: mx.array) -> mx.array:
 
     `hidden` has shape (..., L, D): the last-position output of each of the L blocks.
     """
-    u = unit_vectors(hidden)
+    return mx.sqrt(_spread2(unit_vectors(hidden)))
+
+
+def _spread2(u: mx.array) -> mx.array:
+    """Δσ² of the unit vectors `u` (..., L, D): the mean over L of ‖u − mean(u)‖²."""
     dev = u - mx.mean(u, axis=-2, keepdims=True)
-    return mx.sqrt(mx.mean(mx.sum(dev * dev, axis=-1), axis=-1))
+    return mx.sum(dev * dev, axis=(-2, -1)) * (1.0 / u.shape[-2])
 
 
 def entropy(probs: mx.array, logprobs: mx.array) -> mx.array:
     """Token entropy −Σ p ln max(p, 1e-10), given ln p (no logarithm per token: 0 · ln 0 = 0)."""
-    return -mx.sum(probs * mx.maximum(logprobs, LOG_PROB_FLOOR), axis=-1)
+    return -_p_log_p(probs, logprobs)
+
+
+def _p_log_p(probs: mx.array, logprobs: mx.array) -> mx.array:
+    return mx.sum(probs * mx.maximum(logprobs, LOG_PROB_FLOOR), axis=-1)
 
 
 def mass(probs: mx.array, ids: mx.array) -> mx.array:
@@ -51,18 +72,34 @@ def mass(probs: mx.array, ids: mx.array) -> mx.array:
 
 def hbar_s(d_mu: mx.array, d_sigma: mx.array) -> mx.array:
     """Semantic uncertainty ℏₛ = sqrt(Δμ · Δσ)."""
-    return mx.sqrt(d_mu * d_sigma)
+    return _xp(d_mu).sqrt(d_mu * d_sigma)
 
 
 def surprise(logprobs: mx.array, token: mx.array) -> mx.array:
     """S = −ln max(p[token], 1e-10), given ln p; `token` has the leading shape of `logprobs`."""
-    return -mx.maximum(mx.take_along_axis(logprobs, token[..., None], axis=-1)[..., 0], LOG_PROB_FLOOR)
+    return _surprise(token_logprob(logprobs, token))
+
+
+def token_logprob(logprobs: mx.array, token: mx.array) -> mx.array:
+    """ln p[token] along the last axis; `token` has the leading shape of `logprobs`."""
+    return mx.take_along_axis(logprobs, token[..., None], axis=-1)[..., 0]
+
+
+def _surprise(token_lp):
+    return -_xp(token_lp).maximum(token_lp, LOG_PROB_FLOOR)
 
 
 def delta_h(h_last: mx.array, h_prev: mx.array) -> mx.array:
     """Hidden jump Δh = 1 − clip(cos(h_t, h_{t−1}), −1, 1) of the final hidden states."""
-    cos = mx.sum(unit_vectors(h_last) * unit_vectors(h_prev), axis=-1)
-    return 1.0 - mx.clip(cos, -1.0, 1.0)
+    return _jump(_cos(unit_vectors(h_last), unit_vectors(h_prev)))
+
+
+def _cos(u: mx.array, v: mx.array) -> mx.array:
+    return mx.sum(u * v, axis=-1)
+
+
+def _jump(cos):
+    return 1.0 - _xp(cos).clip(cos, -1.0, 1.0)
 
 
 def pri(s: mx.array, d_h: mx.array, alpha: float = PRI_ALPHA) -> mx.array:
@@ -72,7 +109,8 @@ def pri(s: mx.array, d_h: mx.array, alpha: float = PRI_ALPHA) -> mx.array:
 
 def pfail(hbar: mx.array, tau: float, lam: float) -> mx.array:
     """Failure probability 1 / (1 + exp(−clip(λ(ℏₛ − τ), −50, 50)))."""
-    return mx.sigmoid(mx.clip(lam * (hbar - tau), -PFAIL_CLIP, PFAIL_CLIP))
+    xp = _xp(hbar)
+    return 1.0 / (1.0 + xp.exp(-xp.clip(lam * (hbar - tau), -PFAIL_CLIP, PFAIL_CLIP)))
 
 
 def probe_values(h: mx.array, mean: mx.array, scale: mx.array, coef: mx.array, intercept: float) -> mx.array:
@@ -82,14 +120,51 @@ def probe_values(h: mx.array, mean: mx.array, scale: mx.array, coef: mx.array, i
     return mx.stack([z @ coef + intercept, mx.sqrt(mx.mean(z * z, axis=-1))], axis=-1)
 
 
-# Order of the values in the array returned by `step_signals`: the prototype's signals, then
-# baselines (token entropy, probability of the chosen token), then optionally VERDICT_FIELDS.
+# Order of the values in the array returned by `step_signals` (and `finish`): the prototype's
+# signals, then baselines (token entropy, probability of the chosen token), then optionally
+# VERDICT_FIELDS.
 STEP_FIELDS = ("delta_mu", "delta_sigma", "hbar_s", "surprise", "delta_h", "pri", "pfail", "entropy", "prob")
 VERDICT_FIELDS = ("p_yes", "p_no")
+# Order of the values in the array returned by `step_reductions`, then optionally the verdict masses:
+# Σ p², Σ p·ln max(p, 1e-10), ln p[token], Δσ², cos(h_t, h_{t−1}), 1 where there is a previous step.
+RAW_FIELDS = ("sum_p2", "p_log_p", "token_logprob", "delta_sigma2", "cos_prev", "has_prev")
+
+
+def step_reductions(logprobs, hidden, token, prev_final, verdict_ids=None) -> mx.array:
+    """A step's reductions over the vocabulary and the block outputs, stacked on a new last axis
+    in RAW_FIELDS order, then the verdict masses if `verdict_ids` (see `step_signals`)."""
+    logprobs = logprobs.astype(mx.float32)
+    probs = mx.exp(logprobs)
+    u = unit_vectors(hidden)  # once, for Δσ and Δh
+    token_lp = token_logprob(logprobs, token)
+    if prev_final is None:  # Δh_0 = 0
+        cos = has_prev = mx.zeros_like(token_lp)
+    else:
+        cos = _cos(u[..., -1, :], unit_vectors(prev_final))
+        has_prev = mx.any(prev_final != 0, axis=-1).astype(mx.float32)
+    values = [mx.sum(probs * probs, axis=-1), _p_log_p(probs, logprobs), token_lp, _spread2(u), cos, has_prev]
+    if verdict_ids is not None:
+        values += [mass(probs, ids) for ids in verdict_ids]
+    return mx.stack(values, axis=-1)
+
+
+def finish(raw, tau: float, lam: float):
+    """The signals from `step_reductions`' values `raw` (..., R): STEP_FIELDS, then the values
+    after RAW_FIELDS as they are (the verdict masses, and whatever a caller appended). `raw` is
+    a NumPy array (on the host) or an MLX one (lazily)."""
+    xp = _xp(raw)
+    sum_p2, p_log_p, token_lp, spread2, cos, has_prev = (raw[..., i] for i in range(len(RAW_FIELDS)))
+    d_mu, d_sigma = _precision(sum_p2), xp.sqrt(spread2)
+    hbar = hbar_s(d_mu, d_sigma)
+    s = _surprise(token_lp)
+    d_h = xp.where(has_prev > 0, _jump(cos), 0.0)
+    values = [d_mu, d_sigma, hbar, s, d_h, pri(s, d_h), pfail(hbar, tau, lam), -p_log_p, xp.exp(token_lp)]
+    return xp.concatenate([xp.stack(values, axis=-1), raw[..., len(RAW_FIELDS):]], axis=-1)
 
 
 def step_signals(logprobs, hidden, token, prev_final, tau: float, lam: float, verdict_ids=None) -> mx.array:
-    """All per-step signals of one step, stacked on a new last axis in STEP_FIELDS order.
+    """All per-step signals of one step, stacked on a new last axis in STEP_FIELDS order
+    (lazily: `finish` of `step_reductions` in MLX).
 
     logprobs: (..., V) log-softmax of the logits that chose `token` (the logits less their
     logsumexp, as the decoder computes them anyway: p is one exp of them, and ln p needs no
@@ -99,18 +174,4 @@ def step_signals(logprobs, hidden, token, prev_final, tau: float, lam: float, ve
     verdict_ids: optional (yes ids, no ids) whose probability masses are appended
     (VERDICT_FIELDS).
     """
-    logprobs = logprobs.astype(mx.float32)
-    probs = mx.exp(logprobs)
-    d_mu = delta_mu(probs)
-    d_sigma = delta_sigma(hidden)
-    hbar = hbar_s(d_mu, d_sigma)
-    s = surprise(logprobs, token)
-    if prev_final is None:  # Δh_0 = 0
-        d_h = mx.zeros_like(s)
-    else:
-        d_h = mx.where(mx.any(prev_final != 0, axis=-1), delta_h(hidden[..., -1, :], prev_final), 0.0)
-    chosen = mx.take_along_axis(probs, token[..., None], axis=-1)[..., 0]
-    values = [d_mu, d_sigma, hbar, s, d_h, pri(s, d_h), pfail(hbar, tau, lam), entropy(probs, logprobs), chosen]
-    if verdict_ids is not None:
-        values += [mass(probs, ids) for ids in verdict_ids]
-    return mx.stack(values, axis=-1)
+    return finish(step_reductions(logprobs, hidden, token, prev_final, verdict_ids), tau, lam)

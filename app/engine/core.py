@@ -14,13 +14,14 @@ import time
 from dataclasses import dataclass
 
 import mlx.core as mx
+import numpy as np
 from mlx_lm.generate import generation_stream, wired_limit
 
 from adapters.batching import DecodeBatch, Prefill, Row, Sampling
 from adapters.decode import teacher_forced_steps
 from adapters.loader import LoadedModel, load
 from adapters.text import TextDeltas, verdict_token_ids
-from signals.step import STEP_FIELDS, VERDICT_FIELDS, probe_values, step_signals
+from signals.step import STEP_FIELDS, VERDICT_FIELDS, finish, probe_values, step_reductions
 
 from .admission import STOP, WaitQueue
 from .handle import Handle
@@ -227,6 +228,7 @@ class Engine:
         a StepRecord to each member that took part in it; the finished ones leave."""
         try:
             steps, columns = self._batch.step(*self._batch_reducer())
+            self._finish([raw for _, raw in steps])
             done = [row for row, raw in steps if not self._report(row.owner, raw, columns.get(id(row.owner)))]
         except Exception as e:
             log.exception("generation failed")
@@ -296,18 +298,25 @@ class Engine:
         return [(probe.layer, cache[id(probe)][1]) for probe in probes]
 
     def _reducer(self, probes: tuple = ()):
-        """The per-step reduction: step_signals, then each probe's (logit, distance)."""
+        """The per-step reduction on the device: step_reductions, then each probe's (logit, distance);
+        `_finish` makes the signals of it."""
         weights = self._weights(probes)
 
         def reduce(logprobs, hidden, token, prev_final):
-            values = step_signals(logprobs, hidden, token, prev_final, self.pfail_tau, self.pfail_lambda,
-                                  self._verdict)
+            values = step_reductions(logprobs, hidden, token, prev_final, self._verdict)
             if not weights:
                 return values
             outputs = [probe_values(hidden[..., layer, :], *w) for layer, w in weights]
             return mx.concatenate([values, *outputs], axis=-1)
 
         return reduce
+
+    def _finish(self, steps: list) -> None:
+        """The signals of these steps' reductions, in place (one NumPy pass over all of them)."""
+        if steps:
+            values = finish(np.array([raw.values for raw in steps]), self.pfail_tau, self.pfail_lambda)
+            for raw, v in zip(steps, values.tolist()):
+                raw.values = v
 
     def _top(self, top) -> list:
         decode = self.lm.tokenizer.decode
@@ -335,6 +344,7 @@ class Engine:
             return
         finally:
             self._scoring = False
+        self._finish(steps)
         deltas = TextDeltas(self.lm.tokenizer)
         stop_id = steps[-1].token if steps[-1].token in self.lm.stop_ids else None
         for raw in steps:

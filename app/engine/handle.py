@@ -51,8 +51,14 @@ class Handle:
         deadline = None if timeout_s is None else loop.time() + timeout_s
         try:
             while True:
-                wait = None if deadline is None else max(0.0, deadline - loop.time())
-                item = _checked(await asyncio.wait_for(self._queue.get(), wait))
+                if deadline is not None and loop.time() >= deadline:
+                    raise TimeoutError
+                try:  # what already waits is taken without a timer (no task or timer per step)
+                    item = self._queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    async with asyncio.timeout_at(deadline):
+                        item = await self._queue.get()
+                item = _checked(item)
                 yield item
                 if isinstance(item, Finished):
                     return

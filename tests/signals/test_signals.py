@@ -91,3 +91,22 @@ def test_entropy_and_mass():
 ])
 def test_quadrant(hbar, pri, expected):
     assert quadrant(hbar, pri, Thresholds(tau_hbar=2.0, tau_pri=1.0)) == expected
+
+
+def test_finish_on_the_host_matches_step_signals():
+    """The engine's split (reductions on the device, `finish` in NumPy) gives step_signals' values;
+    a zero row of prev_final is a row at its step 0; columns after the reductions pass through."""
+    x = mx.array((RNG.standard_normal((3, 500)) * [[1.0], [8.0], [30.0]]).astype(np.float32))
+    logprobs = x - mx.logsumexp(x, axis=-1, keepdims=True)
+    hidden = mx.array(RNG.standard_normal((3, 5, 32)).astype(np.float32))
+    prev = mx.array(RNG.standard_normal((3, 32)).astype(np.float32)) * mx.array([[1.0], [0.0], [1.0]])
+    token, verdict = mx.array([3, 0, 499]), (mx.array([1, 2]), mx.array([7]))
+    for p in (None, prev):
+        raw = step.step_reductions(logprobs, hidden, token, p, verdict)
+        extra = mx.array([[0.5], [-1.0], [2.0]])
+        got = step.finish(np.array(mx.concatenate([raw, extra], axis=-1)).astype(np.float64), 2.0, 5.0)
+        want = np.array(step.step_signals(logprobs, hidden, token, p, 2.0, 5.0, verdict))
+        assert isinstance(got, np.ndarray) and got.shape == (3, len(step.STEP_FIELDS) + 3)
+        np.testing.assert_allclose(got[:, :-1], want, rtol=1e-5, atol=1e-7)
+        assert got[:, -1].tolist() == [0.5, -1.0, 2.0]
+    assert got[1, step.STEP_FIELDS.index("delta_h")] == 0.0 and got[0, step.STEP_FIELDS.index("delta_h")] > 0
