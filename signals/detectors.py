@@ -5,17 +5,20 @@ README table look detectors up here instead of checking their names.
 A detector maps a sample to a score, higher = more likely hallucinated. Its inputs are
 `features` (name → value per sample: response scores and step-0 verdict masses, plus a probe's
 logit where whoever holds the states computed it) and, while fitting, `states` (position →
-block outputs (n, L, D)). `fit` returns the detector's params entry (JSON-ready; a probe's entry
-also carries the fitted Probe under "probe", which the caller saves and removes).
+block outputs (n, L, D)) and `groups` (each sample's source, or None: fits on hidden states weigh
+the classes of every source equally, `source_balanced_weights`). `fit` returns the detector's
+params entry (JSON-ready; a probe's entry also carries the fitted Probe under "probe", which the
+caller saves and removes; a model with a probe input carries it under "input_probe", which the
+caller removes).
 """
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import GridSearchCV
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
-from signals.probe import POSITIONS, fit_probe, second_moment_in
+from signals.probe import POSITIONS, fit_probe, second_moment_in, source_balanced_weights
 from signals.statistics import fit_joint, joint_logit
 
 
@@ -35,7 +38,7 @@ class Feature:
     def available(self, features: dict, states: dict) -> bool:
         return self.name in features
 
-    def fit(self, features: dict, labels: np.ndarray, states: dict, seed: int) -> dict:
+    def fit(self, features: dict, labels: np.ndarray, states: dict, seed: int, groups=None) -> dict:
         if self.direction is not None:
             return {"direction": self.direction}
         return {"direction": 1 if roc_auc_score(labels, features[self.name]) >= 0.5 else -1}
@@ -61,7 +64,7 @@ class Joint:
     def available(self, features: dict, states: dict) -> bool:
         return "hbar" in features and "pri" in features
 
-    def fit(self, features: dict, labels: np.ndarray, states: dict, seed: int) -> dict:
+    def fit(self, features: dict, labels: np.ndarray, states: dict, seed: int, groups=None) -> dict:
         return {"weights": fit_joint(features["hbar"], features["pri"], labels, seed=seed)}
 
     def score(self, entry: dict, features: dict, joint_weights: dict | None = None) -> np.ndarray:
@@ -87,8 +90,10 @@ class ScoresModel:
     def available(self, features: dict, states: dict) -> bool:
         return all(name in features for name in self.inputs)
 
-    def fit(self, features: dict, labels: np.ndarray, states: dict, seed: int) -> dict:
-        x = self._matrix(features)
+    def fit(self, features: dict, labels: np.ndarray, states: dict, seed: int, groups=None) -> dict:
+        return self._fit_matrix(self._matrix(features), labels)
+
+    def _fit_matrix(self, x: np.ndarray, labels: np.ndarray) -> dict:
         scaler = StandardScaler().fit(x)
         search = GridSearchCV(LogisticRegression(max_iter=5000), {"C": list(self.CS)}, cv=5, scoring="roc_auc")
         model = search.fit(scaler.transform(x), labels).best_estimator_
@@ -122,21 +127,58 @@ class LinearProbe:
     def available(self, features: dict, states: dict) -> bool:
         return self.position in states or self.name in features
 
-    def fit(self, features: dict, labels: np.ndarray, states: dict, seed: int) -> dict:
+    def fit(self, features: dict, labels: np.ndarray, states: dict, seed: int, groups=None) -> dict:
         probe, curve = fit_probe(states[self.position], labels, self.position, seed=seed,
-                                 second_moment=second_moment_in(states, self.position))
+                                 second_moment=second_moment_in(states, self.position),
+                                 sample_weight=source_balanced_weights(labels, groups))
         return {"direction": 1, "probe": probe, "layer": probe.layer, "C": curve["layer_C"][probe.layer],
                 "layer_cv_auroc": curve["layer_auroc"], "layer_C": curve["layer_C"]}
 
     def score(self, entry: dict, features: dict, joint_weights: dict | None = None) -> np.ndarray:
         return np.asarray(features[self.name], dtype=float)
 
-    def score_states(self, entry: dict, states: dict) -> np.ndarray:
+    def score_fitted(self, entry: dict, features: dict, states: dict) -> np.ndarray:
         """The score of a probe just fitted (its entry still holds the Probe) on these states."""
         return entry["probe"].logit(states[self.position])
 
     def describe(self, entry: dict) -> str:
         return f"{self.reads}, block {entry['layer'] + 1} of {len(entry['layer_cv_auroc'])}"
+
+
+class ScoresProbeModel(ScoresModel):
+    """The scores model with one more input: the answer-mean probe's logit (the probe fitted as its
+    own detector fits it). The logistic model learns from the probe's out-of-fold logits (stratified
+    folds at the probe's block and C), so it weighs the probe as it does on answers it was not fitted
+    on; served, it reads the calibration's saved probe (params "probe": its position)."""
+
+    name, reads = "scores_probe_model", "logistic on all response scores and the answer-mean probe"
+    probe = LinearProbe("answer_mean")
+    FOLDS = 5
+
+    @property
+    def inputs(self) -> tuple:
+        return (*super().inputs, self.probe.name)
+
+    def available(self, features: dict, states: dict) -> bool:
+        return all(name in features for name in super().inputs) and self.probe.available(features, states)
+
+    def fit(self, features: dict, labels: np.ndarray, states: dict, seed: int, groups=None) -> dict:
+        fitted = self.probe.fit(features, labels, states, seed, groups)
+        x = states[self.probe.position][:, fitted["layer"], :].astype(np.float64)
+        weights = source_balanced_weights(labels, groups)
+        logits = np.empty(len(labels))
+        for train, test in StratifiedKFold(self.FOLDS, shuffle=True, random_state=seed).split(x, labels):
+            scaler = StandardScaler().fit(x[train])
+            model = LogisticRegression(C=fitted["C"], max_iter=2000).fit(
+                scaler.transform(x[train]), labels[train], sample_weight=None if weights is None else weights[train])
+            logits[test] = model.decision_function(scaler.transform(x[test]))
+        scores = self._matrix(features, super().inputs)
+        return {**self._fit_matrix(np.column_stack([scores, logits]), labels), "input_probe": fitted["probe"]}
+
+    def score_fitted(self, entry: dict, features: dict, states: dict) -> np.ndarray:
+        """The score of a model just fitted (its entry still holds its probe) on these states."""
+        logits = entry["input_probe"].logit(states[self.probe.position])
+        return self.score(entry, {**features, self.probe.name: logits})
 
 
 FEATURES = (
@@ -151,8 +193,8 @@ FEATURES = (
     Feature("verdict_p_yes", "verdict", "p_yes", "step-0 probability of \"Yes\""),
 )
 PROBES = tuple(LinearProbe(position) for position in POSITIONS)
-# In ranking order for ties: single features first, then the joint model, the scores model, then the probes.
-REGISTRY = {d.name: d for d in (*FEATURES, Joint(), ScoresModel(), *PROBES)}
+# In ranking order for ties: single features first, then the joint model, the scores models, then the probes.
+REGISTRY = {d.name: d for d in (*FEATURES, Joint(), ScoresModel(), ScoresProbeModel(), *PROBES)}
 
 
 def get(name: str):

@@ -103,6 +103,31 @@ def sigmoid(z) -> np.ndarray:
     return np.exp(-np.logaddexp(0.0, -np.asarray(z, dtype=np.float64)))
 
 
+def source_balanced_weights(labels, groups) -> np.ndarray | None:
+    """Sample weights that give both classes of each source equal weight (scikit-learn's
+    "balanced" within every source; a source keeps its total weight), or None for one source.
+
+    Sources differ in how often the model is wrong (nearly always on NQ-open, half the time with a
+    context paragraph), and hidden states tell sources apart easily: unweighted, a probe learns
+    which source a question comes from, which says nothing on traffic of another kind."""
+    if groups is None:
+        return None
+    labels, groups = np.asarray(labels).ravel(), np.asarray(groups)
+    if len(np.unique(groups)) < 2:
+        return None
+    weights = np.empty(len(labels))
+    for source in np.unique(groups):
+        in_source = groups == source
+        for label in np.unique(labels[in_source]):
+            cell = in_source & (labels == label)
+            weights[cell] = in_source.sum() / (2 * cell.sum())
+    return weights
+
+
+def _weight(weights: np.ndarray | None, index) -> np.ndarray | None:
+    return None if weights is None else weights[index]
+
+
 def _logreg(c: float) -> LogisticRegression:
     return LogisticRegression(C=c, solver="lbfgs", max_iter=2000)
 
@@ -123,13 +148,14 @@ def _check_inputs(states, labels, cv_folds: int) -> tuple[np.ndarray, np.ndarray
 
 
 def fit_layer_probes(states: np.ndarray, labels, seed: int = 42, cv_folds: int = 5,
-                     Cs=DEFAULT_CS) -> dict:
+                     Cs=DEFAULT_CS, sample_weight: np.ndarray | None = None) -> dict:
     """Cross-validated AUROC of a scaled L2 logistic probe on every layer.
 
     For each layer, C is chosen from ``Cs`` by stratified ``cv_folds``-fold CV (shuffled with
     ``seed``, the same folds for every layer and C) on mean fold AUROC; exact ties go to the
     smaller C. The scaler is fitted on each fold's training part only, as in a CV'd pipeline,
-    once per fold and shared by the Cs. Returns {"layer_auroc": [CV AUROC at the chosen C],
+    once per fold and shared by the Cs. ``sample_weight`` (e.g. ``source_balanced_weights``) weighs
+    both the fits and the fold AUROCs. Returns {"layer_auroc": [CV AUROC at the chosen C],
     "layer_C": [chosen C], "best_layer": highest CV AUROC, ties to the earlier layer}.
     """
     states, labels = _check_inputs(states, labels, cv_folds)
@@ -143,8 +169,9 @@ def fit_layer_probes(states: np.ndarray, labels, seed: int = 42, cv_folds: int =
             scaler = StandardScaler().fit(x[train])
             x_train, x_test = scaler.transform(x[train]), scaler.transform(x[test])
             for j, c in enumerate(Cs):
-                model = _logreg(c).fit(x_train, labels[train])
-                auroc[j, k] = roc_auc_score(labels[test], model.decision_function(x_test))
+                model = _logreg(c).fit(x_train, labels[train], sample_weight=_weight(sample_weight, train))
+                auroc[j, k] = roc_auc_score(labels[test], model.decision_function(x_test),
+                                            sample_weight=_weight(sample_weight, test))
         mean = auroc.mean(axis=1)
         best = int(np.argmax(mean))
         layer_auroc.append(float(mean[best]))
@@ -154,8 +181,10 @@ def fit_layer_probes(states: np.ndarray, labels, seed: int = 42, cv_folds: int =
 
 
 def fit_probe(states: np.ndarray, labels, position: str, seed: int = 42, cv_folds: int = 5,
-              Cs=DEFAULT_CS, second_moment: np.ndarray | None = None) -> tuple[Probe, dict]:
-    """Pick the best layer with ``fit_layer_probes``, refit it on all the data at its chosen C.
+              Cs=DEFAULT_CS, second_moment: np.ndarray | None = None,
+              sample_weight: np.ndarray | None = None) -> tuple[Probe, dict]:
+    """Pick the best layer with ``fit_layer_probes``, refit it on all the data at its chosen C
+    (both with ``sample_weight``).
     The in-range limit is the 99th percentile of the training states' ``distance`` (with
     ``second_moment`` for an answer-mean probe).
 
@@ -163,11 +192,12 @@ def fit_probe(states: np.ndarray, labels, position: str, seed: int = 42, cv_fold
     """
     if position not in POSITIONS:
         raise ValueError(f"position must be one of {POSITIONS}, got {position!r}")
-    curve = fit_layer_probes(states, labels, seed=seed, cv_folds=cv_folds, Cs=Cs)
+    curve = fit_layer_probes(states, labels, seed=seed, cv_folds=cv_folds, Cs=Cs, sample_weight=sample_weight)
     layer = curve["best_layer"]
     x = np.asarray(states)[:, layer, :].astype(np.float64)
     scaler = StandardScaler().fit(x)
-    logreg = _logreg(curve["layer_C"][layer]).fit(scaler.transform(x), np.asarray(labels).ravel())
+    logreg = _logreg(curve["layer_C"][layer]).fit(scaler.transform(x), np.asarray(labels).ravel(),
+                                                  sample_weight=sample_weight)
     probe = Probe(layer=layer, position=position, mean=scaler.mean_.copy(),
                   scale=scaler.scale_.copy(), coef=logreg.coef_[0].copy(),
                   intercept=float(logreg.intercept_[0]), cv_auroc=curve["layer_auroc"][layer])
@@ -175,15 +205,17 @@ def fit_probe(states: np.ndarray, labels, position: str, seed: int = 42, cv_fold
     return probe, curve
 
 
-def layer_test_auroc(train_states, train_labels, test_states, test_labels, layer_C) -> list[float]:
-    """Diagnostic only, never used to choose anything: per layer, the probe fitted on the training
-    states at that layer's CV-chosen C (``layer_C``), scored by AUROC on the test states."""
+def layer_test_auroc(train_states, train_labels, test_states, test_labels, layer_C,
+                     sample_weight: np.ndarray | None = None) -> list[float]:
+    """Diagnostic only, never used to choose anything: per layer, the probe fitted (with
+    ``sample_weight``, as the calibration fitted it) on the training states at that layer's
+    CV-chosen C (``layer_C``), scored by AUROC on the test states."""
     train_labels, test_labels = np.asarray(train_labels).ravel(), np.asarray(test_labels).ravel()
     out = []
     for layer, c in enumerate(layer_C):
         x = np.asarray(train_states)[:, layer, :].astype(np.float64)
         scaler = StandardScaler().fit(x)
-        model = _logreg(c).fit(scaler.transform(x), train_labels)
+        model = _logreg(c).fit(scaler.transform(x), train_labels, sample_weight=sample_weight)
         test = scaler.transform(np.asarray(test_states)[:, layer, :].astype(np.float64))
         out.append(float(roc_auc_score(test_labels, model.decision_function(test))))
     return out

@@ -36,10 +36,20 @@ def risk_probability(score, risk: dict) -> np.ndarray:
 
 
 def _fitted_score(detector, entry: dict, features: dict, states: dict) -> np.ndarray:
-    """The score of a detector just fitted (a probe reads the states it was fitted on)."""
-    if isinstance(detector, registry.LinearProbe):
-        return detector.score_states(entry, states)
+    """The score of a detector just fitted (one with a probe reads the states through it)."""
+    if hasattr(detector, "score_fitted"):
+        return detector.score_fitted(entry, features, states)
     return detector.score(entry, features)
+
+
+def served_probe(ranking: list, risk_detector: str) -> str | None:
+    """The position of the probe a calibration serves: the one `risk` reads, if it reads one (a
+    probe, or a model with a probe input), else the best-ranked probe; None without probes."""
+    reads = getattr(registry.get(risk_detector), "probe", None)
+    if reads is not None:
+        return reads.position
+    probes = [name for name in ranking if registry.is_probe(name)]
+    return registry.get(probes[0]).position if probes else None
 
 
 def too_few(labels) -> str | None:
@@ -52,7 +62,8 @@ def too_few(labels) -> str | None:
     return None
 
 
-POOLED = ("scores_model", "joint")  # preferred when the selection cannot tell detectors apart
+# preferred, in this order, when the selection cannot tell detectors apart
+POOLED = ("scores_probe_model", "scores_model", "joint")
 
 
 def one_se_choice(ranking: list, detectors: dict, fold_auroc: dict) -> str:
@@ -69,9 +80,10 @@ def _stratified(labels: np.ndarray, seed: int) -> list:
     return list(StratifiedKFold(CV_FOLDS, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels))
 
 
-def _cross_scores(names: list, features: dict, states: dict, labels: np.ndarray, folds: list, seed: int) -> tuple:
-    """Each detector fitted on the training part of every fold and scored on the rest: its
-    out-of-fold scores and its AUROC per fold."""
+def _cross_scores(names: list, features: dict, states: dict, labels: np.ndarray, folds: list, seed: int,
+                  groups: np.ndarray | None) -> tuple:
+    """Each detector fitted on the training part of every fold (with its samples' `groups`) and
+    scored on the rest: its out-of-fold scores and its AUROC per fold."""
     oof = {name: np.empty(len(labels)) for name in names}
     fold_auroc = {name: [] for name in names}
     for train, test in folds:
@@ -79,7 +91,8 @@ def _cross_scores(names: list, features: dict, states: dict, labels: np.ndarray,
         rest = {k: v[test] for k, v in features.items()}, {k: v[test] for k, v in states.items()}
         for name in names:
             detector = registry.get(name)
-            score = _fitted_score(detector, detector.fit(part[0], labels[train], part[1], seed), *rest)
+            fitted = detector.fit(part[0], labels[train], part[1], seed, None if groups is None else groups[train])
+            score = _fitted_score(detector, fitted, *rest)
             oof[name][test] = score
             fold_auroc[name].append(float(roc_auc_score(labels[test], score)))
     return oof, fold_auroc
@@ -105,9 +118,10 @@ def select_detectors(features: dict, labels, states: dict | None = None, seed: i
 
     features: name → one value per sample (must hold "hbar" and "pri"); states: position → block
     outputs (n, L, D), one probe per position; groups: each sample's source, when they come from
-    several. Each detector is fitted (oriented, for a single feature; layer and C chosen by inner
-    CV, for a probe) on the training part of every fold and scored on the rest, so a probe's layer
-    choice is inside the CV. The folds:
+    several (fits on hidden states then weigh the classes of every source equally). Each detector
+    is fitted (oriented, for a single feature; layer and C chosen by inner CV, for a probe) on the
+    training part of every fold and scored on the rest, so a probe's layer choice is inside the CV.
+    The folds:
 
     - samples of two or more sources (`source_folds`): leave one source out. Each source is scored
       by a detector fitted on the others only, and a detector's selection AUROC is the mean over
@@ -118,7 +132,7 @@ def select_detectors(features: dict, labels, states: dict | None = None, seed: i
       fold AUROC, and the Platt scaling keeps the training share of each class.
 
     Detectors are ranked by that AUROC (ties: the earlier detector; single features first, then
-    "joint", the scores model, then probes); `risk` comes from the best one, or from a pooled model
+    "joint", the scores models, then probes); `risk` comes from the best one, or from a pooled model
     within one standard error of it (`one_se_choice`), and its out-of-fold scores fit the Platt
     scaling (with sources left out, those of stratified folds: one fit's scores, on one scale).
     Returns {"detectors": {name: entry}, "ranking": [names], "risk": {"detector", "a", "b",
@@ -129,24 +143,26 @@ def select_detectors(features: dict, labels, states: dict | None = None, seed: i
     if (reason := too_few(labels)) is not None:
         raise ValueError(reason)
     states = states or {}
+    groups = None if groups is None else np.asarray(groups)
     features = {k: np.asarray(v, dtype=float) for k, v in features.items()}
     names = [name for name, d in registry.REGISTRY.items() if d.available(features, states)]
     folds = source_folds(labels, groups)
     by_source = folds is not None
-    oof, fold_auroc = _cross_scores(names, features, states, labels, folds or _stratified(labels, seed), seed)
+    oof, fold_auroc = _cross_scores(names, features, states, labels, folds or _stratified(labels, seed), seed, groups)
     detectors, probes = {}, {}
     for name in names:
-        fitted = registry.get(name).fit(features, labels, states, seed)
+        fitted = registry.get(name).fit(features, labels, states, seed, groups)
         if "probe" in fitted:
             probes[registry.get(name).position] = fitted.pop("probe")
         fitted.pop("weights", None)  # the joint model's weights are the params' joint_model_weights
+        fitted.pop("input_probe", None)  # the same fit as its probe's own: served from that one's file
         detectors[name] = {**fitted, "cv_auroc": float(np.mean(fold_auroc[name])), "cv_auroc_folds": fold_auroc[name]}
         if by_source:
             detectors[name]["cv_auroc_by_source"] = dict(zip(np.unique(groups).tolist(), fold_auroc[name]))
     ranking = sorted(names, key=lambda n: -detectors[n]["cv_auroc"])  # stable: ties keep their order
     best = one_se_choice(ranking, detectors, fold_auroc)
     if by_source:  # scores of models fitted on different sources are not on one scale: Platt needs one fit's
-        oof = _cross_scores([best], features, states, labels, _stratified(labels, seed), seed)[0]
+        oof = _cross_scores([best], features, states, labels, _stratified(labels, seed), seed, groups)[0]
     platt = LogisticRegression(C=PLATT_C, max_iter=10_000, class_weight="balanced" if by_source else None)
     platt.fit(oof[best][:, None], labels)
     risk = {"detector": best, "a": float(platt.coef_[0, 0]), "b": float(platt.intercept_[0]),

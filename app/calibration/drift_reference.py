@@ -14,7 +14,7 @@ for them.
 
 import numpy as np
 
-from signals import detectors, selection
+from signals import selection
 
 MAX_VALUES = 2000
 DECIMALS = 5
@@ -32,9 +32,8 @@ def drift_reference(chosen: dict, states: dict | None) -> dict:
     """The params' "drift_reference" from the detector selection (`selection.select_detectors`'
     result) and the training states it was fitted on (position → (n, L, D); None without probes)."""
     reference = {"risk": compact(selection.risk_probability(chosen["risk_scores"], chosen["risk"]))}
-    served = [name for name in chosen["ranking"] if detectors.is_probe(name)]
-    if served and states is not None:
-        position = detectors.get(served[0]).position
+    position = selection.served_probe(chosen["ranking"], chosen["risk"]["detector"])
+    if position is not None and states is not None:
         probe = chosen["probes"][position]
         reference["probe_distance_ratio"] = compact(probe.distance_in(states) / probe.distance_limit)
     return reference

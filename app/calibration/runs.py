@@ -14,7 +14,7 @@ from threadpoolctl import threadpool_limits
 
 from signals import detectors, selection
 from signals import statistics as stats
-from signals.probe import STATE_ROWS, layer_test_auroc
+from signals.probe import STATE_ROWS, layer_test_auroc, source_balanced_weights
 
 from ..engine import Engine
 from ..storage import write_atomic, write_json_atomic
@@ -55,9 +55,8 @@ def _select(records: list, labels: np.ndarray, states: dict | None, seed: int, o
         name = detectors.probe_for(position).name
         path = Path(out_dir) / f"{stem}_{name}.npz"
         chosen["detectors"][name].update(file=path.name, sha256=save_probe(probe, path))
-    probes = [name for name in chosen["ranking"] if detectors.is_probe(name)]
     return {"detectors": chosen["detectors"], "ranking": chosen["ranking"], "risk": chosen["risk"],
-            "probe": detectors.get(probes[0]).position if probes else None,
+            "probe": selection.served_probe(chosen["ranking"], chosen["risk"]["detector"]),
             "drift_reference": drift_reference(chosen, states)}
 
 
@@ -234,9 +233,10 @@ def _layer_curves(params: dict, probes: dict, test_states: dict, labels, samples
                             "in_distribution": inside}
         if train_states is not None:
             with threadpool_limits(1):
+                train_labels = [r["label"] for r in train]
                 curves[position]["test_auroc"] = layer_test_auroc(
-                    train_states[position], [r["label"] for r in train], test_states[position], labels,
-                    entry["layer_C"])
+                    train_states[position], train_labels, test_states[position], labels, entry["layer_C"],
+                    source_balanced_weights(train_labels, [r["task"] for r in train]))
     return curves
 
 

@@ -11,7 +11,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from app.calibration.probe_files import load_probe, save_probe
-from signals.probe import Probe, ProbeError, fit_layer_probes, fit_probe
+from signals.probe import Probe, ProbeError, fit_layer_probes, fit_probe, source_balanced_weights
 
 N, LAYERS, HIDDEN, SIGNAL_LAYER = 400, 8, 64, 5
 
@@ -165,3 +165,33 @@ def test_an_answer_mean_probe_reads_the_mean_of_its_steps(planted):
     for position, at in (("prompt_end", 0), ("last_step", -1)):
         fixed = Probe(**{**vars(probe), "position": position})
         assert fixed.reading(list(logits), list(distances)) == (logits[at], distances[at])
+
+
+def test_source_balanced_weights_even_out_the_classes_of_every_source():
+    labels = np.array([1, 1, 1, 0, 1, 0, 0, 0, 0, 0])
+    groups = np.array(["hard"] * 4 + ["easy"] * 6)
+    w = source_balanced_weights(labels, groups)
+    for source in ("hard", "easy"):
+        cell = {y: w[(groups == source) & (labels == y)].sum() for y in (0, 1)}
+        assert cell[0] == pytest.approx(cell[1])  # each class half of its source
+        assert cell[0] + cell[1] == pytest.approx(np.sum(groups == source))  # a source keeps its weight
+    assert source_balanced_weights(labels, None) is None
+    assert source_balanced_weights(labels, np.repeat("one", 10)) is None
+
+
+def test_a_source_balanced_probe_does_not_learn_which_source_a_sample_comes_from():
+    """Two sources, wrong 85% and 15% of the time, told apart by one hidden dimension; another
+    dimension carries a weak label signal within each source. Unweighted, the probe leans on the
+    source; weighted, the source carries no label information and the probe leaves it."""
+    rng = np.random.default_rng(4)
+    n = 600
+    groups = np.repeat(["hard", "easy"], n // 2)
+    labels = np.where(groups == "hard", rng.random(n) < 0.85, rng.random(n) < 0.15).astype(int)
+    states = rng.standard_normal((n, 2, 8))
+    states[:, 1, 0] += 3.0 * (groups == "hard")  # the source
+    states[:, 1, 1] += 0.8 * labels  # the answer
+    plain, _ = fit_probe(states, labels, "prompt_end")
+    balanced, _ = fit_probe(states, labels, "prompt_end", sample_weight=source_balanced_weights(labels, groups))
+    assert plain.layer == balanced.layer == 1
+    assert abs(plain.coef[0]) > abs(plain.coef[1])
+    assert abs(balanced.coef[0]) < 0.25 * abs(balanced.coef[1])

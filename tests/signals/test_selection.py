@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from signals.detectors import FEATURES, ScoresModel, features
+from signals.detectors import FEATURES, LinearProbe, ScoresModel, ScoresProbeModel, features
 from signals.selection import (detector_score, detector_scores, evaluate_detectors, risk_probability, select_detectors,
-                               one_se_choice, source_folds, too_few)
+                               one_se_choice, served_probe, source_folds, too_few)
 
 N = 120
 
@@ -161,8 +161,45 @@ def test_a_pooled_model_within_one_standard_error_of_the_best_gives_the_risk():
     detectors = {name: {"cv_auroc": float(np.mean(f))} for name, f in folds.items()}
     ranking = sorted(folds, key=lambda n: -detectors[n]["cv_auroc"])
     assert ranking[0] == "surprise_max" and one_se_choice(ranking, detectors, folds) == "scores_model"
+    with_probe = {**detectors, "scores_probe_model": {"cv_auroc": 0.62}}  # also within one SE: it goes first
+    assert one_se_choice(ranking, with_probe, folds) == "scores_probe_model"
     folds["surprise_max"] = [0.80, 0.81, 0.80]  # clearly better than the pooled model: the best one stays
     detectors["surprise_max"]["cv_auroc"] = float(np.mean(folds["surprise_max"]))
     assert one_se_choice(ranking, detectors, folds) == "surprise_max"
     del detectors["scores_model"]  # not available (e.g. a response score missing): the best one
     assert one_se_choice(["surprise_max", "probe_prompt_end"], detectors, folds) == "surprise_max"
+
+
+def test_the_scores_probe_model_adds_the_answer_mean_probe_to_the_response_scores():
+    """A weak signal in the response scores and another in the answer's states: the model on both
+    beats each alone; its probe is the answer-mean probe's own fit (so serving reads the saved
+    probe file), and its score on new states is the logistic model on their probe logits."""
+    rng = np.random.default_rng(5)
+    n = 300
+    labels = np.tile([0, 1], n // 2)
+    groups = np.repeat(["a", "b"], n // 2)
+    feats = {f.name: rng.normal(size=n) for f in FEATURES if f.source == "scores"}
+    feats["pri"] += 0.7 * labels
+    states = {"answer_mean": rng.normal(size=(n, 3, 16))}
+    states["answer_mean"][:, 1, 0] += 0.9 * labels
+    model = ScoresProbeModel()
+    assert model.available(feats, states) and not model.available(feats, {})
+    assert model.available({**feats, "probe_answer_mean": np.zeros(n)}, {})  # served: the probe's logit
+    entry = model.fit(feats, labels, states, seed=42, groups=groups)
+    own = LinearProbe("answer_mean").fit(feats, labels, states, seed=42, groups=groups)["probe"]
+    fitted = entry.pop("input_probe")
+    assert fitted.layer == own.layer == 1 and np.array_equal(fitted.coef, own.coef)
+    json.dumps(entry)
+    assert entry["inputs"][-1] == "probe_answer_mean" and entry["coef"][-1] > 0 and entry["coef"][1] > 0
+    logits = own.logit(states["answer_mean"])
+    score = model.score(entry, {**feats, "probe_answer_mean": logits})
+    assert np.allclose(model.score_fitted({**entry, "input_probe": fitted}, feats, states), score)
+    assert roc_auc_score(labels, score) > max(roc_auc_score(labels, feats["pri"]), roc_auc_score(labels, logits))
+
+
+def test_the_risk_detector_names_the_probe_a_calibration_serves():
+    ranking = ["probe_prompt_end", "scores_probe_model", "probe_answer_mean", "pri"]
+    assert served_probe(ranking, "scores_probe_model") == "answer_mean"  # the one `risk` reads
+    assert served_probe(ranking, "probe_prompt_end") == "prompt_end"
+    assert served_probe(ranking, "pri") == "prompt_end"  # else the best-ranked probe
+    assert served_probe(["pri", "joint"], "pri") is None
