@@ -8,6 +8,8 @@ Scores come from the calibration checkpoints (`$HALLUWATCH_HOME/reports/scores`)
 calibrate/evaluate run on all sources only the fits are new. Writes JSON and Markdown.
 
     python bench/transfer_matrix.py --n-per-source 160 --max-tokens 32 --out reports/
+
+`--n-test` tests on fewer questions per source than the calibrations train on (default: as many).
 """
 
 import argparse
@@ -74,7 +76,8 @@ def cell(params: dict, params_dir: Path, records: list, states: dict, n_boot: in
 
 def markdown(matrix: dict, meta: dict) -> str:
     lines = ["# Own-answer calibration: transfer matrix", "",
-             f"Model {meta['model']}; {meta['n_per_source']} questions per source and split, greedy chat answers "
+             f"Model {meta['model']}; {meta['n_per_source']} training and {meta.get('n_test', meta['n_per_source'])} "
+             "test questions per source, greedy chat answers "
              f"of up to {meta['max_tokens']} tokens, labelled by `alias_in_answer`. Each cell: the selected "
              "detector's test AUROC [95% CI], the Brier score of `risk` (constant base rate in brackets), the share "
              "of test prompts inside the probe's training range, and the best single baseline by training CV.", "",
@@ -95,7 +98,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="default")
     ap.add_argument("--sources", default=",".join(SOURCES))
-    ap.add_argument("--n-per-source", type=int, default=160)
+    ap.add_argument("--n-per-source", type=int, default=160, help="training questions per source")
+    ap.add_argument("--n-test", type=int, help="test questions per source (default: --n-per-source)")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--batch-size", type=int, default=8)
@@ -109,7 +113,7 @@ def main(argv=None) -> None:
     try:
         tests = {}
         for s in sources:  # each source's test split, scored once (reused from an evaluate run if present)
-            spec = _spec(args, [s], args.n_per_source)
+            spec = _spec(args, [s], args.n_test or args.n_per_source)
             ckpt = checkpoint_path(settings.reports_dir, engine.lm, spec, "test")
             records = score_all(engine, spec.samples("test", settings.reports_dir / "data")[0], spec, ckpt)
             tests[s] = records, states_by_position(load_states(ckpt, records))
@@ -123,7 +127,8 @@ def main(argv=None) -> None:
                 print(name, {s: c.get("auroc") for s, c in matrix[name].items()}, flush=True)
     finally:
         engine.stop()
-    meta = {"model": engine.lm.model_id, "n_per_source": args.n_per_source, "max_tokens": args.max_tokens,
+    meta = {"model": engine.lm.model_id, "n_per_source": args.n_per_source, "n_test": args.n_test or args.n_per_source,
+            "max_tokens": args.max_tokens,
             "seed": args.seed, "sources": sources}
     stem = f"transfer_{engine.lm.model_id.lower()}"
     write_json_atomic(args.out / f"{stem}.json", {**meta, "matrix": matrix})
