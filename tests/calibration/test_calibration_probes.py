@@ -65,9 +65,12 @@ def test_params_hold_the_ranked_detectors_and_checksummed_probes(engine, calibra
     assert not params["scores_file"].startswith("/")
 
 
-def _serving(path, position: str, folder):
-    """A copy of the params at `path` that serves their probe at `position` (probe files beside it)."""
+def _serving(path, position: str, folder, risk_detector: str | None = None):
+    """A copy of the params at `path` that serves their probe at `position` (probe files beside it),
+    and `risk` from `risk_detector` when given."""
     data = json.loads(path.read_text())
+    if risk_detector is not None:
+        data["risk"] = {**data["risk"], "detector": risk_detector}
     for entry in data["detectors"].values():
         if "file" in entry:
             (folder / entry["file"]).write_bytes((path.parent / entry["file"]).read_bytes())
@@ -76,10 +79,11 @@ def _serving(path, position: str, folder):
     return copy
 
 
-@pytest.mark.parametrize("position", POSITIONS)
-def test_serving_equals_calibration_on_the_same_sample(engine, calibrated, dataset, position, tmp_path):
+@pytest.mark.parametrize("position, risk_detector", [*((p, None) for p in POSITIONS),
+                                                     ("answer_mean", "scores_probe_model")])
+def test_serving_equals_calibration_on_the_same_sample(engine, calibrated, dataset, position, risk_detector, tmp_path):
     path, root = calibrated
-    path = _serving(path, position, tmp_path)
+    path = _serving(path, position, tmp_path, risk_detector)
     params = load_params(path)
     samples, _ = load_samples("qa", "train", N, 42, dataset)
     ckpt = checkpoint_path(root / "reports", engine.lm, _spec(None), "train")
@@ -95,6 +99,7 @@ def test_serving_equals_calibration_on_the_same_sample(engine, calibrated, datas
             assert body["scores"]["probe_in_distribution"] == bool(distance <= params.probe.distance_limit)
             feats = {**detectors.features(rec, rec["verdict"]), f"probe_{params.probe.position}": float(logit)}
             name = params.data["risk"]["detector"]
+            assert name == (risk_detector or name)
             score = selection.detector_score(name, feats, params.data["detectors"], params.data["joint_model_weights"])
             inside = body["scores"]["probe_in_distribution"]  # the calibration's range, whichever detector
             probability = float(selection.risk_probability(score, params.data["risk"]))
