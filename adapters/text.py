@@ -1,8 +1,10 @@
-"""Streaming text deltas that always add up to `tokenizer.decode(tokens)`.
+"""Streaming text deltas that add up to `tokenizer.decode(tokens)`.
 
 mlx-lm's streaming detokenizers drop the leading space of a response (fine for chat, wrong for
-continuing a raw prompt); here every delta is the growth of the full decode, so the deltas of a
-response concatenate to exactly what `decode` gives for its tokens.
+continuing a raw prompt). Here a token's delta is what it adds to the decode of a short window of
+the latest tokens (the tokens since the last delta but one, as in vLLM's incremental
+detokenization), so a token costs the same however long the response is; `flush` decodes the whole
+response once and returns whatever the deltas have not yet given.
 """
 
 
@@ -11,20 +13,25 @@ class TextDeltas:
         self._decode = tokenizer.decode
         self.tokens: list = []
         self.text = ""
+        self._start = 0  # the window: tokens[_start:] ...
+        self._read = 0  # ... of which tokens[_start:_read] gave text already
 
     def add(self, token: int) -> str:
         """Append a token; return the new text (empty while a UTF-8 character is incomplete)."""
         self.tokens.append(token)
-        text = self._decode(self.tokens)
-        if text.endswith("\ufffd"):
+        before = self._decode(self.tokens[self._start:self._read])
+        text = self._decode(self.tokens[self._start:])
+        if len(text) <= len(before) or text.endswith("\ufffd") or not text.startswith(before):
             return ""
-        return self._advance(text)
+        delta = text[len(before):]
+        self._start, self._read = self._read, len(self.tokens)
+        self.text += delta
+        return delta
 
     def flush(self) -> str:
-        """Whatever is still held back (an incomplete character decodes to U+FFFD)."""
-        return self._advance(self._decode(self.tokens))
-
-    def _advance(self, text: str) -> str:
+        """Whatever the deltas have not given of the full decode (an incomplete character decodes to
+        U+FFFD)."""
+        text = self._decode(self.tokens)
         delta = text[len(self.text):] if text.startswith(self.text) else ""
         self.text = text
         return delta

@@ -29,3 +29,22 @@ def test_incomplete_character_is_flushed_at_the_end(tokenizer):
     deltas = TextDeltas(tokenizer)
     assert [deltas.add(t) for t in ids[:-1]] == [""] * (len(ids) - 1)
     assert deltas.flush() == tokenizer.decode(ids[:-1])
+
+
+def test_a_token_decodes_a_short_window_however_long_the_response(tokenizer):
+    """Each delta decodes only the latest few tokens, never the whole response, and still the
+    deltas of a long response add up to its decode."""
+    text = " ".join(STRINGS * 40)
+    ids = tokenizer.encode(text)
+    windows = []
+
+    class Counting:
+        def decode(self, tokens):
+            windows.append(len(tokens))
+            return tokenizer.decode(tokens)
+
+    deltas = TextDeltas(Counting())
+    parts = [deltas.add(t) for t in ids]
+    assert max(windows) <= 8 < len(ids) // 10
+    assert "".join(parts) + deltas.flush() == tokenizer.decode(ids)
+    assert windows[-1] == len(ids)  # flush: one decode of the whole response
