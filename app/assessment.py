@@ -1,10 +1,11 @@
 """One assessment path for HTTP, the CLI and calibration: a response's step records and the
 calibrations in effect → its scores, quadrant and `risk`, and the response body built from them.
 
-A model can carry several calibrations (one per kind of traffic). A job runs the probe of each
-(`job_probes`), and the response is assessed by the calibration whose probe finds the request
-closest to its training states (distance ÷ its in-range limit), the first (default) one on ties or
-when none has a probe. A caller that names a calibration passes that one alone.
+A model can carry several calibrations (one per kind of traffic). A job runs the probes of each
+(`job_probes`: the one `risk` reads and the one that reads the calibration's range), and the
+response is assessed by the calibration whose range probe finds the request closest to its
+training states (distance ÷ its in-range limit), the first (default) one on ties or when none has
+a probe. A caller that names a calibration passes that one alone.
 """
 
 import math
@@ -17,22 +18,31 @@ from .engine import Finished
 
 
 def job_probes(calibrations: tuple) -> tuple:
-    """The probes a job runs for these calibrations, in their order (one per calibration with a probe)."""
-    return tuple(params.probe for params in calibrations if params.probe is not None)
+    """The probes a job runs for these calibrations, in their order (`Params.probes` of each)."""
+    return tuple(probe for params in calibrations for probe in params.probes)
+
+
+def _reading(probe, j: int, records: list) -> tuple:
+    """(logit, distance) of the job's `j`-th probe over the records, or None if the job did not run it."""
+    if not all(j < len(r.probe_logits) for r in records):
+        return None
+    return probe.reading([r.probe_logits[j] for r in records], [r.probe_distances[j] for r in records])
 
 
 def _readings(calibrations: tuple, records: list) -> list:
-    """Per calibration: (params, probe logit, in range, distance ÷ limit) from the records."""
+    """Per calibration: (params, served probe's logit, in range, range probe's distance ÷ limit)
+    from the records."""
     out, j = [], 0
     for params in calibrations:
-        probe, logit, inside, ratio = params.probe, None, None, math.inf
-        if probe is not None:
-            if all(j < len(r.probe_logits) for r in records):
-                logit, distance = probe.reading([r.probe_logits[j] for r in records],
-                                                [r.probe_distances[j] for r in records])
-                if probe.distance_limit is not None:
-                    inside, ratio = bool(distance <= probe.distance_limit), distance / probe.distance_limit
-            j += 1
+        logit, inside, ratio = None, None, math.inf
+        readings = {id(probe): _reading(probe, j + k, records) for k, probe in enumerate(params.probes)}
+        j += len(params.probes)
+        if params.probe is not None and readings[id(params.probe)] is not None:
+            logit = readings[id(params.probe)][0]
+        ranged = params.range_probe
+        if ranged is not None and readings[id(ranged)] is not None and ranged.distance_limit is not None:
+            distance = readings[id(ranged)][1]
+            inside, ratio = bool(distance <= ranged.distance_limit), distance / ranged.distance_limit
         out.append((params, logit, inside, ratio))
     return out
 

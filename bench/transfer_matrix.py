@@ -65,8 +65,9 @@ def cell(params: dict, params_dir: Path, records: list, states: dict, n_boot: in
     shown = {name: scores[name] for name in (chosen, baseline)}  # the bootstrap of every detector is slow
     found = selection.evaluate_detectors(shown, labels, params, n_boot=n_boot, seed=seed)
     inside = None
-    if params.get("probe") in probes:  # the calibration's range, read by its probe, whichever detector gives the risk
-        probe = probes[params["probe"]]
+    ranged = params.get("range_probe", params.get("probe"))
+    if ranged in probes:  # the calibration's range, read by its range probe, whichever detector gives the risk
+        probe = probes[ranged]
         inside = float(np.mean(probe.distance_in(states) <= probe.distance_limit))
     return {"detector": chosen, **{k: found["detectors"][chosen][k] for k in ("auroc", "auroc_ci")},
             "brier": found["risk"]["brier"], "brier_base_rate": found["risk"]["brier_base_rate"],

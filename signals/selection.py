@@ -52,6 +52,15 @@ def served_probe(ranking: list, risk_detector: str) -> str | None:
     return registry.get(probes[0]).position if probes else None
 
 
+def range_probe(ranking: list, risk_detector: str) -> str | None:
+    """The position of the probe whose distance says whether a request lies in a calibration's
+    range (and routes it among calibrations): the prompt-end probe when there is one (the prompt
+    says what kind of traffic a request is, before any answer), else the served probe."""
+    if "probe_prompt_end" in ranking:
+        return registry.get("probe_prompt_end").position
+    return served_probe(ranking, risk_detector)
+
+
 def too_few(labels) -> str | None:
     """Why these labels are too few for the selection's nested CV, or None."""
     labels = np.asarray(labels).ravel()

@@ -5,8 +5,8 @@ in the params by the calibration run under "drift_reference":
   was fitted on (each sample scored by the risk's detector fitted in a CV fold without it), scaled;
   a detector's scores on its own training samples, a probe's above all, are more confident than on
   any new prompt;
-- "probe_distance_ratio" (only with a served probe): each training state's distance ÷ the
-  probe's in-range limit, as `scores.probe_distance_ratio` reports it for a response.
+- "probe_distance_ratio" (only with probes): each training state's distance ÷ the in-range limit
+  of the calibration's range probe, as `scores.probe_distance_ratio` reports it for a response.
 
 Both are sorted and rounded; beyond `MAX_VALUES` samples, evenly spaced order statistics stand
 for them.
@@ -32,7 +32,7 @@ def drift_reference(chosen: dict, states: dict | None) -> dict:
     """The params' "drift_reference" from the detector selection (`selection.select_detectors`'
     result) and the training states it was fitted on (position → (n, L, D); None without probes)."""
     reference = {"risk": compact(selection.risk_probability(chosen["risk_scores"], chosen["risk"]))}
-    position = selection.served_probe(chosen["ranking"], chosen["risk"]["detector"])
+    position = selection.range_probe(chosen["ranking"], chosen["risk"]["detector"])
     if position is not None and states is not None:
         probe = chosen["probes"][position]
         reference["probe_distance_ratio"] = compact(probe.distance_in(states) / probe.distance_limit)

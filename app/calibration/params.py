@@ -30,6 +30,13 @@ class Params:
     path: Path
     data: dict
     probe: Probe | None = None  # the served probe (data["probe"] names its position)
+    range_probe: Probe | None = None  # whose distance says if a request is in range (data["range_probe"])
+
+    @property
+    def probes(self) -> tuple:
+        """The probes a job runs for these params: the served one, then the range one if another."""
+        served = () if self.probe is None else (self.probe,)
+        return served if self.range_probe is None or self.range_probe is self.probe else (*served, self.range_probe)
 
     @property
     def thresholds(self) -> Thresholds:
@@ -45,7 +52,8 @@ class Params:
             "tau_hbar": self.data["tau_hbar"],
             "tau_pri": self.data["tau_pri"],
             "risk_detector": (self.data.get("risk") or {}).get("detector"),
-            "probe": None if self.probe is None else {"position": self.probe.position, "block": self.probe.layer + 1},
+            "probe": _describe(self.probe),
+            "range_probe": _describe(self.range_probe),
         }
 
     def risk(self, scores: dict, verdict: dict, probe_logit: float | None,
@@ -80,12 +88,18 @@ def load_params(path: Path) -> Params:
         v = data.get(key) if isinstance(data, dict) else None
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise ParamsError(f"params file {path}: {key!r} must be a finite number")
-    return Params(Path(path), data, _probe(Path(path), data))
+    probe = _probe(Path(path), data, data.get("probe"))
+    # params of before the range probe: the served probe reads the range too
+    ranged = data.get("range_probe", data.get("probe"))
+    return Params(Path(path), data, probe, probe if ranged == data.get("probe") else _probe(Path(path), data, ranged))
 
 
-def _probe(path: Path, data: dict) -> Probe | None:
-    """The probe the params serve, read from its file beside them and checked by SHA-256."""
-    position = data.get("probe")
+def _describe(probe: Probe | None) -> dict | None:
+    return None if probe is None else {"position": probe.position, "block": probe.layer + 1}
+
+
+def _probe(path: Path, data: dict, position: str | None) -> Probe | None:
+    """The params' probe at `position`, read from its file beside them and checked by SHA-256."""
     if position is None:
         return None
     try:
@@ -99,7 +113,7 @@ def _probe(path: Path, data: dict) -> Probe | None:
 
 def check_model(params: Params, fp: Fingerprint) -> None:
     """Raise ParamsError (naming what differs) unless `params` were calibrated on the model `fp`
-    and their probe fits its blocks and hidden size."""
+    and their probes fit its blocks and hidden size."""
     try:
         theirs = Fingerprint.from_dict(params.data.get("model_fingerprint"))
     except ValueError as e:
@@ -107,10 +121,10 @@ def check_model(params: Params, fp: Fingerprint) -> None:
                           "calibrate this model to get params bound to it") from None
     if (diff := fp.mismatch(theirs)) is not None:
         raise ParamsError(f"params file {params.path} was calibrated on another model ({diff})")
-    probe = params.probe
-    if probe is not None and (probe.layer >= fp.blocks or probe.coef.size != fp.hidden_size):
-        raise ParamsError(f"params file {params.path}: probe on block {probe.layer + 1} with hidden size "
-                          f"{probe.coef.size} does not fit a model of {fp.blocks} blocks × {fp.hidden_size}")
+    for probe in params.probes:
+        if probe.layer >= fp.blocks or probe.coef.size != fp.hidden_size:
+            raise ParamsError(f"params file {params.path}: probe on block {probe.layer + 1} with hidden size "
+                              f"{probe.coef.size} does not fit a model of {fp.blocks} blocks × {fp.hidden_size}")
 
 
 def matching_params(fp: Fingerprint, params_dir: Path) -> tuple[list, list]:

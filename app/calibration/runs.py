@@ -57,6 +57,7 @@ def _select(records: list, labels: np.ndarray, states: dict | None, seed: int, o
         chosen["detectors"][name].update(file=path.name, sha256=save_probe(probe, path))
     return {"detectors": chosen["detectors"], "ranking": chosen["ranking"], "risk": chosen["risk"],
             "probe": selection.served_probe(chosen["ranking"], chosen["risk"]["detector"]),
+            "range_probe": selection.range_probe(chosen["ranking"], chosen["risk"]["detector"]),
             "drift_reference": drift_reference(chosen, states)}
 
 

@@ -95,8 +95,10 @@ def test_serving_equals_calibration_on_the_same_sample(engine, calibrated, datas
             states = states_by_position(np.load(states_dir(ckpt) / (sample.key.replace(":", "_") + ".npy"))[None])
             logit = params.probe.logit(states[position])[0]
             assert body["scores"]["probe_risk"] == pytest.approx(float(sigmoid(logit)), abs=1e-5)
-            distance = params.probe.distance_in(states)[0]
-            assert body["scores"]["probe_in_distribution"] == bool(distance <= params.probe.distance_limit)
+            ranged = params.range_probe  # the range is read at the prompt's end, whichever probe is served
+            assert ranged.position == "prompt_end"
+            distance = ranged.distance_in(states)[0]
+            assert body["scores"]["probe_in_distribution"] == bool(distance <= ranged.distance_limit)
             feats = {**detectors.features(rec, rec["verdict"]), f"probe_{params.probe.position}": float(logit)}
             name = params.data["risk"]["detector"]
             assert name == (risk_detector or name)
@@ -106,8 +108,7 @@ def test_serving_equals_calibration_on_the_same_sample(engine, calibrated, datas
             assert body["risk"] == {"detector": name, "task": "qa", "in_distribution": inside,
                                     "probability": pytest.approx(probability, abs=1e-5),
                                     "calibration": path.name}
-            assert body["scores"]["probe_distance_ratio"] == pytest.approx(distance / params.probe.distance_limit,
-                                                                           rel=1e-4)
+            assert body["scores"]["probe_distance_ratio"] == pytest.approx(distance / ranged.distance_limit, rel=1e-4)
 
 
 def test_params_hold_the_drift_reference_of_the_training_split(engine, calibrated):

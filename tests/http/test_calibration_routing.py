@@ -75,3 +75,33 @@ def test_an_unknown_calibration_is_refused_naming_the_field(client):
     assert "answers (chat.json)" in r.text and "qa (judge.json)" in r.text
     r = client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 3, "calibration": "nope"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "calibration"
+
+
+def test_the_range_probe_routes_and_the_served_probe_gives_the_risk(engine, tmp_path):
+    """A calibration whose risk reads an answer-mean probe is in range by its prompt-end probe: here
+    its answer-mean states would take any request (a huge limit), its prompts lie far away, so the
+    request goes to the other calibration; named, it gives the answer-mean probe's risk, out of range."""
+    near = _state(engine, PROMPT)
+    _write(tmp_path, engine, "judge", "qa", "2026-01-01T00:00:00Z", near, intercept=-3.0)
+    d = near.size
+    probes = {"answer_mean": Probe(layer=LAYER, position="answer_mean", mean=near, scale=np.ones(d), coef=np.zeros(d),
+                                   intercept=2.0, cv_auroc=0.8, distance_limit=1e9),
+              "prompt_end": Probe(layer=LAYER, position="prompt_end", mean=near + 50.0, scale=np.ones(d),
+                                  coef=np.zeros(d), intercept=0.0, cv_auroc=0.8, distance_limit=1.5)}
+    entries = {f"probe_{p}": {"direction": 1, "file": f"chat_{p}.npz", "layer": LAYER, "cv_auroc": 0.8,
+                              "sha256": save_probe(probe, tmp_path / f"chat_{p}.npz")} for p, probe in probes.items()}
+    data = {**params_for(engine.lm, task="answers", created_utc="2026-02-01T00:00:00Z"),
+            "joint_model_weights": {"w_hbar": 0.0, "w_pri": 1.0, "intercept": 0.0}, "detectors": entries,
+            "ranking": list(entries), "risk": {"detector": "probe_answer_mean", "a": 1.0, "b": 0.0},
+            "probe": "answer_mean", "range_probe": "prompt_end"}
+    (tmp_path / "chat.json").write_text(json.dumps(data))
+    with TestClient(create_app(Settings(home=tmp_path / "home", params_dir=tmp_path), engine)) as client:
+        chat = client.get("/model").json()["calibrations"][0]
+        assert chat["probe"]["position"] == "answer_mean" and chat["range_probe"]["position"] == "prompt_end"
+        body = client.post("/generate", json={"prompt": PROMPT, "max_tokens": 3}).json()
+        assert body["risk"]["calibration"] == "judge.json"
+        named = client.post("/generate", json={"prompt": PROMPT, "max_tokens": 3, "calibration": "answers"}).json()
+        assert named["risk"]["calibration"] == "chat.json" and named["risk"]["in_distribution"] is False
+        assert named["risk"]["probability"] == pytest.approx(1 / (1 + np.exp(-2.0)), rel=1e-4)
+        assert named["scores"]["probe_risk"] == pytest.approx(1 / (1 + np.exp(-2.0)), rel=1e-4)
+        assert named["scores"]["probe_distance_ratio"] > 10  # the prompt-end distance, not the answer mean's

@@ -8,7 +8,7 @@ from sklearn.metrics import roc_auc_score
 
 from signals.detectors import FEATURES, LinearProbe, ScoresModel, ScoresProbeModel, features
 from signals.selection import (detector_score, detector_scores, evaluate_detectors, risk_probability, select_detectors,
-                               one_se_choice, served_probe, source_folds, too_few)
+                               one_se_choice, range_probe, served_probe, source_folds, too_few)
 
 N = 120
 
@@ -197,9 +197,13 @@ def test_the_scores_probe_model_adds_the_answer_mean_probe_to_the_response_score
     assert roc_auc_score(labels, score) > max(roc_auc_score(labels, feats["pri"]), roc_auc_score(labels, logits))
 
 
-def test_the_risk_detector_names_the_probe_a_calibration_serves():
+def test_the_risk_detector_names_the_probe_a_calibration_serves_and_the_prompt_end_one_reads_the_range():
     ranking = ["probe_prompt_end", "scores_probe_model", "probe_answer_mean", "pri"]
     assert served_probe(ranking, "scores_probe_model") == "answer_mean"  # the one `risk` reads
     assert served_probe(ranking, "probe_prompt_end") == "prompt_end"
     assert served_probe(ranking, "pri") == "prompt_end"  # else the best-ranked probe
     assert served_probe(["pri", "joint"], "pri") is None
+    # the range (and routing) is read at the prompt's end whenever that probe was fitted
+    assert range_probe(ranking, "scores_probe_model") == "prompt_end"
+    assert range_probe(["probe_answer_mean", "pri"], "probe_answer_mean") == "answer_mean"
+    assert range_probe(["pri", "joint"], "pri") is None
