@@ -31,18 +31,16 @@ def _reading(probe, j: int, records: list) -> tuple:
 
 def _readings(calibrations: tuple, records: list) -> list:
     """Per calibration: (params, served probe's logit, in range, range probe's distance ÷ limit)
-    from the records."""
+    from the records (`Params.probes`: the served probe first, the range probe last)."""
     out, j = [], 0
     for params in calibrations:
         logit, inside, ratio = None, None, math.inf
-        readings = {id(probe): _reading(probe, j + k, records) for k, probe in enumerate(params.probes)}
-        j += len(params.probes)
-        if params.probe is not None and readings[id(params.probe)] is not None:
-            logit = readings[id(params.probe)][0]
-        ranged = params.range_probe
-        if ranged is not None and readings[id(ranged)] is not None and ranged.distance_limit is not None:
-            distance = readings[id(ranged)][1]
-            inside, ratio = bool(distance <= ranged.distance_limit), distance / ranged.distance_limit
+        readings = [_reading(probe, j + k, records) for k, probe in enumerate(params.probes)]
+        j += len(readings)
+        if readings and None not in readings:
+            logit, distance = readings[0][0], readings[-1][1]
+            if (limit := params.range_probe.distance_limit) is not None:
+                inside, ratio = bool(distance <= limit), distance / limit
         out.append((params, logit, inside, ratio))
     return out
 

@@ -15,10 +15,10 @@ caller removes).
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.model_selection import GridSearchCV
 from sklearn.preprocessing import StandardScaler
 
-from signals.probe import POSITIONS, fit_probe, second_moment_in, source_balanced_weights
+from signals.probe import POSITIONS, fit_probe, out_of_fold_logits, second_moment_in, source_balanced_weights
 from signals.statistics import fit_joint, joint_logit
 
 
@@ -147,13 +147,13 @@ class LinearProbe:
 
 class ScoresProbeModel(ScoresModel):
     """The scores model with one more input: the answer-mean probe's logit (the probe fitted as its
-    own detector fits it). The logistic model learns from the probe's out-of-fold logits (stratified
-    folds at the probe's block and C), so it weighs the probe as it does on answers it was not fitted
-    on; served, it reads the calibration's saved probe (params "probe": its position)."""
+    own detector fits it). The logistic model learns from the probe's out-of-fold logits
+    (`out_of_fold_logits`: 5 stratified folds at the probe's block and C), so it weighs the probe
+    as it does on answers it was not fitted on; served, it reads the calibration's saved probe
+    (params "probe": its position)."""
 
     name, reads = "scores_probe_model", "logistic on all response scores and the answer-mean probe"
     probe = LinearProbe("answer_mean")
-    FOLDS = 5
 
     @property
     def inputs(self) -> tuple:
@@ -164,14 +164,8 @@ class ScoresProbeModel(ScoresModel):
 
     def fit(self, features: dict, labels: np.ndarray, states: dict, seed: int, groups=None) -> dict:
         fitted = self.probe.fit(features, labels, states, seed, groups)
-        x = states[self.probe.position][:, fitted["layer"], :].astype(np.float64)
-        weights = source_balanced_weights(labels, groups)
-        logits = np.empty(len(labels))
-        for train, test in StratifiedKFold(self.FOLDS, shuffle=True, random_state=seed).split(x, labels):
-            scaler = StandardScaler().fit(x[train])
-            model = LogisticRegression(C=fitted["C"], max_iter=2000).fit(
-                scaler.transform(x[train]), labels[train], sample_weight=None if weights is None else weights[train])
-            logits[test] = model.decision_function(scaler.transform(x[test]))
+        logits = out_of_fold_logits(states[self.probe.position], labels, fitted["layer"], fitted["C"], seed,
+                                    sample_weight=source_balanced_weights(labels, groups))
         scores = self._matrix(features, super().inputs)
         return {**self._fit_matrix(np.column_stack([scores, logits]), labels), "input_probe": fitted["probe"]}
 

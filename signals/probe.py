@@ -205,6 +205,19 @@ def fit_probe(states: np.ndarray, labels, position: str, seed: int = 42, cv_fold
     return probe, curve
 
 
+def out_of_fold_logits(states: np.ndarray, labels, layer: int, c: float, seed: int = 42, cv_folds: int = 5,
+                       sample_weight: np.ndarray | None = None) -> np.ndarray:
+    """Each sample's logit from the probe on block `layer` at C `c` fitted (with `sample_weight`)
+    on the other stratified folds: how the probe scores samples it was not fitted on."""
+    x, labels = np.asarray(states)[:, layer, :].astype(np.float64), np.asarray(labels).ravel()
+    logits = np.empty(len(labels))
+    for train, test in StratifiedKFold(cv_folds, shuffle=True, random_state=seed).split(x, labels):
+        scaler = StandardScaler().fit(x[train])
+        model = _logreg(c).fit(scaler.transform(x[train]), labels[train], sample_weight=_weight(sample_weight, train))
+        logits[test] = model.decision_function(scaler.transform(x[test]))
+    return logits
+
+
 def layer_test_auroc(train_states, train_labels, test_states, test_labels, layer_C,
                      sample_weight: np.ndarray | None = None) -> list[float]:
     """Diagnostic only, never used to choose anything: per layer, the probe fitted (with
