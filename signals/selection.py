@@ -45,8 +45,10 @@ def _fitted_score(detector, entry: dict, features: dict, states: dict) -> np.nda
 def served_probe(ranking: list, risk_detector: str) -> str | None:
     """The position of the probe a calibration serves: the one `risk` reads, if it reads one (a
     probe, or a model with a probe input), else the best-ranked probe; None without probes."""
-    reads = getattr(registry.get(risk_detector), "probe", None)
-    if reads is not None:
+    detector = registry.get(risk_detector)
+    if registry.is_probe(risk_detector):
+        return detector.position
+    if (reads := getattr(detector, "probe", None)) is not None:
         return reads.position
     probes = [name for name in ranking if registry.is_probe(name)]
     return registry.get(probes[0]).position if probes else None

@@ -201,6 +201,7 @@ def test_the_risk_detector_names_the_probe_a_calibration_serves_and_the_prompt_e
     ranking = ["probe_prompt_end", "scores_probe_model", "probe_answer_mean", "pri"]
     assert served_probe(ranking, "scores_probe_model") == "answer_mean"  # the one `risk` reads
     assert served_probe(ranking, "probe_prompt_end") == "prompt_end"
+    assert served_probe(ranking, "probe_answer_mean") == "answer_mean"  # a probe serves itself, ranked first or not
     assert served_probe(ranking, "pri") == "prompt_end"  # else the best-ranked probe
     assert served_probe(["pri", "joint"], "pri") is None
     # the range (and routing) is read at the prompt's end whenever that probe was fitted
