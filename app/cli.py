@@ -125,7 +125,7 @@ def _run_spec(args, model_ref: str):
 
     return RunSpec(model_ref=model_ref, task=args.task, n=args.n, max_tokens=args.max_tokens, seed=args.seed,
                    prompt_format=args.prompt_format, dataset=args.dataset, batch_size=args.batch_size,
-                   sources=tuple(s for s in (args.sources or "").split(",") if s),
+                   sources=tuple(s for s in (args.sources or "").split(",") if s), shares=args.shares,
                    probes=not args.no_probes, n_samples=args.samples, temperature=args.temperature,
                    top_p=args.top_p)
 
@@ -299,6 +299,16 @@ def _bounded(name: str, low: float, high: float):
 _temperature, _top_p = _bounded("temperature", 0, 2), _bounded("top_p", 0, 1)
 
 
+def _shares(text: str) -> tuple:
+    try:
+        shares = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        shares = ()
+    if not shares or min(shares) < 1:
+        raise argparse.ArgumentTypeError(f"shares must be positive integers separated by commas, got {text!r}")
+    return shares
+
+
 def activate(settings: Settings, args) -> None:
     from .calibration.params import ParamsError, activate as set_active
 
@@ -358,6 +368,9 @@ def main(argv=None) -> None:
                                          "consistency also takes prompt files (.txt one a line, or JSONL "
                                          "with 'prompt' or chat 'messages')")
         p.add_argument("--n", type=int, default=n_default, help="number of samples (two per HaluEval item)")
+        p.add_argument("--shares", type=_shares, default=(), metavar="K,K,...",
+                       help="with --sources: each source's share of --n, one positive integer per source "
+                            "(default: an even spread; 3,1,1 gives the first source 3/5 of --n)")
         p.add_argument("--max-tokens", type=int, help="tokens generated per sample (default 20)")
         p.add_argument("--seed", type=int, default=42, help="seed of the 50/50 train/test split")
         p.add_argument("--prompt-format", choices=["raw", "chat"],

@@ -144,6 +144,7 @@ class JobRunner:
                        max_tokens=request["max_tokens"], seed=request["seed"],
                        dataset=request.get("dataset_path"), batch_size=request.get("batch_size", 1),
                        probes=request.get("probes", True), sources=tuple(request.get("source_paths") or ()),
+                       shares=tuple(request.get("shares") or ()),
                        n_samples=request.get("samples", 5), temperature=request.get("temperature", 0.5),
                        top_p=request.get("top_p", 1.0))
         self.store.update(job_id, status="running")

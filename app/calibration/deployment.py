@@ -96,10 +96,11 @@ def source_prompts(source: str, halueval: str | Path | None = None) -> list:
     raise DatasetError(f"unknown source {source!r}: not one of {', '.join(SOURCES)} nor a prompt file", "sources")
 
 
-def load_prompts(sources: list, split: str, n: int, seed: int = 42, halueval: str | Path | None = None) -> tuple:
+def load_prompts(sources: list, split: str, n: int, seed: int = 42, halueval: str | Path | None = None,
+                 shares: list | None = None) -> tuple:
     """`n` prompts of one split spread over `sources`, split as `questions.load_questions` splits
     questions; and the split description."""
-    prompts, split_info = load_questions(sources, split, n, seed, halueval, read=source_prompts)
+    prompts, split_info = load_questions(sources, split, n, seed, halueval, read=source_prompts, shares=shares)
     split_info.pop("label_rule")  # gold answers, where a source has them, only evaluate
     return prompts, {**split_info, "task": "consistency"}
 

@@ -153,26 +153,42 @@ def source_questions(source: str, halueval: str | Path | None = None) -> list:
     raise DatasetError(f"unknown source {source!r}: not one of {', '.join(SOURCES)} nor a question file", "sources")
 
 
+def source_counts(n: int, sources: list, shares: list | None = None) -> list:
+    """How many of `n` questions each source gives: in proportion to `shares` (one positive integer
+    per source; default all 1, an even spread), rounded down, what is left one each to the first
+    sources. DatasetError naming the field at fault."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 10:
+        raise DatasetError(f"n must be an integer >= 10, got {n!r}", "n")
+    shares = list(shares) if shares else [1] * len(sources)
+    if len(shares) != len(sources) or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0
+                                              for s in shares):
+        raise DatasetError(f"shares must be {len(sources)} positive integers, one per source, got {shares!r}",
+                           "shares")
+    total = sum(shares)
+    counts = [n * s // total for s in shares]
+    for k in range(n - sum(counts)):
+        counts[k] += 1
+    return counts
+
+
 def load_questions(sources: list, split: str, n: int, seed: int = 42, halueval: str | Path | None = None,
-                   read=source_questions) -> tuple:
-    """`n` questions of one split, spread evenly over `sources` (each split 50/50 with `seed`), and
-    the split description to store beside the results. `read(source, halueval)` gives a source's
-    items (default: questions; label-free runs also read prompt files)."""
+                   read=source_questions, shares: list | None = None) -> tuple:
+    """`n` questions of one split, spread over `sources` by `source_counts` (each source split 50/50
+    with `seed`), and the split description to store beside the results. `read(source, halueval)`
+    gives a source's items (default: questions; label-free runs also read prompt files)."""
     if split not in ("train", "test"):
         raise DatasetError(f"unknown split {split!r}; expected 'train' or 'test'")
     if not sources:
         raise DatasetError("sources must name at least one source", "sources")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 10:
-        raise DatasetError(f"n must be an integer >= 10, got {n!r}", "n")
     chosen, items = [], {}
-    for k, source in enumerate(sources):
+    for source, take in zip(sources, source_counts(n, sources, shares)):
         questions = read(source, halueval)
         order = np.random.default_rng(seed).permutation(len(questions)).tolist()
         half = order[: len(order) // 2] if split == "train" else order[len(order) // 2:]
-        take = n // len(sources) + (k < n % len(sources))
         if take > len(half):
-            raise DatasetError(f"n={n} is too large: the {split} split of {source} has {len(half)} questions", "n")
+            raise DatasetError(f"n={n} is too large: the {split} split of {source} has {len(half)} questions, "
+                               f"{take} asked for", "n")
         chosen += [questions[i] for i in half[:take]]
         items[source] = half[:take]
     return chosen, {"task": "answers", "sources": list(sources), "split": split, "seed": seed, "n": n,
-                    "label_rule": LABEL_RULE, "items": items}
+                    **({"shares": list(shares)} if shares else {}), "label_rule": LABEL_RULE, "items": items}

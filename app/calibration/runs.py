@@ -178,18 +178,23 @@ def _training_spec(params: dict, spec: RunSpec) -> RunSpec:
     return RunSpec(params.get("model_ref", ""), task=params["task"], n=params["n"], seed=protocol["split_seed"],
                    max_tokens=protocol["max_tokens"], prompt_format=protocol["prompt_format"],
                    dataset=spec.dataset if params["task"] == spec.task else None,
-                   sources=tuple(protocol.get("sources", ())), **labelfree.run_options(protocol))
+                   sources=tuple(protocol.get("sources", ())), shares=tuple(protocol.get("shares", ())),
+                   **labelfree.run_options(protocol))
 
 
 def _dataset(spec: RunSpec) -> dict:
     """What the params' protocol says of the data."""
     if spec.task == ANSWERS:
-        return {"dataset": "own answers", "sources": list(spec.sources), "label_rule": LABEL_RULE}
+        return {"dataset": "own answers", "sources": list(spec.sources), **_shares(spec), "label_rule": LABEL_RULE}
     if spec.task == logged.LOGGED:
         return {"dataset": "response log", "label_rule": logged.LABEL_RULE}
     if spec.task == CONSISTENCY:  # labelled by the samples' agreement: protocol["label_free"]
-        return {"dataset": "deployment prompts", "sources": list(spec.sources)}
+        return {"dataset": "deployment prompts", "sources": list(spec.sources), **_shares(spec)}
     return {"dataset": "HaluEval"}
+
+
+def _shares(spec: RunSpec) -> dict:
+    return {"shares": list(spec.shares)} if spec.shares else {}
 
 
 def _length_check(samples: list, train: list, labels, scores: dict, detectors: dict, spec: RunSpec) -> dict:

@@ -45,6 +45,7 @@ class RunSpec:
     prompt_format: str = "raw"
     dataset: str | None = None  # a HaluEval file (default: the packaged copy)
     sources: tuple = ()  # task "answers": question sources (questions.SOURCES or question files)
+    shares: tuple = ()  # ... and each one's share of n (default: even)
     n_boot: int = 1000
     batch_size: int = 1  # >1 scores that many samples per engine job (batched decode; higher throughput)
     probes: bool = True  # capture block outputs (prompt end, last step, answer mean); fit probes on them
@@ -67,9 +68,9 @@ class RunSpec:
         """This run's samples of `split` and the split's description: HaluEval judgment prompts
         (task qa, dialogue or summarization) or questions the model answers (task "answers")."""
         if self.task == ANSWERS:
-            return load_questions(list(self.sources), split, self.n, self.seed, self.dataset)
+            return load_questions(list(self.sources), split, self.n, self.seed, self.dataset, shares=self.shares)
         if self.task == CONSISTENCY:
-            return load_prompts(list(self.sources), split, self.n, self.seed, self.dataset)
+            return load_prompts(list(self.sources), split, self.n, self.seed, self.dataset, self.shares)
         return load_samples(self.task, split, self.n, self.seed, self.dataset, cache_dir)
 
 

@@ -134,6 +134,13 @@ def test_http_rejects_bad_sampling_options_naming_the_field(client, field, value
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", field]
 
 
+@pytest.mark.parametrize("shares", [[1, 2], [0], ["a"]])
+def test_http_rejects_shares_that_do_not_fit_the_sources(client, shares):
+    r = client.post("/calibrate", json={"task": "consistency", "n": 10, "sources": ["asked.txt"], "shares": shares})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"][:2] == ["body", "shares"]
+    assert client.get("/calibrate").json() == []
+
+
 def test_http_rejects_a_bad_prompt_file_before_scoring(client):
     r = client.post("/calibrate", json={"task": "consistency", "n": 10, "sources": ["bad.jsonl"]})
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "sources"]
@@ -171,3 +178,7 @@ def test_cli_checks_options_and_prompt_files_before_loading_the_model(tmp_path):
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == f"halluwatch: sources: {bad}: no prompts " \
                                                                       "(no non-blank line)"
     assert not (tmp_path / "calibrations").exists()
+    r = _cli("calibrate", "--task", "answers", "--shares", "2,x", home=tmp_path)
+    assert r.returncode == 2 and "shares must be positive integers" in r.stderr
+    r = _cli("calibrate", "--task", "answers", "--shares", "2,1", "--model", "no-such-model", home=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("halluwatch: shares: shares must be 3")

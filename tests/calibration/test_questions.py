@@ -6,6 +6,7 @@ import pytest
 
 from app.calibration.halueval import DatasetError
 from app.calibration.questions import (NQ_OPEN, SOURCES, is_correct, load_questions, normalise, read_questions,
+                                       source_counts,
                                        source_questions)
 
 
@@ -76,3 +77,25 @@ def test_shipped_sources_and_splits():
     assert all(q.context is None for q in closed.values())
     with pytest.raises(DatasetError, match="unknown source"):
         load_questions(["nope"], "train", 10)
+
+
+@pytest.mark.parametrize("n,shares,counts", [(30, None, [10, 10, 10]), (31, None, [11, 10, 10]),
+                                             (2500, [3, 1, 1], [1500, 500, 500]), (11, [3, 1, 1], [7, 2, 2])])
+def test_source_counts_follow_the_shares(n, shares, counts):
+    assert source_counts(n, list(SOURCES), shares) == counts
+
+
+def test_shares_pick_more_questions_of_a_source_and_keep_its_first_ones():
+    even, _ = load_questions(list(SOURCES), "train", 30, seed=3)
+    more, split = load_questions(list(SOURCES), "train", 50, seed=3, shares=[3, 1, 1])
+    nq = [q for q in more if q.source == "nq_open"]
+    assert len(nq) == 30 and len(more) == 50 and split["shares"] == [3, 1, 1]
+    assert nq[:10] == [q for q in even if q.source == "nq_open"]  # a larger share extends the same order
+    assert {q.key for q in more if q.source != "nq_open"} == {q.key for q in even if q.source != "nq_open"}
+
+
+@pytest.mark.parametrize("shares", [[1, 1], [1, 0, 1], [2, -1, 1], [1.5, 1, 1]])
+def test_bad_shares_are_refused_naming_the_field(shares):
+    with pytest.raises(DatasetError, match="shares must be 3 positive integers") as e:
+        load_questions(list(SOURCES), "train", 30, shares=shares)
+    assert e.value.field == "shares"

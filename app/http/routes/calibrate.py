@@ -26,6 +26,8 @@ class CalibrateRequest(BaseModel):
                                description="task 'answers': shipped question sources, or question files (JSONL/CSV) "
                                            "inside the server's data folder; task 'consistency' also takes prompt "
                                            "files there (.txt one a line, or JSONL with 'prompt' or 'messages')")
+    shares: list[int] | None = Field(None, description="each of `sources`' share of `n`, one positive integer per "
+                                                       "source (default: an even spread)")
     max_tokens: int = Field(20, ge=1, le=512)
     seed: int = Field(42, ge=0)
     dataset: str = Field(PACKAGED, description="'halueval' (the packaged copy) or a file name inside the "
@@ -66,7 +68,7 @@ async def start(req: CalibrateRequest, request: Request) -> dict:
     body["source_paths"] = [s if s in SOURCES else _dataset_path(state.settings.data_dir, s, "sources")
                             for s in req.sources]
     spec = RunSpec("", task=req.task, n=req.n, seed=req.seed, dataset=body["dataset_path"],
-                   sources=tuple(body["source_paths"]))
+                   sources=tuple(body["source_paths"]), shares=tuple(req.shares or ()))
     try:
         spec.samples("train", state.settings.reports_dir / "data")
     except DatasetError as e:
