@@ -12,17 +12,20 @@ built once under $HALLUWATCH_HOME/bench-models/ (never in the code tree):
 For each model: first every prompt once, alone (the sequential run, also the warm-up); then for
 each `--clients` count (default 1, 8, 32) that many concurrent clients, each sending `--requests`
 non-streamed greedy POST /v1/chat/completions one after the other (client i, request j asks
-prompt (i + j) mod the number of prompts), to halluwatch and then to mlx_lm.server. Printed side
-by side per count: aggregate completion tok/s (completion tokens of the 200 answers ÷ the wall time
-of the whole count), p50/p95 latency of the 200s, the answers by status, and the answers equal to
-the server's sequential run of their prompt; then the ratios halluwatch ÷ mlx_lm.server with
-PASS/FAIL per goal (at 8 clients and more: tok/s ratio ≥ `--goal`, p95 no worse than mlx-lm's,
-no answer but 200, 429 or 503, every 200 equal to the sequential run) and each server's peak RSS
-during the last count (and its RSS just before it) next to the weights plus the KV caches of a
-full batch. The exit status is 0 unless `--strict`
-(then 1 on any FAIL). The machine may be shared: the numbers are what this run saw.
+prompt (i + j) mod the number of prompts), in `--rounds` rounds whose order alternates
+(halluwatch then mlx_lm.server, then the other way round, …), so that a drift of the machine's
+speed favours neither. Each round gives a ratio halluwatch ÷ mlx_lm.server of the aggregate
+completion tok/s (completion tokens of the 200 answers ÷ the wall time of the round) and one of the
+p95 latencies; a count is judged by the median of its rounds' ratios. Printed side by side per
+count: each server's tok/s over all its rounds, p50/p95 latency of its 200s, the answers by
+status, and the answers equal to the server's sequential run of their prompt; then the rounds'
+ratios and PASS/FAIL per goal (at 8 clients and more: median tok/s ratio ≥ `--goal`, median p95
+ratio ≤ 1, no answer but 200, 429 or 503, every 200 equal to the sequential run) and each server's
+peak RSS during the last count (and its RSS just before it) next to the weights plus the KV caches
+of a full batch. The exit status is 0 unless `--strict` (then 1 on any FAIL). The machine may be
+shared: the numbers are what this run saw.
 
-    python bench/concurrency.py [--models embedded,bench8] [--clients 1,8,32] [--requests 2]
+    python bench/concurrency.py [--models embedded,bench8] [--clients 1,8,32] [--requests 2] [--rounds 3]
                                 [--max-tokens 32] [--max-batch-size 32] [--json PATH]
 """
 
@@ -34,6 +37,7 @@ import json
 import math
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -247,14 +251,7 @@ def bench(name: str, home: Path, work: Path, args) -> dict:
               f"servers for {same_text}/{len(PROMPTS)} prompts")
         levels = []
         for clients in args.clients:
-            row = {"clients": clients}
-            for s in SERVERS:
-                reset_peak_rss(procs[s])
-                before = rss_mb(procs[s], "VmRSS")
-                answers, seconds = asyncio.run(run_clients(urls[s], ids[s], clients, args.requests, args.max_tokens))
-                row[s] = summary(answers, seconds, sequential[s]) | {"rss_before_mb": before,
-                                                                     "rss_peak_mb": rss_mb(procs[s])}
-            levels.append(judge_level(row, args))
+            levels.append(judge_level(run_level(procs, urls, ids, sequential, clients, args), args))
             print_level(levels[-1])
         kv = kv_cache_mb(model, args.max_batch_size, prompt_tokens + args.max_tokens)
         top = levels[-1]
@@ -275,20 +272,53 @@ def bench(name: str, home: Path, work: Path, args) -> dict:
                 proc.kill()
 
 
+def run_level(procs: dict, urls: dict, ids: dict, sequential: dict, clients: int, args) -> dict:
+    """`args.rounds` rounds of `clients` clients against each server, the order alternating: each
+    server's summary over all its rounds (peak RSS: the highest of a round), and each round's."""
+    runs = {s: [] for s in SERVERS}
+    rounds = []
+    for k in range(args.rounds):
+        order = SERVERS if k % 2 == 0 else SERVERS[::-1]
+        for s in order:
+            reset_peak_rss(procs[s])
+            before = rss_mb(procs[s], "VmRSS")
+            answers, seconds = asyncio.run(run_clients(urls[s], ids[s], clients, args.requests, args.max_tokens))
+            runs[s].append((answers, seconds, before, rss_mb(procs[s])))
+        rounds.append({"first": order[0], **{s: summary(*runs[s][-1][:2], sequential[s]) for s in SERVERS}})
+    row = {"clients": clients, "rounds": rounds}
+    for s, done in runs.items():
+        row[s] = summary([a for answers, *_ in done for a in answers], sum(r[1] for r in done), sequential[s]) | {
+            "rss_before_mb": done[0][2], "rss_peak_mb": max((r[3] for r in done if r[3] is not None), default=None)}
+    return row
+
+
 async def run_clients_one(url: str, model_id: str, prompt: int, max_tokens: int) -> list:
     async with httpx.AsyncClient(base_url=url, timeout=900) as client:
         return [await ask(client, model_id, prompt, max_tokens)]
 
 
+def ratios(one: dict) -> tuple:
+    """(tok/s ratio, p95 ratio) halluwatch ÷ mlx_lm.server of one round; None where undefined."""
+    hw, ml = one["halluwatch"], one["mlx_lm.server"]
+    return (hw["tok_s"] / ml["tok_s"] if ml["tok_s"] else None,
+            hw["p95_s"] / ml["p95_s"] if hw["p95_s"] and ml["p95_s"] else None)
+
+
+def median_or_none(values: list) -> float | None:
+    return None if None in values else statistics.median(values)
+
+
 def judge_level(row: dict, args) -> dict:
-    hw, ml = row["halluwatch"], row["mlx_lm.server"]
-    row["tok_s_ratio"] = hw["tok_s"] / ml["tok_s"] if ml["tok_s"] else None
-    row["p95_ratio"] = hw["p95_s"] / ml["p95_s"] if hw["p95_s"] and ml["p95_s"] else None
+    hw = row["halluwatch"]
+    for one in row["rounds"]:
+        one["tok_s_ratio"], one["p95_ratio"] = ratios(one)
+    row["tok_s_ratio"] = median_or_none([one["tok_s_ratio"] for one in row["rounds"]])
+    row["p95_ratio"] = median_or_none([one["p95_ratio"] for one in row["rounds"]])
     clean = set(hw["by_status"]) <= {"200", "429", "503"}
     exact = hw["equal_to_sequential"] == hw["ok_answers"]
     if row["clients"] >= 8:
-        row["goals"] = {f"tok/s ratio ≥ {args.goal}": (row["tok_s_ratio"] or 0) >= args.goal,
-                        "p95 ≤ mlx_lm.server's": (row["p95_ratio"] or math.inf) <= 1.0,
+        row["goals"] = {f"median tok/s ratio ≥ {args.goal}": (row["tok_s_ratio"] or 0) >= args.goal,
+                        "median p95 ratio ≤ 1": (row["p95_ratio"] or math.inf) <= 1.0,
                         "only 200/429/503": clean, "200s equal the sequential run": exact}
     else:
         row["goals"] = {"only 200/429/503": clean, "200s equal the sequential run": exact}
@@ -304,9 +334,12 @@ def print_level(row: dict) -> None:
         p95 = "-" if r["p95_s"] is None else f"{r['p95_s']:.2f}"
         print(f"   {s:<15} {r['tok_s']:8.1f} {p50:>7} {p95:>7}  {json.dumps(r['by_status']):<22} "
               f"{r['equal_to_sequential']}/{r['ok_answers']}")
-    ratio = "-" if row["tok_s_ratio"] is None else f"{row['tok_s_ratio']:.2f}"
-    p95 = "-" if row["p95_ratio"] is None else f"{row['p95_ratio']:.2f}"
-    print(f"   halluwatch ÷ mlx_lm.server: tok/s {ratio}, p95 {p95}; "
+    def each(key: str) -> str:
+        values = [one[key] for one in row["rounds"]]
+        median = "-" if row[key] is None else f"{row[key]:.2f}"
+        return f"{median} (rounds: {', '.join('-' if v is None else f'{v:.2f}' for v in values)})"
+
+    print(f"   halluwatch ÷ mlx_lm.server, median of the rounds: tok/s {each('tok_s_ratio')}, p95 {each('p95_ratio')}; "
           + "; ".join(f"{g}: {'PASS' if ok else 'FAIL'}" for g, ok in row["goals"].items()))
 
 
@@ -315,6 +348,7 @@ def main() -> None:
     ap.add_argument("--models", default="embedded,bench8", help="comma-separated: embedded, bench8")
     ap.add_argument("--clients", default="1,8,32", type=lambda s: [int(x) for x in s.split(",")])
     ap.add_argument("--requests", type=int, default=2, help="requests per client, one after the other")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds per client count, the servers' order alternating")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--max-batch-size", type=int, default=32, help="of both servers")
     ap.add_argument("--queue-depth", type=int, default=32, help="halluwatch's wait queue")
@@ -330,7 +364,8 @@ def main() -> None:
     ok = all(all(level["goals"].values()) for r in results for level in r["levels"])
     print(f"\nall goals: {'PASS' if ok else 'FAIL'}")
     write_json(args.json, "concurrency", {"results": results, "ok": ok, "max_batch_size": args.max_batch_size,
-                                          "requests_per_client": args.requests, "max_tokens": args.max_tokens})
+                                          "requests_per_client": args.requests, "rounds": args.rounds,
+                                          "max_tokens": args.max_tokens})
     exit_now(1 if args.strict and not ok else 0)
 
 

@@ -217,6 +217,9 @@ def concurrency(results: list) -> str:
         for level in m["levels"]:
             hw, ml = level["halluwatch"], level["mlx_lm.server"]
             ratio = "–" if level["tok_s_ratio"] is None else f"{level['tok_s_ratio']:.2f}"
+            if len(level.get("rounds", ())) > 1:
+                each = [one["tok_s_ratio"] for one in level["rounds"]]
+                ratio += f" (median of {len(each)} rounds: {', '.join('–' if x is None else f'{x:.2f}' for x in each)})"
             statuses = ", ".join(f"{n}×{s}" for s, n in hw["by_status"].items())
             goals = "; ".join(f"{g}: {verdict(ok)}" for g, ok in level["goals"].items())
             rows.append(f"| {m['model']} | {level['clients']} | {hw['tok_s']:.1f} | {ml['tok_s']:.1f} | {ratio} "

@@ -1,6 +1,7 @@
 """The performance and robustness tables of docs/results.md are generated from the committed bench
 results (bench/results/*.json) and are current; the benches' statistics and results feed them."""
 
+import argparse
 import json
 
 import pytest
@@ -76,3 +77,21 @@ def test_a_short_soak_fills_its_table_row(tiny_model_path, tmp_path):
     assert result["slope_pass"] and result["slope_kib_per_request"] is not None
     bench, text = tables.soak_row({"model": "tiny", **result, "ok": True})
     assert bench.startswith("soak (6 sequential requests") and "**RSS slope " in text
+
+
+def test_concurrency_judges_a_count_by_the_median_of_its_rounds():
+    conc = load_bench("concurrency")
+
+    def answer(tok_s, p95):
+        return {"tok_s": tok_s, "p95_s": p95, "by_status": {"200": 4}, "equal_to_sequential": 4, "ok_answers": 4}
+
+    rounds = [{"halluwatch": answer(hw, p), "mlx_lm.server": answer(10.0, 2.0)}
+              for hw, p in ((9.0, 2.4), (11.0, 1.8), (12.0, 1.9))]
+    args = argparse.Namespace(goal=1.0)
+    row = conc.judge_level({"clients": 8, "rounds": rounds, "halluwatch": answer(10.7, 2.0)}, args)
+    assert [r["tok_s_ratio"] for r in row["rounds"]] == pytest.approx([0.9, 1.1, 1.2])
+    assert row["tok_s_ratio"] == pytest.approx(1.1) and row["p95_ratio"] == pytest.approx(0.95)
+    assert all(row["goals"].values())  # one round below 1.0 does not decide the count
+    rounds[1]["halluwatch"]["tok_s"] = 9.5
+    assert not conc.judge_level({"clients": 8, "rounds": rounds, "halluwatch": answer(10.0, 2.0)}, args)["goals"][
+        "median tok/s ratio ≥ 1.0"]
