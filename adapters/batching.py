@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import mlx.core as mx
+import numpy as np
 from mlx_lm.generate import generation_stream
 from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
 from mlx_lm.sample_utils import apply_top_p
@@ -229,9 +230,10 @@ class DecodeBatch:
             token = self._choose(logprobs)
             hidden = taps.stacked()
             values = reduce(float32_logprobs(logits, logprobs), hidden, token, self._prev)
+            values, rows = values if isinstance(values, tuple) else (values, None)
             chosen = mx.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
             outputs = [token, chosen, values, *(_top_k(logprobs, k) if k else (None, None)),
-                       hidden.astype(mx.float32) if capture else None]
+                       hidden.astype(mx.float32) if capture else None, rows]
             self._inputs, self._prev = token, hidden[:, -1, :]
             mx.async_eval([x for x in outputs if x is not None], self._prev,
                           [r.key for r in self.rows if r.key is not None])
@@ -243,16 +245,18 @@ class DecodeBatch:
             mx.clear_cache()
 
     def _host_steps(self, outputs: list, rows: list) -> list:
-        token, chosen, values, top_ids, top_lps, captured = outputs
+        token, chosen, values, top_ids, top_lps, captured, sent = outputs
         tops = zip(top_ids.tolist(), top_lps.tolist()) if top_ids is not None else None
         hidden = _host_hidden(captured)
+        sent = None if sent is None else np.array(sent)
         steps = []
         for i, (row, t, lp, v) in enumerate(zip(rows, token.tolist(), chosen.tolist(), values.tolist())):
             top = []
             if tops is not None:
                 ids, lps = next(tops)
                 top = _sorted_top(ids, lps)[:row.top_logprobs]
-            steps.append((row, RawStep(t, lp, v, top, hidden[i] if row.capture_hidden else None)))
+            steps.append((row, RawStep(t, lp, v, top, hidden[i] if row.capture_hidden else None,
+                                       None if sent is None else sent[i])))
         return steps
 
 

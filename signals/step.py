@@ -1,12 +1,15 @@
 """Per-step signals of docs/signals.md, in two parts.
 
 `step_reductions` is the part that needs the model's arrays: lazy MLX expressions that reduce over
-the vocabulary and the block outputs, computed with the step on the device. `finish` is the rest:
-per-row arithmetic that turns those few numbers into the signals. The engine runs it with NumPy on
-the host, once per step for the whole batch (some thirty tiny device operations per step fewer);
-`step_signals` runs both lazily in MLX. Every function keeps any leading batch axes, so the same
-code serves one sequence or a batch. The reductions cast their inputs to float32 first: they must
-not run in the model's activation dtype.
+the vocabulary (`vocab_reductions`) and the block outputs (`state_reductions`), computed with the
+step on the device. `finish` is the rest: per-row arithmetic that turns those few numbers into the
+signals. The engine runs it with NumPy on the host, once per step for the whole batch (some thirty
+tiny device operations per step fewer); `step_signals` runs both lazily in MLX. `vocab_reductions`
+also runs in NumPy: where MLX computes on the CPU, its `exp` is element by element, ~20× slower
+than NumPy's vectorised one, so the engine takes the log-probabilities to the host there
+(`host_reductions`). Every function keeps any leading batch axes, so the same code serves one
+sequence or a batch. The reductions cast their inputs to float32 first: they must not run in the
+model's activation dtype.
 """
 
 import math
@@ -61,13 +64,15 @@ def entropy(probs: mx.array, logprobs: mx.array) -> mx.array:
     return -_p_log_p(probs, logprobs)
 
 
-def _p_log_p(probs: mx.array, logprobs: mx.array) -> mx.array:
-    return mx.sum(probs * mx.maximum(logprobs, LOG_PROB_FLOOR), axis=-1)
+def _p_log_p(probs, logprobs):
+    xp = _xp(probs)
+    return xp.sum(probs * xp.maximum(logprobs, LOG_PROB_FLOOR), axis=-1)
 
 
-def mass(probs: mx.array, ids: mx.array) -> mx.array:
+def mass(probs, ids):
     """Probability mass on the token ids `ids`."""
-    return mx.sum(mx.take(probs, ids, axis=-1), axis=-1)
+    xp = _xp(probs)
+    return xp.sum(xp.take(probs, ids, axis=-1), axis=-1)
 
 
 def hbar_s(d_mu: mx.array, d_sigma: mx.array) -> mx.array:
@@ -126,26 +131,50 @@ def probe_values(h: mx.array, mean: mx.array, scale: mx.array, coef: mx.array, i
 STEP_FIELDS = ("delta_mu", "delta_sigma", "hbar_s", "surprise", "delta_h", "pri", "pfail", "entropy", "prob")
 VERDICT_FIELDS = ("p_yes", "p_no")
 # Order of the values in the array returned by `step_reductions`, then optionally the verdict masses:
-# Σ p², Σ p·ln max(p, 1e-10), ln p[token], Δσ², cos(h_t, h_{t−1}), 1 where there is a previous step.
-RAW_FIELDS = ("sum_p2", "p_log_p", "token_logprob", "delta_sigma2", "cos_prev", "has_prev")
+# Σ p², Σ p·ln max(p, 1e-10) (`vocab_reductions`), ln p[token], Δσ², cos(h_t, h_{t−1}), 1 where there
+# is a previous step (`state_reductions`).
+VOCAB_FIELDS = ("sum_p2", "p_log_p")
+STATE_FIELDS = ("token_logprob", "delta_sigma2", "cos_prev", "has_prev")
+RAW_FIELDS = VOCAB_FIELDS + STATE_FIELDS
+
+
+def vocab_reductions(logprobs, verdict_ids=None):
+    """The reductions over the vocabulary of float32 log-probabilities (MLX, or NumPy on the host),
+    on a new last axis: VOCAB_FIELDS, then the verdict masses if `verdict_ids`."""
+    xp = _xp(logprobs)
+    probs = xp.exp(logprobs)
+    values = [xp.sum(probs * probs, axis=-1), _p_log_p(probs, logprobs)]
+    if verdict_ids is not None:
+        values += [mass(probs, ids) for ids in verdict_ids]
+    return xp.stack(values, axis=-1)
+
+
+def state_reductions(logprobs, hidden, token, prev_final) -> mx.array:
+    """The other reductions of a step (MLX), on a new last axis in STATE_FIELDS order."""
+    u = unit_vectors(hidden)  # once, for Δσ and Δh
+    token_lp = token_logprob(logprobs.astype(mx.float32), token)
+    if prev_final is None:  # Δh_0 = 0
+        cos = has_prev = mx.zeros_like(token_lp)
+    else:
+        cos = _cos(u[..., -1, :], unit_vectors(prev_final))
+        has_prev = mx.any(prev_final != 0, axis=-1).astype(mx.float32)
+    return mx.stack([token_lp, _spread2(u), cos, has_prev], axis=-1)
+
+
+def join_reductions(vocab, rest):
+    """`step_reductions`' values from `vocab_reductions`' and `rest` (`state_reductions`', then
+    whatever a caller appended): VOCAB_FIELDS, STATE_FIELDS, the verdict masses, the appended values."""
+    xp, n = _xp(vocab), len(VOCAB_FIELDS)
+    return xp.concatenate([vocab[..., :n], rest[..., :len(STATE_FIELDS)], vocab[..., n:],
+                           rest[..., len(STATE_FIELDS):]], axis=-1)
 
 
 def step_reductions(logprobs, hidden, token, prev_final, verdict_ids=None) -> mx.array:
     """A step's reductions over the vocabulary and the block outputs, stacked on a new last axis
     in RAW_FIELDS order, then the verdict masses if `verdict_ids` (see `step_signals`)."""
     logprobs = logprobs.astype(mx.float32)
-    probs = mx.exp(logprobs)
-    u = unit_vectors(hidden)  # once, for Δσ and Δh
-    token_lp = token_logprob(logprobs, token)
-    if prev_final is None:  # Δh_0 = 0
-        cos = has_prev = mx.zeros_like(token_lp)
-    else:
-        cos = _cos(u[..., -1, :], unit_vectors(prev_final))
-        has_prev = mx.any(prev_final != 0, axis=-1).astype(mx.float32)
-    values = [mx.sum(probs * probs, axis=-1), _p_log_p(probs, logprobs), token_lp, _spread2(u), cos, has_prev]
-    if verdict_ids is not None:
-        values += [mass(probs, ids) for ids in verdict_ids]
-    return mx.stack(values, axis=-1)
+    return join_reductions(vocab_reductions(logprobs, verdict_ids),
+                           state_reductions(logprobs, hidden, token, prev_final))
 
 
 def finish(raw, tau: float, lam: float):

@@ -18,10 +18,11 @@ import numpy as np
 from mlx_lm.generate import generation_stream, wired_limit
 
 from adapters.batching import DecodeBatch, Prefill, Row, Sampling
-from adapters.decode import teacher_forced_steps
+from adapters.decode import teacher_forced_steps, vocab_on_host
 from adapters.loader import LoadedModel, load
 from adapters.text import TextDeltas, verdict_token_ids
-from signals.step import STEP_FIELDS, VERDICT_FIELDS, finish, probe_values, step_reductions
+from signals.step import (STEP_FIELDS, VERDICT_FIELDS, finish, join_reductions, probe_values, state_reductions,
+                          step_reductions, vocab_reductions)
 
 from .admission import STOP, WaitQueue
 from .handle import Handle
@@ -124,7 +125,8 @@ class Engine:
     def _run(self) -> None:
         try:
             self.lm = load(self.model_ref, self.precision)
-            self._verdict = tuple(mx.array(ids) for ids in verdict_token_ids(self.lm.tokenizer))
+            verdict = verdict_token_ids(self.lm.tokenizer)
+            self._verdict, self._verdict_host = tuple(mx.array(ids) for ids in verdict), tuple(map(np.array, verdict))
             self._batch = DecodeBatch(self.lm, self.prefill_step_size, int(self.prompt_cache_mb * 2**20))
         except BaseException as e:  # reported by start()
             self._error = e
@@ -276,7 +278,7 @@ class Engine:
         probes = {id(p): p for m in self._members for p in m.job.probes}
         key = tuple(probes)
         if self._reduce[0] != key:
-            self._reduce = (key, self._reducer(tuple(probes.values())))
+            self._reduce = (key, self._reducer(tuple(probes.values()), vocab_on_host()))
         at = {pid: N_SIGNALS + 2 * i for i, pid in enumerate(key)}
         columns = {}
         for m in self._members:
@@ -297,26 +299,35 @@ class Engine:
         self._probe_arrays = cache
         return [(probe.layer, cache[id(probe)][1]) for probe in probes]
 
-    def _reducer(self, probes: tuple = ()):
+    def _reducer(self, probes: tuple = (), host_vocab: bool = False):
         """The per-step reduction on the device: step_reductions, then each probe's (logit, distance);
-        `_finish` makes the signals of it."""
+        `_finish` makes the signals of it. With `host_vocab`, the reductions over the vocabulary are
+        left to `_finish` (the log-probabilities go to the host with the step: `vocab_on_host`)."""
         weights = self._weights(probes)
 
         def reduce(logprobs, hidden, token, prev_final):
-            values = step_reductions(logprobs, hidden, token, prev_final, self._verdict)
-            if not weights:
-                return values
-            outputs = [probe_values(hidden[..., layer, :], *w) for layer, w in weights]
-            return mx.concatenate([values, *outputs], axis=-1)
+            if host_vocab:
+                values = state_reductions(logprobs, hidden, token, prev_final)
+            else:
+                values = step_reductions(logprobs, hidden, token, prev_final, self._verdict)
+            if weights:
+                outputs = [probe_values(hidden[..., layer, :], *w) for layer, w in weights]
+                values = mx.concatenate([values, *outputs], axis=-1)
+            return (values, logprobs) if host_vocab else values
 
         return reduce
 
     def _finish(self, steps: list) -> None:
-        """The signals of these steps' reductions, in place (one NumPy pass over all of them)."""
+        """The signals of these steps' reductions, in place (one NumPy pass over all of them; first
+        the reductions over the vocabulary of the log-probabilities a step brought to the host)."""
         if steps:
-            values = finish(np.array([raw.values for raw in steps]), self.pfail_tau, self.pfail_lambda)
+            values = np.array([raw.values for raw in steps])
+            if steps[0].rows is not None:
+                values = join_reductions(vocab_reductions(np.stack([raw.rows for raw in steps]), self._verdict_host),
+                                         values)
+            values = finish(values, self.pfail_tau, self.pfail_lambda)
             for raw, v in zip(steps, values.tolist()):
-                raw.values = v
+                raw.values, raw.rows = v, None
 
     def _top(self, top) -> list:
         decode = self.lm.tokenizer.decode

@@ -2,7 +2,8 @@
 
 1. Tokens and logprobs are bit-identical to mlx-lm's own generate_step (short and chunked prefill).
 2. Every per-step signal equals a reference that recomputes the whole prefix without a KV cache at
-   every step (the prototype's method) and applies the formulas in numpy, EOS step included.
+   every step (the prototype's method) and applies the formulas in numpy, EOS step included,
+   with the reductions over the vocabulary on the device and on the host.
 3. Response scores are top-5 means; P_fail halting stops before appending the token.
 """
 
@@ -83,9 +84,14 @@ def _no_cache_reference(path, ids, tokens):
     return np.array(rows)
 
 
+@pytest.mark.parametrize("host_vocab", [True, False], ids=["vocab-on-host", "vocab-on-device"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_signals_equal_no_cache_reference_with_eos(tiny_model_path, engines, arch):
+def test_signals_equal_no_cache_reference_with_eos(tiny_model_path, engines, arch, host_vocab, monkeypatch):
+    from app.engine import core
+
+    monkeypatch.setattr(core, "vocab_on_host", lambda: host_vocab)
     engine = engines(arch)
+    engine._reduce = (None, None)  # made again, as the platform above says
     ids = _prompt(engine.lm.tokenizer, 20)
     records, fin = engine.submit(GenerationJob(ids, N_TOKENS)).wait()
     tokens = [r.token_id for r in records]
