@@ -203,6 +203,11 @@ def is_probe(name: str) -> bool:
     return isinstance(REGISTRY.get(name), LinearProbe)
 
 
+def is_single(name: str) -> bool:
+    """A detector that reads one raw score (a seed signal, a baseline, a verdict mass)."""
+    return isinstance(REGISTRY.get(name), Feature)
+
+
 def probe_for(position: str) -> LinearProbe:
     return get(f"probe_{position}")
 

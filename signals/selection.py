@@ -14,7 +14,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from signals import detectors as registry
 from signals.probe import sigmoid
-from signals.statistics import detector_metrics
+from signals.statistics import bootstrap_auroc_difference, detector_metrics
 
 CV_FOLDS = 5
 MIN_PER_CLASS = 2 * CV_FOLDS  # so that the fits inside each fold can run their own CV
@@ -191,7 +191,9 @@ def detector_scores(features: dict, params: dict) -> dict:
 
 def evaluate_detectors(scores: dict, labels, params: dict, n_boot: int = 1000, seed: int = 42) -> dict:
     """Detector scores (`detector_scores`) on held-out samples: AUROC with its bootstrap CI, PR-AUC
-    and precision at recall ≥ 0.9 of each; and the `risk` probability's Brier score."""
+    and precision at recall ≥ 0.9 of each; the `risk` probability's Brier score, and its detector's
+    AUROC less that of the best single raw score on these samples (the best picked on them, which
+    favours the raw score), with a paired bootstrap CI."""
     labels = np.asarray(labels).ravel().astype(int)
     out = {}
     for name, score in scores.items():
@@ -205,4 +207,9 @@ def evaluate_detectors(scores: dict, labels, params: dict, n_boot: int = 1000, s
         result["risk"] = {"detector": risk["detector"], "auroc": out[risk["detector"]]["auroc"],
                           "brier": float(brier_score_loss(labels, p)),
                           "brier_base_rate": float(brier_score_loss(labels, np.full(len(labels), labels.mean())))}
+        singles = [n for n in scores if registry.is_single(n) and n != risk["detector"]]
+        if singles:
+            best = max(singles, key=lambda n: out[n]["auroc"])
+            difference = bootstrap_auroc_difference(scores[risk["detector"]], scores[best], labels, n_boot, seed)
+            result["risk"]["vs_best_single"] = {"detector": best, "auroc": out[best]["auroc"], **difference}
     return result

@@ -54,6 +54,23 @@ def bootstrap_auroc_ci(scores, labels, n_boot: int = 1000, seed: int = 42,
     return [float(lo), float(hi)]
 
 
+def bootstrap_auroc_difference(a, b, labels, n_boot: int = 1000, seed: int = 42, level: float = 0.95) -> dict:
+    """AUROC(a) − AUROC(b) on the same samples, with the percentile CI of a paired bootstrap (both
+    scores on each resample; resamples holding one class only are skipped)."""
+    a, b, labels = np.asarray(a, dtype=float), np.asarray(b, dtype=float), np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(labels), len(labels))
+        if labels[idx].min() != labels[idx].max():
+            diffs.append(roc_auc_score(labels[idx], a[idx]) - roc_auc_score(labels[idx], b[idx]))
+    if not diffs:
+        raise ValueError("bootstrap: every resample held a single class; need more samples of each class")
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(diffs, [tail, 100 - tail])
+    return {"difference": float(roc_auc_score(labels, a) - roc_auc_score(labels, b)), "ci": [float(lo), float(hi)]}
+
+
 def cohens_d(x, labels) -> float:
     """Cohen's d: mean of label 1 minus mean of label 0, over the pooled SD (ddof=1)."""
     x, labels = np.asarray(x, dtype=float), np.asarray(labels)

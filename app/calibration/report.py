@@ -197,6 +197,10 @@ def selection_lines(metrics: dict, params: dict, transfer: bool = False) -> list
     if risk:
         lines += [f"`risk` (Platt-scaled {chosen}): Brier score {risk['brier']:.4f} "
                   f"(constant base rate: {risk['brier_base_rate']:.4f}).", ""]
+    if vs := risk.get("vs_best_single"):
+        lo, hi = vs["ci"]
+        lines += [f"`risk` against the best single raw score on this test set ({vs['detector']}, "
+                  f"{vs['auroc']:.3f}): {vs['difference']:+.3f}, paired bootstrap 95% CI [{lo:+.3f}, {hi:+.3f}].", ""]
     if chosen in found and "pri" in found and not transfer:
         best, pri = found[chosen]["auroc"], found["pri"]["auroc"]
         met = best >= pri + 0.20 and best >= 0.85

@@ -56,7 +56,11 @@ def test_without_states_the_best_single_feature_wins_and_risk_is_calibrated():
     assert np.all((p > 0) & (p < 1))
     assert abs(p.mean() - labels.mean()) < 0.05  # Platt scaling matches the base rate on its own data
     assert roc_auc_score(labels, p) == pytest.approx(roc_auc_score(labels, -feats["entropy_max"]))
-    assert evaluate_detectors(detector_scores(feats, params), labels, params, n_boot=50)["risk"]["brier"] < 0.25
+    risk = evaluate_detectors(detector_scores(feats, params), labels, params, n_boot=50)["risk"]
+    assert risk["brier"] < 0.25
+    vs = risk["vs_best_single"]  # entropy_max gives the risk here: the best other raw score is a noise one
+    assert vs["detector"] in ("hbar", "pri", "verdict_p_no") and vs["ci"][0] > 0
+    assert vs["difference"] == pytest.approx(risk["auroc"] - vs["auroc"])
 
 
 def test_shuffled_labels_leave_the_probe_at_chance():

@@ -13,6 +13,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from signals.statistics import (
     DETECTORS,
     bootstrap_auroc_ci,
+    bootstrap_auroc_difference,
     calibrate,
     cohens_d,
     evaluate,
@@ -230,6 +231,21 @@ def test_bootstrap_ci_skips_one_class_resamples():
     scores = np.arange(12.0)
     labels = np.r_[np.zeros(11, int), 1]
     assert bootstrap_auroc_ci(scores, labels, n_boot=100) == [1.0, 1.0]
+
+
+def test_paired_difference_ci_is_narrower_than_either_auroc_ci_for_related_scores():
+    rng = np.random.default_rng(3)
+    labels = np.tile([0, 1], 100)
+    base = labels + rng.normal(size=200)
+    better, worse = base + 0.5 * labels, base + 0.2 * rng.normal(size=200)
+    d = bootstrap_auroc_difference(better, worse, labels, n_boot=N_BOOT, seed=7)
+    assert d["difference"] == pytest.approx(roc_auc_score(labels, better) - roc_auc_score(labels, worse))
+    lo, hi = d["ci"]
+    assert 0 < lo <= d["difference"] <= hi  # paired: the shared noise cancels, the gain shows
+    single = bootstrap_auroc_ci(better, labels, n_boot=N_BOOT, seed=7)
+    assert hi - lo < single[1] - single[0]
+    assert bootstrap_auroc_difference(worse, worse, labels, n_boot=N_BOOT)["ci"] == [0.0, 0.0]
+    _assert_plain_json(d)
 
 
 # --- evaluate ----------------------------------------------------------------------------------
