@@ -94,14 +94,17 @@ def _commit() -> str | None:
         return None
 
 
+COMMIT = _commit()  # of the code the bench runs: taken when it starts, as the tree may change while it runs
+
+
 def write_json(path: Path | None, bench: str, result: dict, argv: list | None = None) -> None:
     """Write `result` to `path` (nothing when path is None) with the bench's name, its command line,
-    the UTC date, the commit and the machine."""
+    the UTC date, the commit checked out when the bench started and the machine."""
     if path is None:
         return
     argv = sys.argv[1:] if argv is None else argv
     doc = {"bench": bench, "command": shlex.join(["python", f"bench/{bench}.py", *argv]),
-           "date": datetime.now(UTC).isoformat(timespec="seconds"), "commit": _commit(),
+           "date": datetime.now(UTC).isoformat(timespec="seconds"), "commit": COMMIT,
            "machine": machine(), **result}
     Path(path).write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
     print(f"wrote {path}")
