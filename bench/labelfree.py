@@ -30,7 +30,6 @@ for _p in (REPO / "bench", REPO):
 
 import adapters  # noqa: E402,F401  (OpenBLAS before mlx)
 import numpy as np  # noqa: E402
-from sklearn.metrics import roc_auc_score  # noqa: E402
 
 from app.calibration.halueval import DatasetError  # noqa: E402
 from app.calibration.questions import SOURCES  # noqa: E402
@@ -38,6 +37,7 @@ from app.calibration.runs import calibrate, saved_detector_scores, states_by_pos
 from app.calibration.scoring import ANSWERS, CONSISTENCY, RunSpec, checkpoint_path, load_states, score_all  # noqa: E402
 from app.engine import Engine  # noqa: E402
 from app.settings import Settings  # noqa: E402
+from signals.statistics import bootstrap_auroc_difference  # noqa: E402
 from benchlib import add_json_option, exit_now, machine, write_json  # noqa: E402
 from transfer_matrix import cell  # noqa: E402
 
@@ -53,19 +53,6 @@ def timed_calibrate(engine, spec: RunSpec, out: Path, reports: Path) -> dict:
     except DatasetError as e:  # raised after scoring: the time is still measured
         run["refused"] = str(e)
     return {**run, "seconds": marks[-1][0] - marks[0][0], "scored": marks[-1][1] - marks[0][1]}
-
-
-def paired_difference(a, b, labels, n_boot: int, seed: int) -> dict:
-    """AUROC(a) − AUROC(b) on the same samples, with its paired percentile bootstrap 95% CI."""
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    diffs = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(labels), len(labels))
-        if labels[idx].min() != labels[idx].max():
-            diffs.append(roc_auc_score(labels[idx], a[idx]) - roc_auc_score(labels[idx], b[idx]))
-    lo, hi = np.percentile(diffs, [2.5, 97.5])
-    return {"value": float(roc_auc_score(labels, a) - roc_auc_score(labels, b)), "ci": [float(lo), float(hi)]}
 
 
 def risk_scores(path: Path, records: list, states: dict) -> np.ndarray:
@@ -95,9 +82,10 @@ def compare(params: dict, records: list, states: dict, args) -> dict:
         if skipped:  # e.g. a target of (nearly) one class: no selection, no risk to compare
             out["difference"][other] = {"skipped": "; ".join(skipped)}
             continue
-        d = paired_difference(risk_scores(params["label_free"], records, states),
-                              risk_scores(params[other], records, states), labels, args.n_boot, args.seed)
-        out["difference"][other] = {**d, "goal": "≥ −0.05", "pass": d["value"] >= -0.05}
+        d = bootstrap_auroc_difference(risk_scores(params["label_free"], records, states),
+                                       risk_scores(params[other], records, states), labels, args.n_boot, args.seed)
+        out["difference"][other] = {"value": d["difference"], "ci": d["ci"], "goal": "≥ −0.05",
+                                    "pass": d["difference"] >= -0.05}
     return out
 
 

@@ -37,38 +37,39 @@ def threshold_at_recall(scores, labels, min_recall: float = MIN_RECALL) -> tuple
     return float(thresholds[best]), float(precision[best]), float(recall[best])
 
 
+def _bootstrap_ci(statistic, labels, n_boot: int, seed: int, level: float) -> list[float]:
+    """Percentile bootstrap CI [lo, hi] of `statistic(indices)` over resamples of the samples;
+    resamples holding one class only are skipped."""
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(labels), len(labels))
+        if labels[idx].min() != labels[idx].max():
+            values.append(statistic(idx))
+    if not values:
+        raise ValueError("bootstrap: every resample held a single class; need more samples of each class")
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(values, [tail, 100 - tail])
+    return [float(lo), float(hi)]
+
+
 def bootstrap_auroc_ci(scores, labels, n_boot: int = 1000, seed: int = 42,
                        level: float = 0.95) -> list[float]:
     """Percentile bootstrap CI [lo, hi] of the AUROC; resamples holding one class only are skipped."""
     scores, labels = np.asarray(scores, dtype=float), np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    aucs = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(labels), len(labels))
-        if labels[idx].min() != labels[idx].max():
-            aucs.append(roc_auc_score(labels[idx], scores[idx]))
-    if not aucs:
-        raise ValueError("bootstrap: every resample held a single class; need more samples of each class")
-    tail = 100 * (1 - level) / 2
-    lo, hi = np.percentile(aucs, [tail, 100 - tail])
-    return [float(lo), float(hi)]
+    return _bootstrap_ci(lambda i: roc_auc_score(labels[i], scores[i]), labels, n_boot, seed, level)
 
 
 def bootstrap_auroc_difference(a, b, labels, n_boot: int = 1000, seed: int = 42, level: float = 0.95) -> dict:
     """AUROC(a) − AUROC(b) on the same samples, with the percentile CI of a paired bootstrap (both
     scores on each resample; resamples holding one class only are skipped)."""
     a, b, labels = np.asarray(a, dtype=float), np.asarray(b, dtype=float), np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    diffs = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(labels), len(labels))
-        if labels[idx].min() != labels[idx].max():
-            diffs.append(roc_auc_score(labels[idx], a[idx]) - roc_auc_score(labels[idx], b[idx]))
-    if not diffs:
-        raise ValueError("bootstrap: every resample held a single class; need more samples of each class")
-    tail = 100 * (1 - level) / 2
-    lo, hi = np.percentile(diffs, [tail, 100 - tail])
-    return {"difference": float(roc_auc_score(labels, a) - roc_auc_score(labels, b)), "ci": [float(lo), float(hi)]}
+
+    def difference(i):
+        return roc_auc_score(labels[i], a[i]) - roc_auc_score(labels[i], b[i])
+
+    return {"difference": float(difference(np.arange(len(labels)))),
+            "ci": _bootstrap_ci(difference, labels, n_boot, seed, level)}
 
 
 def cohens_d(x, labels) -> float:
