@@ -21,9 +21,9 @@ count: each server's tok/s over all its rounds, p50/p95 latency of its 200s, the
 status, and the answers equal to the server's sequential run of their prompt; then the rounds'
 ratios and PASS/FAIL per goal (at 8 clients and more: median tok/s ratio ≥ `--goal`, median p95
 ratio ≤ 1, no answer but 200, 429 or 503, every 200 equal to the sequential run) and each server's
-peak RSS during the last count (and its RSS just before it) next to the weights plus the KV caches
-of a full batch. The exit status is 0 unless `--strict` (then 1 on any FAIL). The machine may be
-shared: the numbers are what this run saw.
+peak RSS during the last count (the highest of its rounds; and its RSS before the first) next to
+the weights plus the KV caches of a full batch. The exit status is 0 unless `--strict` (then 1 on
+any FAIL). The machine may be shared: the numbers are what this run saw.
 
     python bench/concurrency.py [--models embedded,bench8] [--clients 1,8,32] [--requests 2] [--rounds 3]
                                 [--max-tokens 32] [--max-batch-size 32] [--json PATH]

@@ -6,10 +6,10 @@ step on the device. `finish` is the rest: per-row arithmetic that turns those fe
 signals. The engine runs it with NumPy on the host, once per step for the whole batch (some thirty
 tiny device operations per step fewer); `step_signals` runs both lazily in MLX. `vocab_reductions`
 also runs in NumPy: where MLX computes on the CPU, its `exp` is element by element, ~20× slower
-than NumPy's vectorised one, so the engine takes the log-probabilities to the host there
-(`host_reductions`). Every function keeps any leading batch axes, so the same code serves one
-sequence or a batch. The reductions cast their inputs to float32 first: they must not run in the
-model's activation dtype.
+than NumPy's vectorised one, so the engine takes the log-probabilities to the host there and
+`join_reductions` puts the two parts together. Every function keeps any leading batch axes, so the
+same code serves one sequence or a batch. The reductions cast their inputs to float32 first: they
+must not run in the model's activation dtype.
 """
 
 import math
