@@ -21,7 +21,7 @@ from mlx_lm.generate import generation_stream
 from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
 from mlx_lm.sample_utils import apply_top_p
 
-from .decode import Reduce, RawStep, _host_hidden, _sorted_top, _top_k, float32_logprobs
+from .decode import HostReduce, Reduce, RawStep, _host_hidden, _sorted_top, _top_k, float32_logprobs, host_logprobs
 from .loader import LoadedModel
 
 
@@ -125,7 +125,7 @@ class DecodeBatch:
         self._cache = None  # per layer: a batch cache over `rows`
         self._inputs = None  # (B,) the next input token of every row
         self._prev = None  # (B, D) every row's previous final hidden state (zeros: none yet); or None
-        self._pending = None  # the started step: (its outputs, the rows they are for, its tag)
+        self._pending = None  # the started step: (its outputs, the rows they are for, its tag, its host_reduce)
         self._steps = 0
 
     def __len__(self) -> int:
@@ -173,15 +173,16 @@ class DecodeBatch:
             self._inputs = self._inputs[picked]
             self._prev = None if self._prev is None else self._prev[picked]
             if self._pending is not None:
-                outputs, started, tag = self._pending
+                outputs, started, tag, host_reduce = self._pending
                 stay = [i for i, r in enumerate(started) if id(r) not in gone]
                 picked = mx.array(stay)
                 self._pending = ([None if x is None else x[picked] for x in outputs], [started[i] for i in stay],
-                                 tag) if stay else None
+                                 tag, host_reduce) if stay else None
 
-    def _choose(self, logprobs: mx.array) -> mx.array:
-        """The next token of every row: argmax, or the row's own sampler."""
-        greedy = mx.argmax(logprobs, axis=-1)
+    def _choose(self, logits: mx.array, logprobs: mx.array | None) -> mx.array:
+        """The next token of every row: argmax, or the row's own sampler (on the log-softmax,
+        made here for a sampling row when the step makes none)."""
+        greedy = mx.argmax(logits if logprobs is None else logprobs, axis=-1)
         if all(r.sampling is None for r in self.rows):
             return greedy
         picks = []
@@ -190,65 +191,75 @@ class DecodeBatch:
                 picks.append(greedy[i:i + 1])
                 continue
             r.key, sub = mx.random.split(r.key)
-            lp = logprobs[i:i + 1]
+            lp = logits[i:i + 1] - mx.logsumexp(logits[i:i + 1], axis=-1, keepdims=True) if logprobs is None \
+                else logprobs[i:i + 1]
             if 0 < r.sampling.top_p < 1.0:
                 lp = apply_top_p(lp, r.sampling.top_p)
             picks.append(mx.random.categorical(lp * (1 / r.sampling.temperature), key=sub).astype(greedy.dtype))
         return mx.concatenate(picks)
 
-    def step(self, reduce: Reduce, tag=None) -> tuple:
+    def step(self, reduce: Reduce, tag=None, host_reduce: HostReduce | None = None) -> tuple:
         """Start the next forward pass over every row that can use it (computing `reduce`, tagged
         `tag`), and return the previous one's results: `([(row, RawStep)], its tag)`, for the rows
         that took part in it and have not left since. A row that joined since gets its first step
         from the next call; a row at its `max_steps` has left.
 
         `reduce` gets the whole batch; `prev_final` is None while no row has a previous step, and
-        its rows of zeros are rows at their first step.
+        its rows of zeros are rows at their first step. With `host_reduce` (and float32 logits),
+        the step's log-softmax is made on the host instead (see `host_logprobs`): `reduce` gets
+        None for it, and greedy tokens are the logits' argmax.
         """
         fresh = self._pending is None
         if fresh:
-            self._start(reduce, tag)
-        outputs, rows, done_tag = self._pending
+            self._start(reduce, tag, host_reduce)
+        pending = self._pending
         if fresh:  # nothing was in flight: read this step before starting the next (the first token sooner)
-            steps = self._host_steps(outputs, rows)
+            steps = self._host_steps(pending)
         self._pending = None
         self.leave([r for r in self.rows if r.max_steps is not None and r.started >= r.max_steps])
         if self.rows:
-            self._start(reduce, tag)
+            self._start(reduce, tag, host_reduce)
         if not fresh:
-            steps = self._host_steps(outputs, rows)
-        return steps, done_tag
+            steps = self._host_steps(pending)
+        return steps, pending[2]
 
-    def _start(self, reduce: Reduce, tag) -> None:
+    def _start(self, reduce: Reduce, tag, host_reduce: HostReduce | None) -> None:
         """Build the next step over every row and start computing it (`mx.async_eval`)."""
         model, taps = self.lm.model, self.lm.taps
         k = max(r.top_logprobs for r in self.rows)
         capture = any(r.capture_hidden for r in self.rows)
         with mx.stream(generation_stream):
             logits = model(self._inputs[:, None], cache=self._cache)[:, -1, :]
-            logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-            token = self._choose(logprobs)
+            on_host = host_reduce is not None and logits.dtype == mx.float32
+            logprobs = None if on_host else logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+            token = self._choose(logits, logprobs)
             hidden = taps.stacked()
-            values = reduce(float32_logprobs(logits, logprobs), hidden, token, self._prev)
-            values, rows = values if isinstance(values, tuple) else (values, None)
-            chosen = mx.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
-            outputs = [token, chosen, values, *(_top_k(logprobs, k) if k else (None, None)),
-                       hidden.astype(mx.float32) if capture else None, rows]
+            values = reduce(None if on_host else float32_logprobs(logits, logprobs), hidden, token, self._prev)
+            if on_host:  # the logprobs are made from the logits on the host
+                chosen, top = logits, (_top_k(logits, k)[0], None) if k else (None, None)
+            else:
+                chosen = mx.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
+                top = _top_k(logprobs, k) if k else (None, None)
+            outputs = [token, chosen, values, *top, hidden.astype(mx.float32) if capture else None]
             self._inputs, self._prev = token, hidden[:, -1, :]
             mx.async_eval([x for x in outputs if x is not None], self._prev,
                           [r.key for r in self.rows if r.key is not None])
         for r in self.rows:
             r.started += 1
-        self._pending = (outputs, list(self.rows), tag)
+        self._pending = (outputs, list(self.rows), tag, host_reduce if on_host else None)
         self._steps += 1
         if self._steps % 256 == 0:
             mx.clear_cache()
 
-    def _host_steps(self, outputs: list, rows: list) -> list:
-        token, chosen, values, top_ids, top_lps, captured, sent = outputs
+    @staticmethod
+    def _host_steps(pending: tuple) -> list:
+        """[(row, RawStep)] of a started step; with its `host_reduce`, its `chosen` are the logits."""
+        (token, chosen, values, top_ids, top_lps, captured), rows, _, host_reduce = pending
+        token, top_ids, reduced = np.array(token), None if top_ids is None else np.array(top_ids), None
+        if host_reduce is not None:
+            chosen, top_lps, reduced = host_logprobs(np.array(chosen), token, top_ids, host_reduce)
         tops = zip(top_ids.tolist(), top_lps.tolist()) if top_ids is not None else None
         hidden = _host_hidden(captured)
-        sent = None if sent is None else np.array(sent)
         steps = []
         for i, (row, t, lp, v) in enumerate(zip(rows, token.tolist(), chosen.tolist(), values.tolist())):
             top = []
@@ -256,7 +267,7 @@ class DecodeBatch:
                 ids, lps = next(tops)
                 top = _sorted_top(ids, lps)[:row.top_logprobs]
             steps.append((row, RawStep(t, lp, v, top, hidden[i] if row.capture_hidden else None,
-                                       None if sent is None else sent[i])))
+                                       None if reduced is None else reduced[i])))
         return steps
 
 
@@ -270,13 +281,15 @@ def generate_steps(
     prefill_step_size: int = 2048,
     sampling: Sampling | None = None,
     capture_hidden: bool = False,
+    host_reduce: HostReduce | None = None,
 ) -> Iterator[RawStep]:
     """Up to `max_tokens` steps of one sequence alone (a batch of one); the caller decides when
-    to stop. Greedy tokens and logprobs are bit-identical to mlx-lm's `generate_step`."""
+    to stop. Greedy tokens and logprobs are bit-identical to mlx-lm's `generate_step` (with
+    `host_reduce`, logprobs to float rounding: `host_logprobs`)."""
     batch = DecodeBatch(lm, prefill_step_size)
     prefill = batch.prefill(prompt_ids, Row(None, top_logprobs, capture_hidden, sampling, max_tokens))
     while not prefill.done:
         prefill.advance(prefill_step_size)
     batch.join([prefill])
     for _ in range(max_tokens):
-        yield batch.step(reduce)[0][0][1]
+        yield batch.step(reduce, host_reduce=host_reduce)[0][0][1]

@@ -12,15 +12,37 @@ from mlx_lm.models.cache import make_prompt_cache
 
 from .loader import LoadedModel
 
-# reduce(logprobs (B, V) float32, hidden (B, L, D), token (B,), prev_final (B, D) or None) -> (B, F), or
-# ((B, F), (B, K) rows to take to the host as they are: RawStep.rows; generation only)
-Reduce = Callable[[mx.array, mx.array, mx.array, mx.array | None], mx.array | tuple]
+# reduce(logprobs (B, V) float32, or None where the log-softmax is made on the host, hidden (B, L, D),
+#        token (B,), prev_final (B, D) or None) -> (B, F): on the device
+Reduce = Callable[[mx.array | None, mx.array, mx.array, mx.array | None], mx.array]
+# host_reduce(logprobs (B, V) float32, token (B,)) -> (B, K): in NumPy on the host (RawStep.rows)
+HostReduce = Callable[[np.ndarray, np.ndarray], np.ndarray]
+HOST_CHUNK = 64  # positions of a scored response whose logits go to the host at once
 
 
 def vocab_on_host() -> bool:
-    """Whether reductions over the vocabulary are cheaper in NumPy on the host: where MLX computes on
+    """Whether passes over the vocabulary are cheaper in NumPy on the host: where MLX computes on
     the CPU, its `exp` goes element by element (~20 ns each on x86), NumPy's is vectorised (~1 ns)."""
     return mx.default_device() == mx.cpu
+
+
+def host_log_softmax(logits: np.ndarray) -> np.ndarray:
+    """The float32 log-softmax along the last axis, in NumPy: logits less their logsumexp, as
+    mlx-lm computes it (equal to its values up to float rounding)."""
+    top = logits.max(axis=-1, keepdims=True)
+    return logits - (top + np.log(np.exp(logits - top).sum(axis=-1, keepdims=True)))
+
+
+def host_logprobs(logits: np.ndarray, token: np.ndarray, top_ids: np.ndarray | None,
+                  host_reduce: HostReduce) -> tuple:
+    """(the tokens' logprobs, the top ids' logprobs or None, `host_reduce`'s values) of float32
+    logits (B, V), from their log-softmax made in NumPy: where MLX computes on the CPU its `exp` is
+    element by element (`vocab_on_host`). Logprobs equal mlx-lm's to float rounding (closer to
+    exact: MLX's CPU logsumexp of a 49k vocabulary is off by up to ~2e-4)."""
+    logprobs = host_log_softmax(logits)
+    chosen = np.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
+    top = None if top_ids is None else np.take_along_axis(logprobs, top_ids, axis=-1)
+    return chosen, top, host_reduce(logprobs, token)
 
 
 def float32_logprobs(logits: mx.array, logprobs: mx.array) -> mx.array:
@@ -42,7 +64,7 @@ class RawStep:
     values: list  # the F floats returned by `reduce`
     top: list  # [(token, logprob)], most likely first; empty unless top_logprobs > 0
     hidden: np.ndarray | None = None  # (L, D) float32 block outputs, with capture_hidden only
-    rows: np.ndarray | None = None  # (K,) what `reduce` sent to the host, if it did
+    rows: np.ndarray | None = None  # (K,) `host_reduce`'s values, where the step's log-softmax was made on the host
 
 
 def _top_k(logprobs: mx.array, k: int) -> tuple:
@@ -83,12 +105,15 @@ def teacher_forced_steps(
     top_logprobs: int = 0,
     prefill_step_size: int = 2048,
     capture_hidden: bool = False,
+    host_reduce: HostReduce | None = None,
 ) -> list:
     """The steps generation would have recorded had it produced `response_ids`, in one forward pass.
 
     The prompt is prefilled as for generation; then its last token and all response tokens
     but the last go through the model at once, and the taps keep every position (each step's
-    block outputs go with it with `capture_hidden`, as generation's do).
+    block outputs go with it with `capture_hidden`, as generation's do). With `host_reduce` (and
+    float32 logits) the log-softmax is made on the host as generation makes it, HOST_CHUNK
+    positions at a time.
     """
     if not prompt_ids or not response_ids:
         raise ValueError("prompt_ids and response_ids must not be empty")
@@ -103,19 +128,29 @@ def teacher_forced_steps(
             hidden = taps.stacked()[0]  # (R, L, D)
         finally:
             taps.all_positions = False
-        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        on_host = host_reduce is not None and logits.dtype == mx.float32
+        logprobs = logits if on_host else logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        signal_lp = None if on_host else float32_logprobs(logits, logprobs)
+        first, later = (None, None) if on_host else (signal_lp[:1], signal_lp[1:])
         token = mx.array(response_ids)
-        signal_lp = float32_logprobs(logits, logprobs)
-        values = reduce(signal_lp[:1], hidden[:1], token[:1], None)  # Δh_0 = 0
+        values = reduce(first, hidden[:1], token[:1], None)  # Δh_0 = 0
         if len(response_ids) > 1:
-            values = mx.concatenate([values, reduce(signal_lp[1:], hidden[1:], token[1:], hidden[:-1, -1, :])])
-        chosen = mx.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
+            values = mx.concatenate([values, reduce(later, hidden[1:], token[1:], hidden[:-1, -1, :])])
+        chosen = logits if on_host else mx.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
         captured = hidden.astype(mx.float32) if capture_hidden else None
-        best = _top_k(logprobs, top_logprobs) if top_logprobs > 0 else ()
-        mx.eval(chosen, values, captured, *best)
+        top_ids, top_lps = _top_k(logprobs, top_logprobs) if top_logprobs > 0 else (None, None)
+        mx.eval([x for x in (chosen, values, captured, top_ids, top_lps) if x is not None])
+    top_ids = None if top_ids is None else np.array(top_ids)
+    rows = [None] * len(response_ids)
+    if on_host:  # `chosen` are the logits; `top_lps` their top values
+        parts = [host_logprobs(np.array(chosen[i:i + HOST_CHUNK]), np.array(response_ids[i:i + HOST_CHUNK]),
+                               None if top_ids is None else top_ids[i:i + HOST_CHUNK], host_reduce)
+                 for i in range(0, len(response_ids), HOST_CHUNK)]
+        chosen, rows = np.concatenate([p[0] for p in parts]), list(np.concatenate([p[2] for p in parts]))
+        top_lps = None if top_ids is None else np.concatenate([p[1] for p in parts])
     tops = [[]] * len(response_ids)
-    if top_logprobs > 0:
-        tops = [_sorted_top(i, lp) for i, lp in zip(best[0].tolist(), best[1].tolist())]
+    if top_ids is not None:
+        tops = [_sorted_top(i, lp) for i, lp in zip(top_ids.tolist(), top_lps.tolist())]
     states = list(_host_hidden(captured)) if capture_hidden else [None] * len(response_ids)
-    return [RawStep(t, lp, v, top, h)
-            for t, lp, v, top, h in zip(response_ids, chosen.tolist(), values.tolist(), tops, states)]
+    return [RawStep(t, lp, v, top, h, r)
+            for t, lp, v, top, h, r in zip(response_ids, chosen.tolist(), values.tolist(), tops, states, rows)]

@@ -6,10 +6,10 @@ step on the device. `finish` is the rest: per-row arithmetic that turns those fe
 signals. The engine runs it with NumPy on the host, once per step for the whole batch (some thirty
 tiny device operations per step fewer); `step_signals` runs both lazily in MLX. `vocab_reductions`
 also runs in NumPy: where MLX computes on the CPU, its `exp` is element by element, ~20× slower
-than NumPy's vectorised one, so the engine takes the log-probabilities to the host there and
-`join_reductions` puts the two parts together. Every function keeps any leading batch axes, so the
-same code serves one sequence or a batch. The reductions cast their inputs to float32 first: they
-must not run in the model's activation dtype.
+than NumPy's vectorised one, so there the engine takes a step's logits to the host, makes their
+log-softmax and these reductions in NumPy, and `join_reductions` puts the two parts together.
+Every function keeps any leading batch axes, so the same code serves one sequence or a batch. The
+reductions cast their inputs to float32 first: they must not run in the model's activation dtype.
 """
 
 import math
@@ -85,9 +85,9 @@ def surprise(logprobs: mx.array, token: mx.array) -> mx.array:
     return _surprise(token_logprob(logprobs, token))
 
 
-def token_logprob(logprobs: mx.array, token: mx.array) -> mx.array:
+def token_logprob(logprobs, token):
     """ln p[token] along the last axis; `token` has the leading shape of `logprobs`."""
-    return mx.take_along_axis(logprobs, token[..., None], axis=-1)[..., 0]
+    return _xp(logprobs).take_along_axis(logprobs, token[..., None], axis=-1)[..., 0]
 
 
 def _surprise(token_lp):
@@ -131,34 +131,33 @@ def probe_values(h: mx.array, mean: mx.array, scale: mx.array, coef: mx.array, i
 STEP_FIELDS = ("delta_mu", "delta_sigma", "hbar_s", "surprise", "delta_h", "pri", "pfail", "entropy", "prob")
 VERDICT_FIELDS = ("p_yes", "p_no")
 # Order of the values in the array returned by `step_reductions`, then optionally the verdict masses:
-# Σ p², Σ p·ln max(p, 1e-10) (`vocab_reductions`), ln p[token], Δσ², cos(h_t, h_{t−1}), 1 where there
-# is a previous step (`state_reductions`).
-VOCAB_FIELDS = ("sum_p2", "p_log_p")
-STATE_FIELDS = ("token_logprob", "delta_sigma2", "cos_prev", "has_prev")
+# Σ p², Σ p·ln max(p, 1e-10), ln p[token] (`vocab_reductions`), Δσ², cos(h_t, h_{t−1}), 1 where
+# there is a previous step (`state_reductions`).
+VOCAB_FIELDS = ("sum_p2", "p_log_p", "token_logprob")
+STATE_FIELDS = ("delta_sigma2", "cos_prev", "has_prev")
 RAW_FIELDS = VOCAB_FIELDS + STATE_FIELDS
 
 
-def vocab_reductions(logprobs, verdict_ids=None):
+def vocab_reductions(logprobs, token, verdict_ids=None):
     """The reductions over the vocabulary of float32 log-probabilities (MLX, or NumPy on the host),
     on a new last axis: VOCAB_FIELDS, then the verdict masses if `verdict_ids`."""
     xp = _xp(logprobs)
     probs = xp.exp(logprobs)
-    values = [xp.sum(probs * probs, axis=-1), _p_log_p(probs, logprobs)]
+    values = [xp.sum(probs * probs, axis=-1), _p_log_p(probs, logprobs), token_logprob(logprobs, token)]
     if verdict_ids is not None:
         values += [mass(probs, ids) for ids in verdict_ids]
     return xp.stack(values, axis=-1)
 
 
-def state_reductions(logprobs, hidden, token, prev_final) -> mx.array:
-    """The other reductions of a step (MLX), on a new last axis in STATE_FIELDS order."""
+def state_reductions(hidden, prev_final) -> mx.array:
+    """The reductions over the block outputs (MLX), on a new last axis in STATE_FIELDS order."""
     u = unit_vectors(hidden)  # once, for Δσ and Δh
-    token_lp = token_logprob(logprobs.astype(mx.float32), token)
     if prev_final is None:  # Δh_0 = 0
-        cos = has_prev = mx.zeros_like(token_lp)
+        cos = has_prev = mx.zeros(hidden.shape[:-2], mx.float32)
     else:
         cos = _cos(u[..., -1, :], unit_vectors(prev_final))
         has_prev = mx.any(prev_final != 0, axis=-1).astype(mx.float32)
-    return mx.stack([token_lp, _spread2(u), cos, has_prev], axis=-1)
+    return mx.stack([_spread2(u), cos, has_prev], axis=-1)
 
 
 def join_reductions(vocab, rest):
@@ -172,9 +171,8 @@ def join_reductions(vocab, rest):
 def step_reductions(logprobs, hidden, token, prev_final, verdict_ids=None) -> mx.array:
     """A step's reductions over the vocabulary and the block outputs, stacked on a new last axis
     in RAW_FIELDS order, then the verdict masses if `verdict_ids` (see `step_signals`)."""
-    logprobs = logprobs.astype(mx.float32)
-    return join_reductions(vocab_reductions(logprobs, verdict_ids),
-                           state_reductions(logprobs, hidden, token, prev_final))
+    return join_reductions(vocab_reductions(logprobs.astype(mx.float32), token, verdict_ids),
+                           state_reductions(hidden, prev_final))
 
 
 def finish(raw, tau: float, lam: float):

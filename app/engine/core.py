@@ -229,7 +229,8 @@ class Engine:
         """Start the running batch's next step and report the one before it (see DecodeBatch.step):
         a StepRecord to each member that took part in it; the finished ones leave."""
         try:
-            steps, columns = self._batch.step(*self._batch_reducer())
+            reduce, columns = self._batch_reducer()  # columns: the tag its step is reported with
+            steps, columns = self._batch.step(reduce, columns, self._host_reduce())
             self._finish([raw for _, raw in steps])
             done = [row for row, raw in steps if not self._report(row.owner, raw, columns.get(id(row.owner)))]
         except Exception as e:
@@ -278,7 +279,7 @@ class Engine:
         probes = {id(p): p for m in self._members for p in m.job.probes}
         key = tuple(probes)
         if self._reduce[0] != key:
-            self._reduce = (key, self._reducer(tuple(probes.values()), vocab_on_host()))
+            self._reduce = (key, self._reducer(tuple(probes.values())))
         at = {pid: N_SIGNALS + 2 * i for i, pid in enumerate(key)}
         columns = {}
         for m in self._members:
@@ -299,32 +300,38 @@ class Engine:
         self._probe_arrays = cache
         return [(probe.layer, cache[id(probe)][1]) for probe in probes]
 
-    def _reducer(self, probes: tuple = (), host_vocab: bool = False):
+    def _host_reduce(self):
+        """The reductions over the vocabulary, in NumPy, where they are cheaper on the host
+        (`vocab_on_host`): the step's log-softmax is then made there too; else None."""
+        if not vocab_on_host():
+            return None
+        return lambda logprobs, token: vocab_reductions(logprobs, token, self._verdict_host)
+
+    def _reducer(self, probes: tuple = ()):
         """The per-step reduction on the device: step_reductions, then each probe's (logit, distance);
-        `_finish` makes the signals of it. With `host_vocab`, the reductions over the vocabulary are
-        left to `_finish` (the log-probabilities go to the host with the step: `vocab_on_host`)."""
+        `_finish` makes the signals of it. Where the step's log-softmax is made on the host (no
+        `logprobs`), the reductions over the vocabulary are `_host_reduce`'s, joined in `_finish`."""
         weights = self._weights(probes)
 
         def reduce(logprobs, hidden, token, prev_final):
-            if host_vocab:
-                values = state_reductions(logprobs, hidden, token, prev_final)
+            if logprobs is None:
+                values = state_reductions(hidden, prev_final)
             else:
                 values = step_reductions(logprobs, hidden, token, prev_final, self._verdict)
             if weights:
                 outputs = [probe_values(hidden[..., layer, :], *w) for layer, w in weights]
                 values = mx.concatenate([values, *outputs], axis=-1)
-            return (values, logprobs) if host_vocab else values
+            return values
 
         return reduce
 
     def _finish(self, steps: list) -> None:
         """The signals of these steps' reductions, in place (one NumPy pass over all of them; first
-        the reductions over the vocabulary of the log-probabilities a step brought to the host)."""
+        joined with the reductions over the vocabulary a step made on the host)."""
         if steps:
             values = np.array([raw.values for raw in steps])
             if steps[0].rows is not None:
-                values = join_reductions(vocab_reductions(np.stack([raw.rows for raw in steps]), self._verdict_host),
-                                         values)
+                values = join_reductions(np.stack([raw.rows for raw in steps]), values)
             values = finish(values, self.pfail_tau, self.pfail_lambda)
             for raw, v in zip(steps, values.tolist()):
                 raw.values, raw.rows = v, None
@@ -348,7 +355,7 @@ class Engine:
         try:
             steps = teacher_forced_steps(self.lm, job.prompt_ids, job.response_ids, self._reducer(job.probes),
                                          top_logprobs=job.top_logprobs, prefill_step_size=self.prefill_step_size,
-                                         capture_hidden=job.capture_hidden)
+                                         capture_hidden=job.capture_hidden, host_reduce=self._host_reduce())
         except Exception as e:
             log.exception("scoring failed")
             handle.emit(e)

@@ -1,9 +1,10 @@
 """Generation with signals on tiny models of several architectures.
 
-1. Tokens and logprobs are bit-identical to mlx-lm's own generate_step (short and chunked prefill).
+1. Tokens and logprobs are bit-identical to mlx-lm's own generate_step (short and chunked prefill);
+   with the log-softmax made on the host, tokens are, and logprobs equal to float rounding.
 2. Every per-step signal equals a reference that recomputes the whole prefix without a KV cache at
    every step (the prototype's method) and applies the formulas in numpy, EOS step included,
-   with the reductions over the vocabulary on the device and on the host.
+   with the log-softmax and the reductions over the vocabulary on the device and on the host.
 3. Response scores are top-5 means; P_fail halting stops before appending the token.
 """
 
@@ -20,7 +21,7 @@ from adapters.text import verdict_token_ids
 from app.engine import Engine, GenerationJob
 from support.reference import probs, reference
 from signals.response import top_k_mean
-from signals.step import STEP_FIELDS, step_signals
+from signals.step import STEP_FIELDS, state_reductions, step_signals
 
 N_TOKENS = 32
 TEXT = "The quick brown fox jumps over the lazy dog near the river in 1999, and the capital of France is"
@@ -36,25 +37,39 @@ def _reduce(logprobs, hidden, token, prev):
     return step_signals(logprobs, hidden, token, prev, 2.0, 5.0)
 
 
+def _state_reduce(logprobs, hidden, token, prev):
+    assert logprobs is None  # the log-softmax is made on the host
+    return state_reductions(hidden, prev)
+
+
+@pytest.mark.parametrize("host_softmax", [False, True], ids=["softmax-on-device", "softmax-on-host"])
 @pytest.mark.parametrize("prompt_len,prefill_step", [(5, 2048), (45, 8)], ids=["short", "chunked"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_bit_identical_to_mlx_lm(tiny_model_path, arch, prompt_len, prefill_step):
+def test_bit_identical_to_mlx_lm(tiny_model_path, arch, prompt_len, prefill_step, host_softmax):
     path = str(tiny_model_path(arch))
     plain, tok = mlx_load(path)  # no taps on this one
     ids = _prompt(tok, prompt_len)
     expected = [(int(t), lp) for t, lp in generate_step(mx.array(ids), plain, max_tokens=N_TOKENS,
                                                           prefill_step_size=prefill_step)]
     lm = load(path, precision="native")
-    got = list(generate_steps(lm, ids, N_TOKENS, _reduce, top_logprobs=5, prefill_step_size=prefill_step))
+    got = list(generate_steps(lm, ids, N_TOKENS, _state_reduce if host_softmax else _reduce, top_logprobs=5,
+                              prefill_step_size=prefill_step,
+                              host_reduce=(lambda logprobs, token: logprobs) if host_softmax else None))
     assert [s.token for s in got] == [t for t, _ in expected]
     assert len(set(s.token for s in got)) > 3, "degenerate tiny model: the test would prove little"
     for step, (token, lps) in zip(got, expected):
-        assert step.logprob == lps[token].item()  # bit-identical
         lps = np.array(lps)
         order = np.argsort(-lps, kind="stable")[:5]
         assert [t for t, _ in step.top] == order.tolist()
-        assert [lp for _, lp in step.top] == lps[order].tolist()
         assert step.top[0][0] == step.token
+        if host_softmax:  # float rounding of another logsumexp
+            assert step.logprob == pytest.approx(lps[token], rel=1e-6, abs=1e-6)
+            np.testing.assert_allclose([lp for _, lp in step.top], lps[order], rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(step.rows, lps, rtol=1e-6, atol=1e-6)
+        else:
+            assert step.logprob == lps[token].item()  # bit-identical
+            assert [lp for _, lp in step.top] == lps[order].tolist()
+            assert step.rows is None
 
 
 @pytest.fixture(scope="module")
@@ -84,14 +99,13 @@ def _no_cache_reference(path, ids, tokens):
     return np.array(rows)
 
 
-@pytest.mark.parametrize("host_vocab", [True, False], ids=["vocab-on-host", "vocab-on-device"])
+@pytest.mark.parametrize("host_softmax", [True, False], ids=["softmax-on-host", "softmax-on-device"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_signals_equal_no_cache_reference_with_eos(tiny_model_path, engines, arch, host_vocab, monkeypatch):
+def test_signals_equal_no_cache_reference_with_eos(tiny_model_path, engines, arch, host_softmax, monkeypatch):
     from app.engine import core
 
-    monkeypatch.setattr(core, "vocab_on_host", lambda: host_vocab)
+    monkeypatch.setattr(core, "vocab_on_host", lambda: host_softmax)
     engine = engines(arch)
-    engine._reduce = (None, None)  # made again, as the platform above says
     ids = _prompt(engine.lm.tokenizer, 20)
     records, fin = engine.submit(GenerationJob(ids, N_TOKENS)).wait()
     tokens = [r.token_id for r in records]
