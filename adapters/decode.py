@@ -128,21 +128,25 @@ def teacher_forced_steps(
             hidden = taps.stacked()[0]  # (R, L, D)
         finally:
             taps.all_positions = False
-        on_host = host_reduce is not None and logits.dtype == mx.float32
-        logprobs = logits if on_host else logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-        signal_lp = None if on_host else float32_logprobs(logits, logprobs)
-        first, later = (None, None) if on_host else (signal_lp[:1], signal_lp[1:])
         token = mx.array(response_ids)
+        on_host = host_reduce is not None and logits.dtype == mx.float32
+        if on_host:  # the log-softmax is made below, on the host; the logits rank the top ids alike
+            first = later = None
+            chosen = ranked = logits
+        else:
+            ranked = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+            signal_lp = float32_logprobs(logits, ranked)
+            first, later = signal_lp[:1], signal_lp[1:]
+            chosen = mx.take_along_axis(ranked, token[:, None], axis=-1)[:, 0]
         values = reduce(first, hidden[:1], token[:1], None)  # Δh_0 = 0
         if len(response_ids) > 1:
             values = mx.concatenate([values, reduce(later, hidden[1:], token[1:], hidden[:-1, -1, :])])
-        chosen = logits if on_host else mx.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
         captured = hidden.astype(mx.float32) if capture_hidden else None
-        top_ids, top_lps = _top_k(logprobs, top_logprobs) if top_logprobs > 0 else (None, None)
+        top_ids, top_lps = _top_k(ranked, top_logprobs) if top_logprobs > 0 else (None, None)
         mx.eval([x for x in (chosen, values, captured, top_ids, top_lps) if x is not None])
     top_ids = None if top_ids is None else np.array(top_ids)
     rows = [None] * len(response_ids)
-    if on_host:  # `chosen` are the logits; `top_lps` their top values
+    if on_host:  # `chosen` are the logits, `top_lps` their top values: made into logprobs here
         parts = [host_logprobs(np.array(chosen[i:i + HOST_CHUNK]), np.array(response_ids[i:i + HOST_CHUNK]),
                                None if top_ids is None else top_ids[i:i + HOST_CHUNK], host_reduce)
                  for i in range(0, len(response_ids), HOST_CHUNK)]

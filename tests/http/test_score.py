@@ -7,6 +7,7 @@ from fastapi.testclient import TestClient
 from support.engines import running_engine
 
 from adapters import decode
+from app.engine import core
 from app.http.app import create_app
 from app.settings import Settings
 
@@ -66,13 +67,17 @@ def default_engine():
         yield e
 
 
-@pytest.mark.parametrize("case,host_chunk", [("eos", decode.HOST_CHUNK), ("length", decode.HOST_CHUNK), ("eos", 3)],
-                         ids=["eos", "length", "eos-host-chunks-of-3"])
+@pytest.mark.parametrize("case,host_chunk", [("eos", decode.HOST_CHUNK), ("length", decode.HOST_CHUNK), ("eos", 3),
+                                             ("eos", None)],
+                         ids=["eos", "length", "eos-host-chunks-of-3", "eos-softmax-on-device"])
 def test_score_equals_generate_on_own_output(default_engine, tmp_path, case, host_chunk, monkeypatch):
     # The embedded model, whose outputs are real text (a random model's byte soup does not re-tokenize
     # to the same ids, and /score takes text). On a CPU both make the log-softmax on the host, /score
-    # `host_chunk` positions at a time.
-    monkeypatch.setattr(decode, "HOST_CHUNK", host_chunk)
+    # `host_chunk` positions at a time; with None, both make it on the device (as on a GPU).
+    if host_chunk is None:
+        monkeypatch.setattr(core, "vocab_on_host", lambda: False)
+    else:
+        monkeypatch.setattr(decode, "HOST_CHUNK", host_chunk)
     msgs = [{"role": "user", "content": "What is the capital of France?"}]
     prompt = {"messages": msgs} if case == "eos" else {"prompt": "The three primary colours are"}
     with _client(default_engine, tmp_path) as c:
