@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 from mlx_lm.generate import generation_stream
-from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
+from mlx_lm.models.cache import KVCache, LRUPromptCache, can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
 from mlx_lm.sample_utils import apply_top_p
 
 from .decode import HostReduce, Reduce, RawStep, _host_hidden, _sorted_top, _top_k, float32_logprobs, host_logprobs
@@ -88,8 +88,8 @@ class Prefill:
 
     def advance(self, budget: int) -> int:
         """Run the next chunk of the prompt (all but its last token), at most `budget` tokens;
-        return how many went through. Once done, the prompt's cache is offered to `reuse` (joining
-        the batch copies it, so it stays as it is)."""
+        return how many went through. Once done, a copy of the prompt's cache cut to its tokens is
+        offered to `reuse` (`_compacted`)."""
         first = self.cache is None
         if first:
             self._start()
@@ -101,8 +101,28 @@ class Prefill:
             self._rest = self._rest[n:]
             mx.clear_cache()
         if self.done and (n or first) and self._reuse is not None and len(self.ids) > 1:
-            self._reuse.insert_cache(self._key, self.ids[:-1], self.cache)  # again when all cached: recently used
+            # (again when all of it was cached: it is the most recently used then)
+            self._reuse.insert_cache(self._key, self.ids[:-1], _compacted(self.cache))
         return n
+
+
+def _compacted(cache: list) -> list:
+    """A prompt's cache as the prompt cache keeps it: each `KVCache` layer's keys and values cut to
+    the tokens in it (they are allocated 256 tokens at a time), copied as `BatchKVCache.extract`
+    copies them for `mlx_lm.server`; other kinds of layer, and a layer with at most one spare slot
+    (as fetched from the prompt cache, less its last token), as they are."""
+    kept, cut = [], []
+    for layer in cache:
+        if type(layer) is KVCache and layer.keys is not None and layer.offset < layer.keys.shape[2] - 1:
+            layer, old = KVCache(), layer
+            layer.keys, layer.values = (mx.contiguous(x[..., :old.offset, :]) for x in (old.keys, old.values))
+            layer.offset = old.offset
+            cut.append(layer.state)
+        kept.append(layer)
+    if cut:
+        with mx.stream(generation_stream):
+            mx.eval(cut)
+    return kept
 
 
 class DecodeBatch:

@@ -13,6 +13,7 @@
 
 import numpy as np
 import pytest
+from mlx_lm.models.cache import KVCache
 from support.engines import running_engine
 from support.tiny_models import ARCHS
 
@@ -87,6 +88,29 @@ def test_rows_joining_and_leaving_mid_batch_match_alone(tiny_model_path, arch):
     assert len(set(s.token for s in got[2])) > 2, "degenerate tiny model: the test would prove little"
     if arch in ("llama", "qwen2", "phi3"):  # plain KV caches: prompt 3 starts with prompt 0 but its
         assert reused == [0, 0, 0, 4, 40]  # last token, prompt 4 shares 40 tokens with prompt 3
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text"])
+def test_prompt_cache_keeps_only_the_tokens_kv(tiny_model_path, arch):
+    """A prefilled prompt's KV caches are allocated 256 tokens at a time; the prompt cache keeps
+    them cut to the prompt's tokens (its byte budget then holds several times more prompts), and a
+    prompt reusing them still gets what it gets alone (the test above)."""
+    lm = load(str(tiny_model_path(arch)), precision="native")
+    batch = DecodeBatch(lm, prefill_step_size=8, reuse_bytes=1 << 26)
+    ids = _ids(lm.tokenizer, 21)
+    prefill = batch.prefill(ids, Row(None))
+    while not prefill.done:
+        prefill.advance(8)
+    expected = 0
+    for layer in prefill.cache:
+        k, v = layer.state[:2]
+        if type(layer) is KVCache:  # the plain layers: the 20 tokens it ran, where 256 were allocated
+            assert k.shape[2] == 256
+            expected += 20 * (k.nbytes + v.nbytes) // k.shape[2]
+        else:  # a sliding-window layer (gemma3) is kept as it is
+            expected += k.nbytes + v.nbytes
+    assert batch.reuse.nbytes == expected
+    assert any(type(layer) is KVCache for layer in prefill.cache)
 
 
 def _probe(lm, layer: int, seed: int) -> Probe:
