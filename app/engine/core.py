@@ -75,6 +75,7 @@ class Engine:
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="halluwatch-engine", daemon=True)
         self.lm: LoadedModel | None = None  # other threads may use its tokenizer and metadata only
+        self._batch: DecodeBatch | None = None  # made with the model, on the engine thread
         self._probe_arrays: dict = {}  # id(probe) -> (probe, its weights as MLX arrays of this thread)
         self._members: list = []  # in the batch's row order
         self._prefills: list = []  # admitted, not yet in the batch
@@ -116,6 +117,12 @@ class Engine:
     def batch_size(self) -> int:
         """Generation jobs in the running batch or being prefilled for it."""
         return len(self._members) + len(self._prefills)
+
+    @property
+    def prompt_cache_bytes(self) -> int:
+        """Bytes of KV caches the prompt cache keeps now (0 without one)."""
+        batch = self._batch
+        return batch.reuse.nbytes if batch is not None and batch.reuse is not None else 0
 
     @property
     def busy(self) -> bool:
