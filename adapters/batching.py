@@ -151,6 +151,13 @@ class DecodeBatch:
     def __len__(self) -> int:
         return len(self.rows)
 
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes of the batch's KV caches as allocated (mlx-lm's, 256 tokens at a time). Only array
+        sizes are read, so another thread may ask."""
+        cache = self._cache
+        return sum(layer.nbytes for layer in cache) if cache is not None else 0
+
     def prefill(self, prompt_ids: list, row: Row) -> Prefill:
         """A newcomer to prefill; `join` it once `done`."""
         if row.sampling is not None:

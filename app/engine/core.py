@@ -119,6 +119,11 @@ class Engine:
         return len(self._members) + len(self._prefills)
 
     @property
+    def kv_cache_bytes(self) -> int:
+        """Bytes of the running batch's KV caches (0 while it is empty)."""
+        return self._batch.kv_bytes if self._batch is not None else 0
+
+    @property
     def prompt_cache_bytes(self) -> int:
         """Bytes of KV caches the prompt cache keeps now (0 without one)."""
         batch = self._batch

@@ -28,6 +28,7 @@ log = logging.getLogger("halluwatch.metrics")
 QUADRANT_LABELS = ("Q1", "Q2", "Q3", "Q4", "none")
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 QUEUE_CAPACITY = "Jobs that may wait for the engine before requests get 503 (HALLUWATCH_QUEUE_DEPTH)"
+KV_CACHE = "Bytes of the running batch's KV caches, as allocated"
 PROMPT_CACHE = "Bytes of prompts' KV caches kept for later prompts to reuse (at most HALLUWATCH_PROMPT_CACHE_MB)"
 UNMATCHED = "unmatched"  # route label of requests no route matched (404s): one series, not one per path
 
@@ -116,8 +117,8 @@ def _served(app: FastAPI) -> tuple:
 
 
 class _StateCollector:
-    """Gauges read at scrape time: engine queue depth and capacity, busy flag, batch size and prompt
-    cache bytes, params loaded, calibration jobs by state."""
+    """Gauges read at scrape time: engine queue depth and capacity, busy flag, batch size, KV and
+    prompt cache bytes, params loaded, calibration jobs by state."""
 
     def __init__(self, app: FastAPI, settings: Settings):
         self.app = app
@@ -128,6 +129,7 @@ class _StateCollector:
         yield GaugeMetricFamily("halluwatch_engine_queue_capacity", QUEUE_CAPACITY)
         yield GaugeMetricFamily("halluwatch_engine_busy", "1 while the engine runs a job")
         yield GaugeMetricFamily("halluwatch_engine_batch_size", "Generations in the engine's running batch")
+        yield GaugeMetricFamily("halluwatch_kv_cache_bytes", KV_CACHE)
         yield GaugeMetricFamily("halluwatch_prompt_cache_bytes", PROMPT_CACHE)
         yield GaugeMetricFamily("halluwatch_params_loaded", "1 when calibrated params are in effect")
         yield GaugeMetricFamily("halluwatch_calibration_jobs", "Calibration jobs by state", labels=["state"])
@@ -143,6 +145,7 @@ class _StateCollector:
                                     value=1.0 if engine.busy else 0.0)
             yield GaugeMetricFamily("halluwatch_engine_batch_size", "Generations in the engine's running batch",
                                     value=engine.batch_size)
+            yield GaugeMetricFamily("halluwatch_kv_cache_bytes", KV_CACHE, value=engine.kv_cache_bytes)
             yield GaugeMetricFamily("halluwatch_prompt_cache_bytes", PROMPT_CACHE, value=engine.prompt_cache_bytes)
         served = getattr(state, "served", None)
         yield GaugeMetricFamily("halluwatch_params_loaded", "1 when calibrated params are in effect",

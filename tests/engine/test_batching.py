@@ -226,6 +226,22 @@ def test_engine_jobs_joining_leaving_and_cancelled_mid_batch_match_alone(tiny_mo
             _same_records(got, alone[name])
 
 
+def test_kv_cache_bytes_follow_the_running_batch(tiny_model_path, monkeypatch):
+    """What /metrics reports as the batch's KV caches: a second row like the first doubles them
+    (same prompt, same step), and they are gone once the batch is empty."""
+    script = Script(monkeypatch)
+    seen = {}
+    with running_engine(tiny_model_path("llama"), prompt_cache_mb=0) as engine:
+        ids = _ids(engine.lm.tokenizer, 9)
+        for rows in (1, 2):
+            jobs = [script.name(f"{rows}-{i}", GenerationJob(ids, 6)) for i in range(rows)]
+            script.actions[(f"{rows}-0", 3)] = lambda rows=rows: seen.setdefault(rows, engine.kv_cache_bytes)
+            for h in engine.submit_batch(jobs):
+                h.wait()
+        assert engine.kv_cache_bytes == 0
+    assert seen[1] > 0 and seen[2] == 2 * seen[1]
+
+
 def test_admission_follows_the_batch_size_and_the_queue(tiny_model_path, monkeypatch):
     """max_batch_size 2, queue_depth 1: a third job waits for a free row, a fourth is refused."""
     with running_engine(tiny_model_path("llama"), max_batch_size=2, queue_depth=1) as engine:

@@ -94,6 +94,7 @@ def test_counters_and_histograms_move(base, http):
     assert value(after, "halluwatch_engine_busy") == 0
     assert value(after, "halluwatch_engine_queue_capacity") == 16  # HALLUWATCH_QUEUE_DEPTH's default
     assert value(after, "halluwatch_engine_batch_size") == 0
+    assert value(after, "halluwatch_kv_cache_bytes") == 0  # no batch running
     assert 0 < value(after, "halluwatch_prompt_cache_bytes") <= 512 * 2**20  # the prompts above are kept
     assert value(after, "halluwatch_params_loaded") == 1
     for state in JOB_STATES:
