@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 from mlx_lm.generate import generation_stream
-from mlx_lm.models.cache import KVCache, LRUPromptCache, can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
+from mlx_lm.models.cache import (BatchKVCache, KVCache, LRUPromptCache, can_trim_prompt_cache, make_prompt_cache,
+                                 trim_prompt_cache)
 from mlx_lm.sample_utils import apply_top_p
 
 from .decode import HostReduce, Reduce, RawStep, _host_hidden, _sorted_top, _top_k, float32_logprobs, host_logprobs
@@ -26,6 +27,9 @@ from .loader import LoadedModel
 
 
 REUSE_ENTRIES = 256  # prompts a prompt cache keeps at most (its byte budget usually binds first)
+# the batch's KV caches grow by this many tokens at a time (mlx-lm's default: 256): a chat answer
+# is often shorter than that, and each row of the batch would carry the rest
+BATCH_KV_STEP = 64
 
 
 @dataclass
@@ -132,7 +136,8 @@ class DecodeBatch:
 
     Steps are pipelined as in mlx-lm's `generate_step`: `step()` starts the next forward pass
     (its tokens feed it without a round trip to the host) before it reads the previous one's
-    results, so the caller's work on a step overlaps the model's work on the next. A row that
+    results, so the caller's work on a step overlaps the model's work on the next (on a GPU: on a
+    CPU, `mx.async_eval` returns only once the step is nearly computed). A row that
     leaves early (a stop token, a cancel) has had one step computed for nothing; one that reaches
     its `max_steps` has not. A row that joins gets its first step one call later.
     """
@@ -171,6 +176,9 @@ class DecodeBatch:
             raise ValueError("a prompt is not prefilled yet")
         with mx.stream(generation_stream):
             cache = [type(layer[0]).merge(list(layer)) for layer in zip(*(p.cache for p in prefills))]
+            for layer in cache:
+                if type(layer) is BatchKVCache:
+                    layer.step = BATCH_KV_STEP
             last = mx.array([p.ids[-1] for p in prefills])
             if not self.rows:
                 self._cache, self._inputs, self._prev = cache, last, None

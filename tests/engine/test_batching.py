@@ -17,6 +17,7 @@ from mlx_lm.models.cache import KVCache
 from support.engines import running_engine
 from support.tiny_models import ARCHS
 
+from adapters import batching
 from adapters.batching import DecodeBatch, Row, generate_steps
 from adapters.loader import load
 from app.engine import Cancelled, EngineBusy, Finished, GenerationJob, StepRecord, core
@@ -46,8 +47,9 @@ def _assert_same(got: list, alone: list) -> None:
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_rows_joining_and_leaving_mid_batch_match_alone(tiny_model_path, arch):
+def test_rows_joining_and_leaving_mid_batch_match_alone(tiny_model_path, monkeypatch, arch):
     lm = load(str(tiny_model_path(arch)), precision="native")
+    monkeypatch.setattr(batching, "BATCH_KV_STEP", 4)  # the batch's caches grow every 4 steps (alone: 64)
     tok = lm.tokenizer
     base = _ids(tok, 40)
     # (prompt, max_tokens, step it joins at, top_logprobs); the last two share a 40-token prefix
@@ -82,6 +84,7 @@ def test_rows_joining_and_leaving_mid_batch_match_alone(tiny_model_path, arch):
     assert [len(s) for s in got] == [8, 6, 10, 9, 7]
     # steps are pipelined: the row that left early had one more started; none past its max_steps
     assert [rows[i].started for i in range(len(plan))] == [9, 6, 10, 9, 7]
+    monkeypatch.undo()
     for i, (ids, _, _, top) in enumerate(plan):
         alone = list(generate_steps(lm, ids, len(got[i]), _reduce, top_logprobs=top, prefill_step_size=8))
         _assert_same(got[i], alone)
@@ -111,6 +114,17 @@ def test_prompt_cache_keeps_only_the_tokens_kv(tiny_model_path, arch):
             expected += k.nbytes + v.nbytes
     assert batch.reuse.nbytes == expected
     assert any(type(layer) is KVCache for layer in prefill.cache)
+
+
+def test_batch_kv_caches_grow_by_the_batch_step(tiny_model_path):
+    lm = load(str(tiny_model_path("llama")), precision="native")
+    batch = DecodeBatch(lm)
+    prefill = batch.prefill(_ids(lm.tokenizer, 9), Row(None))
+    prefill.advance(2048)
+    batch.join([prefill])
+    for _ in range(3):
+        batch.step(_reduce, lambda steps, tag: steps)
+    assert {layer.keys.shape[2] for layer in batch._cache} == {8 + batching.BATCH_KV_STEP}  # mlx-lm's: 8 + 256
 
 
 def _probe(lm, layer: int, seed: int) -> Probe:
