@@ -53,6 +53,7 @@ for _p in (REPO / "bench", REPO, REPO / "tests"):
 import adapters  # noqa: E402,F401  (first: preloads OpenBLAS before mlx)
 import httpx  # noqa: E402
 from benchlib import add_json_option, exit_now, write_json  # noqa: E402
+from tables import memory_line  # noqa: E402
 
 PROMPTS = ("Write a long story about a dragon who learns to cook.",
            "Explain in detail how a steam engine works.",
@@ -65,6 +66,8 @@ PROMPTS = ("Write a long story about a dragon who learns to cook.",
 BENCH8 = {"hidden_size": 512, "intermediate_size": 1536, "num_attention_heads": 8, "num_key_value_heads": 4,
           "head_dim": 64, "num_hidden_layers": 8}
 SERVERS = ("halluwatch", "mlx_lm.server")
+WATCH_S = 0.5  # how often halluwatch's /metrics is read during a round, for its KV caches' bytes
+GAUGES = {"halluwatch_kv_cache_bytes": "kv_peak_mb", "halluwatch_prompt_cache_bytes": "prompt_cache_peak_mb"}
 MLX_LM_SERVER = "import adapters, runpy; runpy.run_module('mlx_lm.server', run_name='__main__')"
 
 
@@ -187,16 +190,33 @@ async def ask(client: httpx.AsyncClient, model_id: str, prompt: int, max_tokens:
     return answer
 
 
-async def run_clients(url: str, model_id: str, clients: int, requests: int, max_tokens: int) -> tuple:
-    """(answers, wall seconds) of `clients` concurrent clients."""
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+async def run_clients(url: str, model_id: str, clients: int, requests: int, max_tokens: int,
+                      watch: dict | None = None) -> tuple:
+    """(answers, wall seconds) of `clients` concurrent clients; with `watch` (halluwatch), the highest
+    value each of its gauges reached meanwhile (`watch_gauges`)."""
+    limits = httpx.Limits(max_connections=clients + 1, max_keepalive_connections=clients + 1)
     async with httpx.AsyncClient(base_url=url, timeout=900, limits=limits) as client:
         async def one(i: int) -> list:
             return [await ask(client, model_id, (i + j) % len(PROMPTS), max_tokens) for j in range(requests)]
 
         t0 = time.perf_counter()
+        watcher = asyncio.create_task(watch_gauges(client, watch)) if watch is not None else None
         per_client = await asyncio.gather(*(one(i) for i in range(clients)))
+        if watcher is not None:
+            watcher.cancel()
         return [a for answers in per_client for a in answers], time.perf_counter() - t0
+
+
+async def watch_gauges(client: httpx.AsyncClient, peaks: dict) -> None:
+    """Scrape /metrics every WATCH_S seconds until cancelled, keeping in `peaks` the highest value
+    of each gauge named in it."""
+    while True:
+        text = (await client.get("/metrics")).text
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            if name in peaks:
+                peaks[name] = max(peaks[name], float(value))
+        await asyncio.sleep(WATCH_S)
 
 
 def percentile(values: list, q: float) -> float | None:
@@ -256,13 +276,12 @@ def bench(name: str, home: Path, work: Path, args) -> dict:
         kv = kv_cache_mb(model, args.max_batch_size, prompt_tokens + args.max_tokens)
         top = levels[-1]
         rss = {s: top[s]["rss_peak_mb"] for s in SERVERS}
-        print(f"peak RSS at {top['clients']} clients: " + ", ".join(
-            f"{s} {top[s]['rss_peak_mb']:.0f} MB ({top[s]['rss_before_mb']:.0f} MB before)" for s in SERVERS)
-            + f"; weights {weights_mb:.0f} MB + KV caches of a full batch ({args.max_batch_size} × "
-              f"{prompt_tokens + args.max_tokens} tokens at most) {kv:.1f} MB = {weights_mb + kv:.0f} MB")
-        return {"model": name, "weights_mb": weights_mb, "kv_batch_mb": kv, "peak_rss_mb": rss,
-                "rss_before_mb": {s: top[s]["rss_before_mb"] for s in SERVERS}, "peak_rss_clients": top["clients"],
-                "sequential_equal_across_servers": same_text, "prompts": len(PROMPTS), "levels": levels}
+        memory = {"model": name, "weights_mb": weights_mb, "kv_batch_mb": kv, "peak_rss_mb": rss,
+                  "rss_before_mb": {s: top[s]["rss_before_mb"] for s in SERVERS}, "peak_rss_clients": top["clients"],
+                  "kv_peak_mb": top["halluwatch"]["kv_peak_mb"],
+                  "prompt_cache_peak_mb": top["halluwatch"]["prompt_cache_peak_mb"], "watch_s": WATCH_S}
+        print(memory_line(memory))
+        return memory | {"sequential_equal_across_servers": same_text, "prompts": len(PROMPTS), "levels": levels}
     finally:
         for proc in procs.values():
             proc.terminate()
@@ -282,13 +301,16 @@ def run_level(procs: dict, urls: dict, ids: dict, sequential: dict, clients: int
         for s in order:
             reset_peak_rss(procs[s])
             before = rss_mb(procs[s], "VmRSS")
-            answers, seconds = asyncio.run(run_clients(urls[s], ids[s], clients, args.requests, args.max_tokens))
-            runs[s].append((answers, seconds, before, rss_mb(procs[s])))
+            watch = dict.fromkeys(GAUGES, 0.0) if s == "halluwatch" else None
+            answers, seconds = asyncio.run(run_clients(urls[s], ids[s], clients, args.requests, args.max_tokens,
+                                                       watch))
+            runs[s].append((answers, seconds, before, rss_mb(procs[s]), watch))
         rounds.append({"first": order[0], **{s: summary(*runs[s][-1][:2], sequential[s]) for s in SERVERS}})
     row = {"clients": clients, "rounds": rounds}
     for s, done in runs.items():
         row[s] = summary([a for answers, *_ in done for a in answers], sum(r[1] for r in done), sequential[s]) | {
             "rss_before_mb": done[0][2], "rss_peak_mb": max((r[3] for r in done if r[3] is not None), default=None)}
+    row["halluwatch"] |= {key: max(r[4][gauge] for r in runs["halluwatch"]) / 2**20 for gauge, key in GAUGES.items()}
     return row
 
 

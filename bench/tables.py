@@ -195,13 +195,14 @@ def response_log(results: list) -> str:
     return "\n".join(rows) + "\n\n" + "".join(f"Command: {provenance(r)}.\n" for r in results)
 
 
-def _peak_rss(m: dict) -> str:
-    """Peak RSS of both servers: during the last client count, with the RSS before it, when recorded."""
-    peak, before = m["peak_rss_mb"], m.get("rss_before_mb")
-    if before is None:
-        return f"peak RSS halluwatch {peak['halluwatch']:.0f} MB, mlx_lm.server {peak['mlx_lm.server']:.0f} MB"
-    return f"peak RSS at {m['peak_rss_clients']} clients " + ", ".join(
+def memory_line(m: dict) -> str:
+    """The memory of both servers at the last client count, beside the weights and the KV caches."""
+    before, peak = m["rss_before_mb"], m["peak_rss_mb"]
+    return (f"peak RSS at {m['peak_rss_clients']} clients " + ", ".join(
         f"{s} {peak[s]:.0f} MB ({before[s]:.0f} MB before)" for s in ("halluwatch", "mlx_lm.server"))
+        + f"; weights {m['weights_mb']:.0f} MB + KV caches of a full batch's tokens {m['kv_batch_mb']:.1f} MB; "
+          f"halluwatch's KV caches at most {m['kv_peak_mb']:.1f} MB as allocated (running batch) and "
+          f"{m['prompt_cache_peak_mb']:.1f} MB (prompt cache), read from its /metrics every {m['watch_s']} s")
 
 
 def concurrency(results: list) -> str:
@@ -225,8 +226,7 @@ def concurrency(results: list) -> str:
             rows.append(f"| {m['model']} | {level['clients']} | {hw['tok_s']:.1f} | {ml['tok_s']:.1f} | {ratio} "
                         f"| {seconds(hw)} | {seconds(ml)} | {statuses} | {hw['equal_to_sequential']}/"
                         f"{hw['ok_answers']} | {goals} |")
-    memory = "".join(f"- {m['model']}: {_peak_rss(m)}; weights {m['weights_mb']:.0f} MB + KV caches of a "
-                     f"full batch {m['kv_batch_mb']:.1f} MB\n" for m in r["results"])
+    memory = "".join(f"- {m['model']}: {memory_line(m)}\n" for m in r["results"])
     return "\n".join(rows) + "\n\n" + memory + f"\nCommand: {provenance(r)}; {r['machine']}.\n"
 
 
