@@ -13,7 +13,7 @@ sequence gets the same tokens, and the same values up to float rounding, as when
 
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import mlx.core as mx
 import numpy as np
@@ -57,6 +57,8 @@ class Row:
     max_steps: int | None = None  # it leaves the batch by itself after this many steps
     key: mx.array | None = None  # the sampling key, advanced each step
     started: int = 0  # steps started for it
+    keep: bool = False  # offer its prompt and tokens' KV to the prompt cache when it leaves
+    ids: list = field(default_factory=list)  # with `keep`: its prompt, then the tokens read so far
 
 
 class Prefill:
@@ -151,6 +153,7 @@ class DecodeBatch:
         self._inputs = None  # (B,) the next input token of every row
         self._prev = None  # (B, D) every row's previous final hidden state (zeros: none yet); or None
         self._pending = None  # the started step: (its outputs, the rows they are for, its tag, its host_reduce)
+        self._kept = []  # KV caches just given to the prompt cache, computed with the next step
         self._steps = 0
 
     def __len__(self) -> int:
@@ -167,6 +170,8 @@ class DecodeBatch:
         """A newcomer to prefill; `join` it once `done`."""
         if row.sampling is not None:
             row.key = row.sampling.key()
+        if row.keep:
+            row.ids = list(prompt_ids)
         return Prefill(self.lm, row, prompt_ids, self.prefill_step_size, self.reuse)
 
     def join(self, prefills: list) -> None:
@@ -192,14 +197,18 @@ class DecodeBatch:
         self.rows.extend(p.row for p in prefills)
 
     def leave(self, rows: list) -> None:
-        """These rows leave the batch (those still in it)."""
+        """These rows leave the batch (those still in it); with a prompt cache, the KV caches of
+        those that `keep` are offered to it."""
         gone = {id(r) for r in rows}
         indices = [i for i, r in enumerate(self.rows) if id(r) not in gone]
         if len(indices) == len(self.rows):
             return
+        self._keep([(i, r) for i, r in enumerate(self.rows) if id(r) in gone and r.keep and r.started])
         self.rows = [self.rows[i] for i in indices]
         if not indices:
+            mx.eval(self._kept)  # no next step to compute them with
             self._cache = self._inputs = self._prev = self._pending = None
+            self._kept = []
             return
         with mx.stream(generation_stream):
             picked = mx.array(indices)
@@ -213,6 +222,21 @@ class DecodeBatch:
                 picked = mx.array(stay)
                 self._pending = ([None if x is None else x[picked] for x in outputs], [started[i] for i in stay],
                                  tag, host_reduce) if stay else None
+
+    def _keep(self, leaving: list) -> None:
+        """Offer leaving rows' KV caches to the prompt cache, keyed by the tokens they hold (the
+        prompt, then every token fed since: a conversation's next turn starts with them), as
+        `mlx_lm.server` does. Only where every layer's cache is a `BatchKVCache`: cutting a row
+        out of another kind waits for the step in flight. The cut copies are computed with the
+        next step (`_kept`)."""
+        if self.reuse is None or not leaving or any(type(c) is not BatchKVCache for c in self._cache):
+            return
+        with mx.stream(generation_stream):
+            for i, row in leaving:
+                cache = [layer.extract(i) for layer in self._cache]
+                if len(row.ids) >= cache[0].offset:  # always: one step at most is started and not read
+                    self.reuse.insert_cache(self.lm.model_id, row.ids[:cache[0].offset], cache)
+                    self._kept += [x for c in cache for x in (c.keys, c.values)]
 
     def _choose(self, logits: mx.array, logprobs: mx.array | None) -> mx.array:
         """The next token of every row: argmax, or the row's own sampler (on the log-softmax,
@@ -278,7 +302,8 @@ class DecodeBatch:
             outputs = [token, chosen, values, *top, hidden.astype(mx.float32) if capture else None]
             self._inputs, self._prev = token, hidden[:, -1, :]
             mx.async_eval([x for x in outputs if x is not None], self._prev,
-                          [r.key for r in self.rows if r.key is not None])
+                          [r.key for r in self.rows if r.key is not None], self._kept)
+        self._kept = []
         for r in self.rows:
             r.started += 1
         self._pending = (outputs, list(self.rows), tag, host_reduce if on_host else None)
@@ -301,6 +326,8 @@ class DecodeBatch:
             if tops is not None:
                 ids, lps = next(tops)
                 top = _sorted_top(ids, lps)[:row.top_logprobs]
+            if row.keep:
+                row.ids.append(t)
             steps.append((row, RawStep(t, lp, v, top, hidden[i] if row.capture_hidden else None,
                                        None if reduced is None else reduced[i])))
         return steps

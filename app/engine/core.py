@@ -190,7 +190,8 @@ class Engine:
     def _join_later(self, job: GenerationJob, handle: Handle, queue_s: float) -> None:
         """Queue a generation job's prefill."""
         sampling = Sampling(job.temperature, job.top_p, job.seed) if job.temperature > 0 else None
-        row = Row(None, job.top_logprobs, job.capture_hidden, sampling, job.max_tokens)
+        # an interactive answer is kept in the prompt cache when it ends (the next turn starts with it)
+        row = Row(None, job.top_logprobs, job.capture_hidden, sampling, job.max_tokens, keep=job.priority <= 0)
         try:
             prefill = self._batch.prefill(job.prompt_ids, row)
         except Exception as e:

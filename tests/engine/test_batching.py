@@ -127,6 +127,41 @@ def test_batch_kv_caches_grow_by_the_batch_step(tiny_model_path):
     assert {layer.keys.shape[2] for layer in batch._cache} == {8 + batching.BATCH_KV_STEP}  # mlx-lm's: 8 + 256
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_a_conversations_next_turn_reuses_the_answer(tiny_model_path, monkeypatch, arch):
+    """An interactive answer's KV is kept when it leaves the batch: a next turn made of the prompt,
+    the answer and a new message prefills only the new message (and what the answer's last step
+    did not feed), and gets what it gets with no prompt cache at all. A calibration answer is not
+    kept."""
+    path = tiny_model_path(arch)
+    with running_engine(path, prompt_cache_mb=0) as engine:
+        tok = engine.lm.tokenizer
+        prompt, more = _ids(tok, 12), _ids(tok, 5, 30)
+        answer = [r.token_id for r in engine.submit(GenerationJob(prompt, 7)).wait()[0]]
+        alone = engine.submit(GenerationJob(prompt + answer + more, 6, top_logprobs=2)).wait()[0]
+    script = Script(monkeypatch)
+    with running_engine(path, prompt_cache_mb=64) as engine:
+        assert [r.token_id for r in engine.submit(GenerationJob(prompt, 7)).wait()[0]] == answer
+        records, fin = engine.submit(GenerationJob(prompt + answer + more, 6, top_logprobs=2)).wait()
+        # it left at its 7th step, never started an 8th: the prompt's last token and 6 answer tokens were fed
+        assert fin.cached_tokens == len(prompt) - 1 + 7
+        _same_records(records, alone)
+        # one cancelled after 4 tokens left with a 5th step started (pipelined): all 4 were fed
+        cut = script.name("cut", GenerationJob(prompt[:10], 20))
+        handle = engine.submit(cut)
+        script.actions[("cut", 3)] = handle.cancel
+        with pytest.raises(Cancelled):
+            handle.wait()
+        partial = [r.token_id for r in script.records("cut")]
+        assert len(partial) == 4
+        fin = engine.submit(GenerationJob(prompt[:10] + partial + more, 3)).wait()[1]
+        assert fin.cached_tokens == 10 + 4
+        calibration = GenerationJob(_ids(tok, 12, 50), 7, priority=1)
+        answer = [r.token_id for r in engine.submit(calibration).wait()[0]]
+        fin = engine.submit(GenerationJob(_ids(tok, 12, 50) + answer, 3)).wait()[1]
+        assert fin.cached_tokens == 11  # its prompt only
+
+
 def _probe(lm, layer: int, seed: int) -> Probe:
     rng = np.random.default_rng(seed)
     d = lm.model.args.hidden_size
