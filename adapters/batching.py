@@ -118,15 +118,15 @@ def _compacted(cache: list) -> list:
     copies them for `mlx_lm.server`; other kinds of layer, and a layer with at most one spare slot
     (as fetched from the prompt cache, less its last token), as they are."""
     kept, cut = [], []
-    for layer in cache:
-        if type(layer) is KVCache and layer.keys is not None and layer.offset < layer.keys.shape[2] - 1:
-            layer, old = KVCache(), layer
-            layer.keys, layer.values = (mx.contiguous(x[..., :old.offset, :]) for x in (old.keys, old.values))
-            layer.offset = old.offset
-            cut.append(layer.state)
-        kept.append(layer)
-    if cut:
-        with mx.stream(generation_stream):
+    with mx.stream(generation_stream):
+        for layer in cache:
+            if type(layer) is KVCache and layer.keys is not None and layer.offset < layer.keys.shape[2] - 1:
+                layer, old = KVCache(), layer
+                layer.keys, layer.values = (mx.contiguous(x[..., :old.offset, :]) for x in (old.keys, old.values))
+                layer.offset = old.offset
+                cut.append(layer.state)
+            kept.append(layer)
+        if cut:
             mx.eval(cut)
     return kept
 
@@ -161,7 +161,7 @@ class DecodeBatch:
 
     @property
     def kv_bytes(self) -> int:
-        """Bytes of the batch's KV caches as allocated (mlx-lm's, 256 tokens at a time). Only array
+        """Bytes of the batch's KV caches as allocated (BATCH_KV_STEP tokens at a time). Only array
         sizes are read, so another thread may ask."""
         cache = self._cache
         return sum(layer.nbytes for layer in cache) if cache is not None else 0
