@@ -57,7 +57,7 @@ class Row:
     max_steps: int | None = None  # it leaves the batch by itself after this many steps
     key: mx.array | None = None  # the sampling key, advanced each step
     started: int = 0  # steps started for it
-    keep: bool = False  # offer its prompt and tokens' KV to the prompt cache when it leaves
+    keep: bool = False  # offer its prompt and tokens' KV to the prompt cache (if any) when it leaves
     ids: list = field(default_factory=list)  # with `keep`: its prompt, then the tokens read so far
 
 
@@ -170,6 +170,7 @@ class DecodeBatch:
         """A newcomer to prefill; `join` it once `done`."""
         if row.sampling is not None:
             row.key = row.sampling.key()
+        row.keep = row.keep and self.reuse is not None  # without a prompt cache, nothing to keep its tokens for
         if row.keep:
             row.ids = list(prompt_ids)
         return Prefill(self.lm, row, prompt_ids, self.prefill_step_size, self.reuse)
@@ -229,7 +230,7 @@ class DecodeBatch:
         `mlx_lm.server` does. Only where every layer's cache is a `BatchKVCache`: cutting a row
         out of another kind waits for the step in flight. The cut copies are computed with the
         next step (`_kept`)."""
-        if self.reuse is None or not leaving or any(type(c) is not BatchKVCache for c in self._cache):
+        if not leaving or any(type(c) is not BatchKVCache for c in self._cache):
             return
         with mx.stream(generation_stream):
             for i, row in leaving:

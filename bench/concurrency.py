@@ -204,6 +204,8 @@ async def run_clients(url: str, model_id: str, clients: int, requests: int, max_
         per_client = await asyncio.gather(*(one(i) for i in range(clients)))
         if watcher is not None:
             watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
         return [a for answers in per_client for a in answers], time.perf_counter() - t0
 
 
