@@ -13,10 +13,7 @@ caller removes).
 """
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import GridSearchCV
-from sklearn.preprocessing import StandardScaler
+from signals import lazy
 
 from signals.probe import POSITIONS, fit_probe, out_of_fold_logits, second_moment_in, source_balanced_weights
 from signals.statistics import fit_joint, joint_logit
@@ -41,7 +38,7 @@ class Feature:
     def fit(self, features: dict, labels: np.ndarray, states: dict, seed: int, groups=None) -> dict:
         if self.direction is not None:
             return {"direction": self.direction}
-        return {"direction": 1 if roc_auc_score(labels, features[self.name]) >= 0.5 else -1}
+        return {"direction": 1 if lazy.roc_auc_score(labels, features[self.name]) >= 0.5 else -1}
 
     def score(self, entry: dict, features: dict, joint_weights: dict | None = None) -> np.ndarray:
         return entry.get("direction", 1) * np.asarray(features[self.name], dtype=float)
@@ -94,8 +91,9 @@ class ScoresModel:
         return self._fit_matrix(self._matrix(features), labels)
 
     def _fit_matrix(self, x: np.ndarray, labels: np.ndarray) -> dict:
-        scaler = StandardScaler().fit(x)
-        search = GridSearchCV(LogisticRegression(max_iter=5000), {"C": list(self.CS)}, cv=5, scoring="roc_auc")
+        scaler = lazy.StandardScaler().fit(x)
+        search = lazy.GridSearchCV(lazy.LogisticRegression(max_iter=5000), {"C": list(self.CS)}, cv=5,
+                                   scoring="roc_auc")
         model = search.fit(scaler.transform(x), labels).best_estimator_
         return {"inputs": list(self.inputs), "mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist(),
                 "coef": model.coef_[0].tolist(), "intercept": float(model.intercept_[0]), "C": float(model.C)}

@@ -10,7 +10,7 @@ moderate shift, above 0.25 a significant one.
 """
 
 import numpy as np
-from scipy.stats import ks_2samp
+from signals import lazy
 
 PSI_BINS = 10
 PSI_EPSILON = 1e-4  # floor of a bin's share: one empty bin adds about (share) · ln(share / 1e-4), not ∞
@@ -18,7 +18,7 @@ PSI_EPSILON = 1e-4  # floor of a bin's share: one empty bin adds about (share) �
 
 def ks(live, reference) -> tuple[float, float]:
     """(KS statistic, two-sided p-value): the largest gap between the two empirical CDFs."""
-    result = ks_2samp(np.asarray(live, dtype=float), np.asarray(reference, dtype=float))
+    result = lazy.ks_2samp(np.asarray(live, dtype=float), np.asarray(reference, dtype=float))
     return float(result.statistic), float(result.pvalue)
 
 

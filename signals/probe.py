@@ -18,10 +18,7 @@ import zipfile
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import StratifiedKFold
-from sklearn.preprocessing import StandardScaler
+from signals import lazy
 
 POSITIONS = ("prompt_end", "last_step", "answer_mean")
 # What calibration saves per sample (in this order): the states at each position, then the mean of
@@ -128,8 +125,8 @@ def _weight(weights: np.ndarray | None, index) -> np.ndarray | None:
     return None if weights is None else weights[index]
 
 
-def _logreg(c: float) -> LogisticRegression:
-    return LogisticRegression(C=c, solver="lbfgs", max_iter=2000)
+def _logreg(c: float):
+    return lazy.LogisticRegression(C=c, solver="lbfgs", max_iter=2000)
 
 
 def _check_inputs(states, labels, cv_folds: int) -> tuple[np.ndarray, np.ndarray]:
@@ -159,19 +156,19 @@ def fit_layer_probes(states: np.ndarray, labels, seed: int = 42, cv_folds: int =
     "layer_C": [chosen C], "best_layer": highest CV AUROC, ties to the earlier layer}.
     """
     states, labels = _check_inputs(states, labels, cv_folds)
-    folds = list(StratifiedKFold(cv_folds, shuffle=True, random_state=seed)
+    folds = list(lazy.StratifiedKFold(cv_folds, shuffle=True, random_state=seed)
                  .split(np.zeros(len(labels)), labels))
     layer_auroc, layer_c = [], []
     for layer in range(states.shape[1]):
         x = states[:, layer, :].astype(np.float64)
         auroc = np.empty((len(Cs), len(folds)))
         for k, (train, test) in enumerate(folds):
-            scaler = StandardScaler().fit(x[train])
+            scaler = lazy.StandardScaler().fit(x[train])
             x_train, x_test = scaler.transform(x[train]), scaler.transform(x[test])
             for j, c in enumerate(Cs):
                 model = _logreg(c).fit(x_train, labels[train], sample_weight=_weight(sample_weight, train))
-                auroc[j, k] = roc_auc_score(labels[test], model.decision_function(x_test),
-                                            sample_weight=_weight(sample_weight, test))
+                auroc[j, k] = lazy.roc_auc_score(labels[test], model.decision_function(x_test),
+                                                 sample_weight=_weight(sample_weight, test))
         mean = auroc.mean(axis=1)
         best = int(np.argmax(mean))
         layer_auroc.append(float(mean[best]))
@@ -195,7 +192,7 @@ def fit_probe(states: np.ndarray, labels, position: str, seed: int = 42, cv_fold
     curve = fit_layer_probes(states, labels, seed=seed, cv_folds=cv_folds, Cs=Cs, sample_weight=sample_weight)
     layer = curve["best_layer"]
     x = np.asarray(states)[:, layer, :].astype(np.float64)
-    scaler = StandardScaler().fit(x)
+    scaler = lazy.StandardScaler().fit(x)
     logreg = _logreg(curve["layer_C"][layer]).fit(scaler.transform(x), np.asarray(labels).ravel(),
                                                   sample_weight=sample_weight)
     probe = Probe(layer=layer, position=position, mean=scaler.mean_.copy(),
@@ -211,8 +208,8 @@ def out_of_fold_logits(states: np.ndarray, labels, layer: int, c: float, seed: i
     on the other stratified folds: how the probe scores samples it was not fitted on."""
     x, labels = np.asarray(states)[:, layer, :].astype(np.float64), np.asarray(labels).ravel()
     logits = np.empty(len(labels))
-    for train, test in StratifiedKFold(cv_folds, shuffle=True, random_state=seed).split(x, labels):
-        scaler = StandardScaler().fit(x[train])
+    for train, test in lazy.StratifiedKFold(cv_folds, shuffle=True, random_state=seed).split(x, labels):
+        scaler = lazy.StandardScaler().fit(x[train])
         model = _logreg(c).fit(scaler.transform(x[train]), labels[train], sample_weight=_weight(sample_weight, train))
         logits[test] = model.decision_function(scaler.transform(x[test]))
     return logits
@@ -227,10 +224,10 @@ def layer_test_auroc(train_states, train_labels, test_states, test_labels, layer
     out = []
     for layer, c in enumerate(layer_C):
         x = np.asarray(train_states)[:, layer, :].astype(np.float64)
-        scaler = StandardScaler().fit(x)
+        scaler = lazy.StandardScaler().fit(x)
         model = _logreg(c).fit(scaler.transform(x), train_labels, sample_weight=sample_weight)
         test = scaler.transform(np.asarray(test_states)[:, layer, :].astype(np.float64))
-        out.append(float(roc_auc_score(test_labels, model.decision_function(test))))
+        out.append(float(lazy.roc_auc_score(test_labels, model.decision_function(test))))
     return out
 
 

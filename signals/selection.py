@@ -8,9 +8,7 @@ Pure numpy / scikit-learn; outputs are JSON-ready except the fitted probes.
 """
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import brier_score_loss, roc_auc_score
-from sklearn.model_selection import StratifiedKFold
+from signals import lazy
 
 from signals import detectors as registry
 from signals.probe import sigmoid
@@ -88,7 +86,7 @@ def one_se_choice(ranking: list, detectors: dict, fold_auroc: dict) -> str:
 
 
 def _stratified(labels: np.ndarray, seed: int) -> list:
-    return list(StratifiedKFold(CV_FOLDS, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels))
+    return list(lazy.StratifiedKFold(CV_FOLDS, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels))
 
 
 def _cross_scores(names: list, features: dict, states: dict, labels: np.ndarray, folds: list, seed: int,
@@ -105,7 +103,7 @@ def _cross_scores(names: list, features: dict, states: dict, labels: np.ndarray,
             fitted = detector.fit(part[0], labels[train], part[1], seed, None if groups is None else groups[train])
             score = _fitted_score(detector, fitted, *rest)
             oof[name][test] = score
-            fold_auroc[name].append(float(roc_auc_score(labels[test], score)))
+            fold_auroc[name].append(float(lazy.roc_auc_score(labels[test], score)))
     return oof, fold_auroc
 
 
@@ -174,7 +172,7 @@ def select_detectors(features: dict, labels, states: dict | None = None, seed: i
     best = one_se_choice(ranking, detectors, fold_auroc)
     if by_source:  # scores of models fitted on different sources are not on one scale: Platt needs one fit's
         oof = _cross_scores([best], features, states, labels, _stratified(labels, seed), seed, groups)[0]
-    platt = LogisticRegression(C=PLATT_C, max_iter=10_000, class_weight="balanced" if by_source else None)
+    platt = lazy.LogisticRegression(C=PLATT_C, max_iter=10_000, class_weight="balanced" if by_source else None)
     platt.fit(oof[best][:, None], labels)
     risk = {"detector": best, "a": float(platt.coef_[0, 0]), "b": float(platt.intercept_[0]),
             "cv_auroc": detectors[best]["cv_auroc"],
@@ -205,8 +203,8 @@ def evaluate_detectors(scores: dict, labels, params: dict, n_boot: int = 1000, s
     if risk["detector"] in scores:
         p = risk_probability(scores[risk["detector"]], risk)
         result["risk"] = {"detector": risk["detector"], "auroc": out[risk["detector"]]["auroc"],
-                          "brier": float(brier_score_loss(labels, p)),
-                          "brier_base_rate": float(brier_score_loss(labels, np.full(len(labels), labels.mean())))}
+                          "brier": float(lazy.brier_score_loss(labels, p)),
+                          "brier_base_rate": float(lazy.brier_score_loss(labels, np.full(len(labels), labels.mean())))}
         singles = [n for n in scores if registry.is_single(n) and n != risk["detector"]]
         if singles:
             best = max(singles, key=lambda n: out[n]["auroc"])

@@ -9,9 +9,7 @@ PRI flags when ``pri ≥ tau_pri``; the joint model flags when its probability i
 """
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
-from sklearn.model_selection import StratifiedKFold, cross_val_score
+from signals import lazy
 
 from signals.probe import sigmoid
 from signals.quadrant import Thresholds, quadrant
@@ -29,7 +27,7 @@ def threshold_at_recall(scores, labels, min_recall: float = MIN_RECALL) -> tuple
     Candidates are the thresholds of ``precision_recall_curve``; ties in precision go to the
     higher threshold.
     """
-    precision, recall, thresholds = precision_recall_curve(labels, scores)
+    precision, recall, thresholds = lazy.precision_recall_curve(labels, scores)
     # The curve's last point (precision 1, recall 0) has no threshold.
     precision, recall = precision[:-1], recall[:-1]
     candidates = np.flatnonzero(recall >= min_recall)  # never empty: the lowest threshold has recall 1
@@ -57,7 +55,7 @@ def bootstrap_auroc_ci(scores, labels, n_boot: int = 1000, seed: int = 42,
                        level: float = 0.95) -> list[float]:
     """Percentile bootstrap CI [lo, hi] of the AUROC; resamples holding one class only are skipped."""
     scores, labels = np.asarray(scores, dtype=float), np.asarray(labels)
-    return _bootstrap_ci(lambda i: roc_auc_score(labels[i], scores[i]), labels, n_boot, seed, level)
+    return _bootstrap_ci(lambda i: lazy.roc_auc_score(labels[i], scores[i]), labels, n_boot, seed, level)
 
 
 def bootstrap_auroc_difference(a, b, labels, n_boot: int = 1000, seed: int = 42, level: float = 0.95) -> dict:
@@ -66,7 +64,7 @@ def bootstrap_auroc_difference(a, b, labels, n_boot: int = 1000, seed: int = 42,
     a, b, labels = np.asarray(a, dtype=float), np.asarray(b, dtype=float), np.asarray(labels)
 
     def difference(i):
-        return roc_auc_score(labels[i], a[i]) - roc_auc_score(labels[i], b[i])
+        return lazy.roc_auc_score(labels[i], a[i]) - lazy.roc_auc_score(labels[i], b[i])
 
     return {"difference": float(difference(np.arange(len(labels)))),
             "ci": _bootstrap_ci(difference, labels, n_boot, seed, level)}
@@ -91,7 +89,7 @@ def same_stratum_auroc(scores, labels, strata) -> tuple[float | None, int]:
         y, x = labels[strata == s], scores[strata == s]
         n_pairs = int(np.count_nonzero(y == 1)) * int(np.count_nonzero(y == 0))
         if n_pairs:
-            total += roc_auc_score(y, x) * n_pairs
+            total += lazy.roc_auc_score(y, x) * n_pairs
             pairs += n_pairs
     return (total / pairs if pairs else None), pairs
 
@@ -121,12 +119,12 @@ def fit_joint(hbar, pri, labels, seed: int = 42) -> dict:
     Returns {"w_hbar", "w_pri", "intercept", "C", "cv_auroc"}.
     """
     x = np.column_stack([hbar, pri])
-    cv = StratifiedKFold(CV_FOLDS, shuffle=True, random_state=seed)
-    cv_auroc = {c: cross_val_score(LogisticRegression(C=c, max_iter=10_000), x, labels, cv=cv,
-                                   scoring="roc_auc").mean() for c in JOINT_CS}
+    cv = lazy.StratifiedKFold(CV_FOLDS, shuffle=True, random_state=seed)
+    cv_auroc = {c: lazy.cross_val_score(lazy.LogisticRegression(C=c, max_iter=10_000), x, labels, cv=cv,
+                                        scoring="roc_auc").mean() for c in JOINT_CS}
     best = max(cv_auroc.values())
     c = max(c for c, score in cv_auroc.items() if score >= best - 1e-4)
-    model = LogisticRegression(C=c, max_iter=10_000).fit(x, labels)
+    model = lazy.LogisticRegression(C=c, max_iter=10_000).fit(x, labels)
     return {
         "w_hbar": float(model.coef_[0, 0]),
         "w_pri": float(model.coef_[0, 1]),
@@ -249,9 +247,9 @@ def detector_metrics(score: np.ndarray, labels: np.ndarray, n_boot: int, seed: i
     """AUROC, its bootstrap CI, PR-AUC and the best threshold at recall ≥ 0.9 on the score scale."""
     threshold, precision, _ = threshold_at_recall(score, labels)
     return {
-        "auroc": float(roc_auc_score(labels, score)),
+        "auroc": float(lazy.roc_auc_score(labels, score)),
         "auroc_ci": bootstrap_auroc_ci(score, labels, n_boot=n_boot, seed=seed),
-        "pr_auc": float(average_precision_score(labels, score)),
+        "pr_auc": float(lazy.average_precision_score(labels, score)),
         "threshold": threshold,
         "precision": precision,
     }
