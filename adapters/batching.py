@@ -7,7 +7,9 @@ with a prompt prefilled before it, as `mlx_lm.server` does. Its cache is then me
 mlx-lm's batch caches (`BatchKVCache` / `BatchRotatingKVCache` `merge` and `extend`: left
 padding, the models' own masks) and its last prompt token is its input to the next batched step.
 Every step is one forward pass over all rows and one `mx.eval`; a row leaves with the caches'
-`filter`. Tokens and logprobs are computed with `generate_steps`' expressions row by row, so a
+`filter`. A sequence decoding alone keeps a plain `KVCache` (no padding mask per step, as
+`generate_step`): it is merged into batch caches when others join, and extracted again when it is
+the last row left. Tokens and logprobs are computed with `generate_steps`' expressions row by row, so a
 sequence gets the same tokens, and the same values up to float rounding, as when it runs alone.
 """
 
@@ -131,6 +133,32 @@ def _compacted(cache: list) -> list:
     return kept
 
 
+def _plain(cache: list) -> bool:
+    """Whether every layer is a plain `KVCache` (one sequence's, as `generate_step` uses)."""
+    return all(type(layer) is KVCache for layer in cache)
+
+
+def _alone(layer: KVCache) -> KVCache:
+    """One sequence's `KVCache` layer as the batch's own: new arrays cut to its tokens (the prompt
+    cache may keep a prefill's layer as it is, `_compacted`, and a step writes into the arrays in
+    place), grown BATCH_KV_STEP tokens at a time as the batch's are."""
+    own = KVCache()
+    own.step = BATCH_KV_STEP
+    if layer.keys is not None:
+        own.keys, own.values = (x[..., :layer.offset, :] for x in (layer.keys, layer.values))
+        own.offset = layer.offset
+    return own
+
+
+def _batched(caches) -> list:
+    """Per layer, the batch cache of these sequences' caches (mlx-lm's `merge`: a copy, left-padded)."""
+    merged = [type(layer[0]).merge(list(layer)) for layer in zip(*caches)]
+    for layer in merged:
+        if type(layer) is BatchKVCache:
+            layer.step = BATCH_KV_STEP
+    return merged
+
+
 class DecodeBatch:
     """The running batch: `rows` in cache order, stepped together by `step()`. With `reuse_bytes`,
     the KV caches of prefilled prompts are kept (least recently used out first, within that many
@@ -181,15 +209,15 @@ class DecodeBatch:
         if not all(p.done for p in prefills):
             raise ValueError("a prompt is not prefilled yet")
         with mx.stream(generation_stream):
-            cache = [type(layer[0]).merge(list(layer)) for layer in zip(*(p.cache for p in prefills))]
-            for layer in cache:
-                if type(layer) is BatchKVCache:
-                    layer.step = BATCH_KV_STEP
             last = mx.array([p.ids[-1] for p in prefills])
             if not self.rows:
+                alone = len(prefills) == 1 and _plain(prefills[0].cache)
+                cache = [_alone(c) for c in prefills[0].cache] if alone else _batched(p.cache for p in prefills)
                 self._cache, self._inputs, self._prev = cache, last, None
             else:
-                for mine, theirs in zip(self._cache, cache):
+                if _plain(self._cache):  # one row so far: it becomes a batch
+                    self._cache = _batched([self._cache])
+                for mine, theirs in zip(self._cache, _batched(p.cache for p in prefills)):
                     mine.extend(theirs)
                 self._inputs = mx.concatenate([self._inputs, last.astype(self._inputs.dtype)])
                 if self._prev is not None:  # rows of zeros: no previous step
@@ -213,8 +241,11 @@ class DecodeBatch:
             return
         with mx.stream(generation_stream):
             picked = mx.array(indices)
-            for c in self._cache:
-                c.filter(picked)
+            if len(indices) == 1 and all(type(c) is BatchKVCache for c in self._cache):
+                self._cache = [_alone(c.extract(indices[0])) for c in self._cache]  # one row left: alone again
+            else:
+                for c in self._cache:
+                    c.filter(picked)
             self._inputs = self._inputs[picked]
             self._prev = None if self._prev is None else self._prev[picked]
             if self._pending is not None:
@@ -229,12 +260,12 @@ class DecodeBatch:
         prompt, then every token fed since: a conversation's next turn starts with them), as
         `mlx_lm.server` does. Only where every layer's cache is a `BatchKVCache`: cutting a row
         out of another kind waits for the step in flight. The cut copies are computed with the
-        next step (`_kept`)."""
-        if not leaving or any(type(c) is not BatchKVCache for c in self._cache):
+        next step (`_kept`); a row alone gives its own cache, cut to its tokens (`_compacted`)."""
+        if not leaving or not (_plain(self._cache) or all(type(c) is BatchKVCache for c in self._cache)):
             return
         with mx.stream(generation_stream):
             for i, row in leaving:
-                cache = [layer.extract(i) for layer in self._cache]
+                cache = _compacted(self._cache) if _plain(self._cache) else [layer.extract(i) for layer in self._cache]
                 if len(row.ids) >= cache[0].offset:  # always: one step at most is started and not read
                     self.reuse.insert_cache(self.lm.model_id, row.ids[:cache[0].offset], cache)
                     self._kept += [x for c in cache for x in (c.keys, c.values)]

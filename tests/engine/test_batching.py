@@ -53,11 +53,11 @@ def test_rows_joining_and_leaving_mid_batch_match_alone(tiny_model_path, monkeyp
     tok = lm.tokenizer
     base = _ids(tok, 40)
     # (prompt, max_tokens, step it joins at, top_logprobs); the last two share a 40-token prefix
-    plan = [(_ids(tok, 5), 14, 0, 3), (_ids(tok, 21, 3), 6, 0, 0), (_ids(tok, 45, 7), 10, 3, 5),
+    plan = [(_ids(tok, 5), 14, 0, 3), (_ids(tok, 21, 3), 6, 1, 0), (_ids(tok, 45, 7), 10, 3, 5),
             (base + _ids(tok, 3, 50), 9, 5, 0), (base + _ids(tok, 2, 60), 7, 5, 2)]
     leaves_early = (0, 8)  # row 0 leaves after 8 of its 14 steps (as a cancelled job does)
     batch = DecodeBatch(lm, prefill_step_size=8, reuse_bytes=1 << 26)
-    got, reused, rows = [[] for _ in plan], [None] * len(plan), {}
+    got, reused, rows, kinds = [[] for _ in plan], [None] * len(plan), {}, set()
     step, pending = 0, list(range(len(plan)))
     while pending or batch.rows:
         newcomers = [i for i in pending if plan[i][2] <= step]
@@ -75,6 +75,7 @@ def test_rows_joining_and_leaving_mid_batch_match_alone(tiny_model_path, monkeyp
         if not batch.rows:
             step += 1
             continue
+        kinds.add((len(batch.rows), batching._plain(batch._cache)))
         steps, _ = batch.step(_reduce)
         for row, raw in steps:
             got[row.owner].append(raw)
@@ -91,6 +92,8 @@ def test_rows_joining_and_leaving_mid_batch_match_alone(tiny_model_path, monkeyp
     assert len(set(s.token for s in got[2])) > 2, "degenerate tiny model: the test would prove little"
     if arch in ("llama", "qwen2", "phi3"):  # plain KV caches: prompt 3 starts with prompt 0 but its
         assert reused == [0, 0, 0, 4, 40]  # last token, prompt 4 shares 40 tokens with prompt 3
+        # a row alone steps on mlx-lm's own KVCache (as generate_step), first and after the others left
+        assert (1, True) in kinds and (1, False) not in kinds and any(n > 1 for n, _ in kinds)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3_text"])
@@ -119,12 +122,15 @@ def test_prompt_cache_keeps_only_the_tokens_kv(tiny_model_path, arch):
 def test_batch_kv_caches_grow_by_the_batch_step(tiny_model_path):
     lm = load(str(tiny_model_path("llama")), precision="native")
     batch = DecodeBatch(lm)
-    prefill = batch.prefill(_ids(lm.tokenizer, 9), Row(None))
-    prefill.advance(2048)
-    batch.join([prefill])
+    prefills = [batch.prefill(_ids(lm.tokenizer, 9, offset), Row(None)) for offset in (0, 1)]
+    for prefill in prefills:
+        prefill.advance(2048)
+    batch.join(prefills)
     for _ in range(3):
         batch.step(_reduce, lambda steps, tag: steps)
     assert {layer.keys.shape[2] for layer in batch._cache} == {8 + batching.BATCH_KV_STEP}  # mlx-lm's: 8 + 256
+    batch.leave(batch.rows[:1])  # one row left: mlx-lm's KVCache of its 8 + 4 tokens (a step in flight)
+    assert {(type(layer), layer.keys.shape[2]) for layer in batch._cache} == {(KVCache, 12)}
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
