@@ -7,15 +7,19 @@ this process (the server runs in it) from /proc/self/status (VmRSS), and MLX's a
 memory (allocator counters, for attribution).
 
 The memory criterion is the growth per request: the least-squares slope of RSS (KiB) over the
-request index, fitted to the samples taken after the first `--warmup` requests (lazy imports,
-allocator pools, MLX buffers), must not exceed `--max-slope` KiB/request (default 1: a million
-requests would add at most about 1 GiB). A slope, unlike the difference between two samples, is not
-decided by one allocator step at either end. For scale it prints the KV cache of the longest
-request, 2 x layers x kv_heads x head_dim x tokens x bytes per element (tokens = prompt + generated,
-or prompt + response for /score): a request leaving that behind would show as a slope of that size.
-Every request has a client timeout; any non-200 answer is counted and fails the run.
+request index, fitted to the samples taken after the first `--warmup` requests, must not exceed
+`--max-slope` KiB/request (default 1: a million requests would add at most about 1 GiB). A slope,
+unlike the difference between two samples, is not decided by one allocator step at either end. The
+warm-up is half the run by default: bounded caches fill over the first couple of thousand requests
+(lazy imports, allocator pools, MLX buffers, and the response log's SQLite page cache, up to
+2 MiB per connection), and a leak, unlike them, grows as fast in the second half as in the first.
 
-    python bench/soak.py [--n 1000] [--every 50] [--warmup 50] [--max-slope 1.0] [--max-tokens 32]
+For scale it prints the KV cache of the longest request, 2 x layers x kv_heads x head_dim x tokens
+x bytes per element (tokens = prompt + generated, or prompt + response for /score): a request
+leaving that behind would show as a slope of that size. Every request has a client timeout; any
+non-200 answer is counted and fails the run.
+
+    python bench/soak.py [--n 4000] [--every 100] [--warmup 2000] [--max-slope 1.0] [--max-tokens 32]
                          [--model REF] [--json PATH]
 """
 
@@ -167,13 +171,13 @@ def main(argv=None) -> int:
     from fuzz import build_tiny_model, serve
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n", type=int, default=1000, help="requests, one after the other")
-    ap.add_argument("--every", type=int, default=50, help="sample RSS every this many requests")
+    ap.add_argument("--n", type=int, default=4000, help="requests, one after the other")
+    ap.add_argument("--every", type=int, default=100, help="sample RSS every this many requests")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--timeout", type=float, default=60.0, help="client time limit per request (s)")
     ap.add_argument("--deadline", type=float, default=1800.0, help="time limit of the whole soak (s)")
-    ap.add_argument("--warmup", type=int, default=50,
-                    help="requests before the RSS slope is fitted (lazy imports, allocator pools, MLX buffers)")
+    ap.add_argument("--warmup", type=int, help="requests before the RSS slope is fitted (default: half of --n; "
+                    "caches fill meanwhile: allocator pools, MLX buffers, the log's SQLite page cache)")
     ap.add_argument("--max-slope", type=float, default=1.0, help="bound of the RSS slope (KiB/request)")
     ap.add_argument("--model", help="a model reference, e.g. default (default: a tiny random llama built now)")
     add_json_option(ap)
@@ -187,8 +191,9 @@ def main(argv=None) -> int:
             name = f"{engine.lm.model_id if args.model else 'tiny random llama'} ({engine.lm.dtype})"
             print(f"{args.n} sequential requests ({', '.join(KINDS)} in turn), max_tokens {args.max_tokens}, "
                   f"model {name}, RSS every {args.every}")
+            warmup = args.n // 2 if args.warmup is None else args.warmup
             result = soak(url, config, engine.lm.dtype, args.n, args.every, args.max_tokens, args.timeout,
-                          args.deadline, args.warmup, args.max_slope)
+                          args.deadline, warmup, args.max_slope)
     ok = not result["failures"] and result["health_after"] == 200 and result["slope_pass"]
     print("RESULT: " + ("OK" if ok else "FAIL"))
     write_json(args.json, "soak", {"model": name, **result, "ok": ok}, argv)
