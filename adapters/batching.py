@@ -258,9 +258,9 @@ class DecodeBatch:
     def _keep(self, leaving: list) -> None:
         """Offer leaving rows' KV caches to the prompt cache, keyed by the tokens they hold (the
         prompt, then every token fed since: a conversation's next turn starts with them), as
-        `mlx_lm.server` does. Only where every layer's cache is a `BatchKVCache`: cutting a row
-        out of another kind waits for the step in flight. The cut copies are computed with the
-        next step (`_kept`); a row alone gives its own cache, cut to its tokens (`_compacted`)."""
+        `mlx_lm.server` does. Only where every layer's cache is a `BatchKVCache` (the cut copies
+        are computed with the next step, `_kept`) or a row alone's `KVCache` (cut to its tokens,
+        `_compacted`): cutting a row out of another kind waits for the step in flight."""
         if not leaving or not (_plain(self._cache) or all(type(c) is BatchKVCache for c in self._cache)):
             return
         with mx.stream(generation_stream):

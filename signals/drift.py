@@ -10,6 +10,7 @@ moderate shift, above 0.25 a significant one.
 """
 
 import numpy as np
+
 from signals import lazy
 
 PSI_BINS = 10

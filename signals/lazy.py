@@ -2,8 +2,8 @@
 
 Serving only applies fitted weights (NumPy); importing scikit-learn (with SciPy) costs a process
 about 100 MB of resident memory and a second at start. So fitting code writes `lazy.roc_auc_score`,
-`lazy.LogisticRegression`, …, and the import happens when a calibration, report or drift check
-first needs it (PEP 562 module `__getattr__`).
+`lazy.LogisticRegression`, …, and the import happens when a calibration or a drift check first
+needs it (PEP 562 module `__getattr__`).
 """
 
 import importlib
@@ -14,12 +14,10 @@ _HOME = {
     "GridSearchCV": "sklearn.model_selection",
     "StratifiedKFold": "sklearn.model_selection",
     "cross_val_score": "sklearn.model_selection",
-    "auc": "sklearn.metrics",
     "average_precision_score": "sklearn.metrics",
     "brier_score_loss": "sklearn.metrics",
     "precision_recall_curve": "sklearn.metrics",
     "roc_auc_score": "sklearn.metrics",
-    "roc_curve": "sklearn.metrics",
     "ks_2samp": "scipy.stats",
 }
 

@@ -18,6 +18,7 @@ import zipfile
 from dataclasses import dataclass
 
 import numpy as np
+
 from signals import lazy
 
 POSITIONS = ("prompt_end", "last_step", "answer_mean")

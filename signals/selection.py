@@ -8,8 +8,8 @@ Pure numpy / scikit-learn; outputs are JSON-ready except the fitted probes.
 """
 
 import numpy as np
-from signals import lazy
 
+from signals import lazy
 from signals import detectors as registry
 from signals.probe import sigmoid
 from signals.statistics import bootstrap_auroc_difference, detector_metrics

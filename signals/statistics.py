@@ -9,8 +9,8 @@ PRI flags when ``pri ≥ tau_pri``; the joint model flags when its probability i
 """
 
 import numpy as np
-from signals import lazy
 
+from signals import lazy
 from signals.probe import sigmoid
 from signals.quadrant import Thresholds, quadrant
 
