@@ -331,7 +331,8 @@ class DecodeBatch:
             else:
                 chosen = mx.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
                 top = _top_k(logprobs, k) if k else (None, None)
-            outputs = [token, chosen, values, *top, hidden.astype(mx.float32) if capture else None]
+            outputs = [token, chosen, values, *top, hidden.astype(mx.float32) if capture or on_host else None,
+                       self._prev if on_host else None]
             self._inputs, self._prev = token, hidden[:, -1, :]
             mx.async_eval([x for x in outputs if x is not None], self._prev,
                           [r.key for r in self.rows if r.key is not None], self._kept)
@@ -346,12 +347,13 @@ class DecodeBatch:
     @staticmethod
     def _host_steps(pending: tuple) -> list:
         """[(row, RawStep)] of a started step; with its `host_reduce`, its `chosen` are the logits."""
-        (token, chosen, values, top_ids, top_lps, captured), rows, _, host_reduce = pending
+        (token, chosen, values, top_ids, top_lps, captured, prev), rows, _, host_reduce = pending
         token, top_ids, reduced = np.array(token), None if top_ids is None else np.array(top_ids), None
-        if host_reduce is not None:
-            chosen, top_lps, reduced = host_logprobs(np.array(chosen), token, top_ids, host_reduce)
-        tops = zip(top_ids.tolist(), top_lps.tolist()) if top_ids is not None else None
         hidden = _host_hidden(captured)
+        if host_reduce is not None:
+            chosen, top_lps, reduced = host_logprobs(np.array(chosen), token, top_ids, host_reduce, hidden,
+                                                     _host_hidden(prev))
+        tops = zip(top_ids.tolist(), top_lps.tolist()) if top_ids is not None else None
         steps = []
         for i, (row, t, lp, v) in enumerate(zip(rows, token.tolist(), chosen.tolist(), values.tolist())):
             top = []

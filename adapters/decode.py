@@ -12,17 +12,19 @@ from mlx_lm.models.cache import make_prompt_cache
 
 from .loader import LoadedModel
 
-# reduce(logprobs (B, V) float32, or None where the log-softmax is made on the host, hidden (B, L, D),
+# reduce(logprobs (B, V) float32, or None where the step's reductions are made on the host, hidden (B, L, D),
 #        token (B,), prev_final (B, D) or None) -> (B, F): on the device
 Reduce = Callable[[mx.array | None, mx.array, mx.array, mx.array | None], mx.array]
-# host_reduce(logprobs (B, V) float32, token (B,)) -> (B, K): in NumPy on the host (RawStep.rows)
-HostReduce = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# host_reduce(logprobs (B, V) float32, token (B,), hidden (B, L, D) float32, prev_final (B, D) float32 or None)
+#             -> (B, K): in NumPy on the host (RawStep.rows)
+HostReduce = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None], np.ndarray]
 HOST_CHUNK = 64  # positions of a scored response whose logits go to the host at once
 
 
 def vocab_on_host() -> bool:
-    """Whether passes over the vocabulary are cheaper in NumPy on the host: where MLX computes on
-    the CPU, its `exp` goes element by element (~20 ns each on x86), NumPy's is vectorised (~1 ns)."""
+    """Whether a step's reductions are cheaper in NumPy on the host: where MLX computes on the CPU,
+    its `exp` goes element by element (~20 ns each on x86), NumPy's is vectorised (~1 ns), and each
+    of the thirty small MLX operations over the block outputs costs more than its NumPy twin."""
     return mx.default_device() == mx.cpu
 
 
@@ -33,8 +35,8 @@ def host_log_softmax(logits: np.ndarray) -> np.ndarray:
     return logits - (top + np.log(np.exp(logits - top).sum(axis=-1, keepdims=True)))
 
 
-def host_logprobs(logits: np.ndarray, token: np.ndarray, top_ids: np.ndarray | None,
-                  host_reduce: HostReduce) -> tuple:
+def host_logprobs(logits: np.ndarray, token: np.ndarray, top_ids: np.ndarray | None, host_reduce: HostReduce,
+                  hidden: np.ndarray, prev_final: np.ndarray | None) -> tuple:
     """(the tokens' logprobs, the top ids' logprobs or None, `host_reduce`'s values) of float32
     logits (B, V), from their log-softmax made in NumPy: where MLX computes on the CPU its `exp` is
     element by element (`vocab_on_host`). Logprobs equal mlx-lm's to float rounding (closer to
@@ -42,7 +44,7 @@ def host_logprobs(logits: np.ndarray, token: np.ndarray, top_ids: np.ndarray | N
     logprobs = host_log_softmax(logits)
     chosen = np.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
     top = None if top_ids is None else np.take_along_axis(logprobs, top_ids, axis=-1)
-    return chosen, top, host_reduce(logprobs, token)
+    return chosen, top, host_reduce(logprobs, token, hidden, prev_final)
 
 
 def float32_logprobs(logits: mx.array, logprobs: mx.array) -> mx.array:
@@ -141,20 +143,23 @@ def teacher_forced_steps(
         values = reduce(first, hidden[:1], token[:1], None)  # Δh_0 = 0
         if len(response_ids) > 1:
             values = mx.concatenate([values, reduce(later, hidden[1:], token[1:], hidden[:-1, -1, :])])
-        captured = hidden.astype(mx.float32) if capture_hidden else None
+        captured = hidden.astype(mx.float32) if capture_hidden or on_host else None
         top_ids, top_lps = _top_k(ranked, top_logprobs) if top_logprobs > 0 else (None, None)
         mx.eval([x for x in (chosen, values, captured, top_ids, top_lps) if x is not None])
     top_ids = None if top_ids is None else np.array(top_ids)
     rows = [None] * len(response_ids)
+    states = _host_hidden(captured)
     if on_host:  # `chosen` are the logits, `top_lps` their top values: made into logprobs here
+        prev = np.concatenate([np.zeros_like(states[:1, -1, :]), states[:-1, -1, :]])  # zeros: Δh_0 = 0
         parts = [host_logprobs(np.array(chosen[i:i + HOST_CHUNK]), np.array(response_ids[i:i + HOST_CHUNK]),
-                               None if top_ids is None else top_ids[i:i + HOST_CHUNK], host_reduce)
+                               None if top_ids is None else top_ids[i:i + HOST_CHUNK], host_reduce,
+                               states[i:i + HOST_CHUNK], prev[i:i + HOST_CHUNK])
                  for i in range(0, len(response_ids), HOST_CHUNK)]
         chosen, rows = np.concatenate([p[0] for p in parts]), list(np.concatenate([p[2] for p in parts]))
         top_lps = None if top_ids is None else np.concatenate([p[1] for p in parts])
     tops = [[]] * len(response_ids)
     if top_ids is not None:
         tops = [_sorted_top(i, lp) for i, lp in zip(top_ids.tolist(), top_lps.tolist())]
-    states = list(_host_hidden(captured)) if capture_hidden else [None] * len(response_ids)
+    states = list(states) if capture_hidden else [None] * len(response_ids)
     return [RawStep(t, lp, v, top, h, r)
             for t, lp, v, top, h, r in zip(response_ids, chosen.tolist(), values.tolist(), tops, states, rows)]

@@ -4,10 +4,11 @@
 the vocabulary (`vocab_reductions`) and the block outputs (`state_reductions`), computed with the
 step on the device. `finish` is the rest: per-row arithmetic that turns those few numbers into the
 signals. The engine runs it with NumPy on the host, once per step for the whole batch (some thirty
-tiny device operations per step fewer); `step_signals` runs both lazily in MLX. `vocab_reductions`
+tiny device operations per step fewer); `step_signals` runs both lazily in MLX. `step_reductions`
 also runs in NumPy: where MLX computes on the CPU, its `exp` is element by element, ~20× slower
-than NumPy's vectorised one, so there the engine takes a step's logits to the host, makes their
-log-softmax and these reductions in NumPy, and `join_reductions` puts the two parts together.
+than NumPy's vectorised one, and each of its small operations over the block outputs costs more
+than the NumPy twin, so there the engine takes a step's logits and block outputs to the host and
+makes their log-softmax and these reductions in NumPy.
 Every function keeps any leading batch axes, so the same code serves one sequence or a batch. The
 reductions cast their inputs to float32 first: they must not run in the model's activation dtype.
 """
@@ -27,8 +28,9 @@ PFAIL_CLIP = 50.0
 
 def unit_vectors(h: mx.array) -> mx.array:
     """`h / sqrt(‖h‖² + 1e-8)` along the last axis."""
-    h = h.astype(mx.float32)
-    return h / mx.sqrt(mx.sum(h * h, axis=-1, keepdims=True) + NORM_EPS)
+    xp = _xp(h)
+    h = h.astype(xp.float32)
+    return h / xp.sqrt(xp.sum(h * h, axis=-1, keepdims=True) + NORM_EPS)
 
 
 def _xp(x):
@@ -55,8 +57,9 @@ def delta_sigma(hidden: mx.array) -> mx.array:
 
 def _spread2(u: mx.array) -> mx.array:
     """Δσ² of the unit vectors `u` (..., L, D): the mean over L of ‖u − mean(u)‖²."""
-    dev = u - mx.mean(u, axis=-2, keepdims=True)
-    return mx.sum(dev * dev, axis=(-2, -1)) * (1.0 / u.shape[-2])
+    xp = _xp(u)
+    dev = u - xp.mean(u, axis=-2, keepdims=True)
+    return xp.sum(dev * dev, axis=(-2, -1)) * (1.0 / u.shape[-2])
 
 
 def entropy(probs: mx.array, logprobs: mx.array) -> mx.array:
@@ -100,7 +103,7 @@ def delta_h(h_last: mx.array, h_prev: mx.array) -> mx.array:
 
 
 def _cos(u: mx.array, v: mx.array) -> mx.array:
-    return mx.sum(u * v, axis=-1)
+    return _xp(u).sum(u * v, axis=-1)
 
 
 def _jump(cos):
@@ -149,15 +152,17 @@ def vocab_reductions(logprobs, token, verdict_ids=None):
     return xp.stack(values, axis=-1)
 
 
-def state_reductions(hidden, prev_final) -> mx.array:
-    """The reductions over the block outputs (MLX), on a new last axis in STATE_FIELDS order."""
+def state_reductions(hidden, prev_final):
+    """The reductions over the block outputs (MLX, or NumPy on the host), on a new last axis in
+    STATE_FIELDS order."""
+    xp = _xp(hidden)
     u = unit_vectors(hidden)  # once, for Δσ and Δh
     if prev_final is None:  # Δh_0 = 0
-        cos = has_prev = mx.zeros(hidden.shape[:-2], mx.float32)
+        cos = has_prev = xp.zeros(hidden.shape[:-2], xp.float32)
     else:
         cos = _cos(u[..., -1, :], unit_vectors(prev_final))
-        has_prev = mx.any(prev_final != 0, axis=-1).astype(mx.float32)
-    return mx.stack([_spread2(u), cos, has_prev], axis=-1)
+        has_prev = xp.any(prev_final != 0, axis=-1).astype(xp.float32)
+    return xp.stack([_spread2(u), cos, has_prev], axis=-1)
 
 
 def join_reductions(vocab, rest):
@@ -168,10 +173,11 @@ def join_reductions(vocab, rest):
                            rest[..., len(STATE_FIELDS):]], axis=-1)
 
 
-def step_reductions(logprobs, hidden, token, prev_final, verdict_ids=None) -> mx.array:
+def step_reductions(logprobs, hidden, token, prev_final, verdict_ids=None):
     """A step's reductions over the vocabulary and the block outputs, stacked on a new last axis
-    in RAW_FIELDS order, then the verdict masses if `verdict_ids` (see `step_signals`)."""
-    return join_reductions(vocab_reductions(logprobs.astype(mx.float32), token, verdict_ids),
+    in RAW_FIELDS order, then the verdict masses if `verdict_ids` (see `step_signals`); in MLX,
+    or in NumPy on the host."""
+    return join_reductions(vocab_reductions(logprobs.astype(_xp(logprobs).float32), token, verdict_ids),
                            state_reductions(hidden, prev_final))
 
 

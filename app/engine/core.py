@@ -21,8 +21,7 @@ from adapters.batching import DecodeBatch, Prefill, Row, Sampling
 from adapters.decode import teacher_forced_steps, vocab_on_host
 from adapters.loader import LoadedModel, load
 from adapters.text import TextDeltas, verdict_token_ids
-from signals.step import (STEP_FIELDS, VERDICT_FIELDS, finish, join_reductions, probe_values, state_reductions,
-                          step_reductions, vocab_reductions)
+from signals.step import STEP_FIELDS, VERDICT_FIELDS, finish, probe_values, step_reductions
 
 from .admission import STOP, WaitQueue
 from .handle import Handle
@@ -314,37 +313,34 @@ class Engine:
         return [(probe.layer, cache[id(probe)][1]) for probe in probes]
 
     def _host_reduce(self):
-        """The reductions over the vocabulary, in NumPy, where they are cheaper on the host
-        (`vocab_on_host`): the step's log-softmax is then made there too; else None."""
+        """The step's reductions (over the vocabulary and the block outputs), in NumPy, where they
+        are cheaper on the host (`vocab_on_host`): the step's log-softmax is then made there too;
+        else None."""
         if not vocab_on_host():
             return None
-        return lambda logprobs, token: vocab_reductions(logprobs, token, self._verdict_host)
+        return lambda logprobs, token, hidden, prev: step_reductions(logprobs, hidden, token, prev, self._verdict_host)
 
     def _reducer(self, probes: tuple = ()):
         """The per-step reduction on the device: step_reductions, then each probe's (logit, distance);
-        `_finish` makes the signals of it. Where the step's log-softmax is made on the host (no
-        `logprobs`), the reductions over the vocabulary are `_host_reduce`'s, joined in `_finish`."""
+        `_finish` makes the signals of it. Where the step's reductions are made on the host (no
+        `logprobs`: `_host_reduce`), only the probes' values, put after them in `_finish`."""
         weights = self._weights(probes)
 
         def reduce(logprobs, hidden, token, prev_final):
-            if logprobs is None:
-                values = state_reductions(hidden, prev_final)
-            else:
-                values = step_reductions(logprobs, hidden, token, prev_final, self._verdict)
-            if weights:
-                outputs = [probe_values(hidden[..., layer, :], *w) for layer, w in weights]
-                values = mx.concatenate([values, *outputs], axis=-1)
-            return values
+            values = [probe_values(hidden[..., layer, :], *w) for layer, w in weights]
+            if logprobs is not None:
+                values.insert(0, step_reductions(logprobs, hidden, token, prev_final, self._verdict))
+            return mx.concatenate(values, axis=-1) if values else mx.zeros((*hidden.shape[:-2], 0))
 
         return reduce
 
     def _finish(self, steps: list) -> None:
-        """The signals of these steps' reductions, in place (one NumPy pass over all of them; first
-        joined with the reductions over the vocabulary a step made on the host)."""
+        """The signals of these steps' reductions, in place (one NumPy pass over all of them; the
+        reductions a step made on the host first, then its probes' values from the device)."""
         if steps:
             values = np.array([raw.values for raw in steps])
             if steps[0].rows is not None:
-                values = join_reductions(np.stack([raw.rows for raw in steps]), values)
+                values = np.concatenate([np.stack([raw.rows for raw in steps]), values], axis=-1)
             values = finish(values, self.pfail_tau, self.pfail_lambda)
             for raw, v in zip(steps, values.tolist()):
                 raw.values, raw.rows = v, None

@@ -22,7 +22,7 @@ from adapters.text import verdict_token_ids
 from app.engine import Engine, GenerationJob
 from support.reference import probs, reference
 from signals.response import top_k_mean
-from signals.step import STEP_FIELDS, state_reductions, step_signals
+from signals.step import STEP_FIELDS, step_signals
 
 N_TOKENS = 32
 TEXT = "The quick brown fox jumps over the lazy dog near the river in 1999, and the capital of France is"
@@ -38,9 +38,9 @@ def _reduce(logprobs, hidden, token, prev):
     return step_signals(logprobs, hidden, token, prev, 2.0, 5.0)
 
 
-def _state_reduce(logprobs, hidden, token, prev):
-    assert logprobs is None  # the log-softmax is made on the host
-    return state_reductions(hidden, prev)
+def _no_device_reduce(logprobs, hidden, token, prev):
+    assert logprobs is None  # the step's reductions are made on the host
+    return mx.zeros((hidden.shape[0], 0))
 
 
 @pytest.mark.parametrize("host_softmax", [False, True], ids=["softmax-on-device", "softmax-on-host"])
@@ -55,9 +55,9 @@ def test_bit_identical_to_mlx_lm(tiny_model_path, monkeypatch, arch, prompt_len,
     expected = [(int(t), lp) for t, lp in generate_step(mx.array(ids), plain, max_tokens=N_TOKENS,
                                                           prefill_step_size=prefill_step)]
     lm = load(path, precision="native")
-    got = list(generate_steps(lm, ids, N_TOKENS, _state_reduce if host_softmax else _reduce, top_logprobs=5,
+    got = list(generate_steps(lm, ids, N_TOKENS, _no_device_reduce if host_softmax else _reduce, top_logprobs=5,
                               prefill_step_size=prefill_step,
-                              host_reduce=(lambda logprobs, token: logprobs) if host_softmax else None))
+                              host_reduce=(lambda logprobs, token, hidden, prev: logprobs) if host_softmax else None))
     assert [s.token for s in got] == [t for t, _ in expected]
     assert len(set(s.token for s in got)) > 3, "degenerate tiny model: the test would prove little"
     for step, (token, lps) in zip(got, expected):
