@@ -261,11 +261,12 @@ class DecodeBatch:
         `mlx_lm.server` does. Only where every layer's cache is a `BatchKVCache` (the cut copies
         are computed with the next step, `_kept`) or a row alone's `KVCache` (cut to its tokens,
         `_compacted`): cutting a row out of another kind waits for the step in flight."""
-        if not leaving or not (_plain(self._cache) or all(type(c) is BatchKVCache for c in self._cache)):
+        alone = _plain(self._cache)
+        if not leaving or not (alone or all(type(c) is BatchKVCache for c in self._cache)):
             return
         with mx.stream(generation_stream):
             for i, row in leaving:
-                cache = _compacted(self._cache) if _plain(self._cache) else [layer.extract(i) for layer in self._cache]
+                cache = _compacted(self._cache) if alone else [layer.extract(i) for layer in self._cache]
                 if len(row.ids) >= cache[0].offset:  # always: one step at most is started and not read
                     self.reuse.insert_cache(self.lm.model_id, row.ids[:cache[0].offset], cache)
                     self._kept += [x for c in cache for x in (c.keys, c.values)]

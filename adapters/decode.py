@@ -21,7 +21,7 @@ HostReduce = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None], n
 HOST_CHUNK = 64  # positions of a scored response whose logits go to the host at once
 
 
-def vocab_on_host() -> bool:
+def reductions_on_host() -> bool:
     """Whether a step's reductions are cheaper in NumPy on the host: where MLX computes on the CPU,
     its `exp` goes element by element (~20 ns each on x86), NumPy's is vectorised (~1 ns), and each
     of the thirty small MLX operations over the block outputs costs more than its NumPy twin."""
@@ -39,7 +39,7 @@ def host_logprobs(logits: np.ndarray, token: np.ndarray, top_ids: np.ndarray | N
                   hidden: np.ndarray, prev_final: np.ndarray | None) -> tuple:
     """(the tokens' logprobs, the top ids' logprobs or None, `host_reduce`'s values) of float32
     logits (B, V), from their log-softmax made in NumPy: where MLX computes on the CPU its `exp` is
-    element by element (`vocab_on_host`). Logprobs equal mlx-lm's to float rounding (closer to
+    element by element (`reductions_on_host`). Logprobs equal mlx-lm's to float rounding (closer to
     exact: MLX's CPU logsumexp of a 49k vocabulary is off by up to ~2e-4)."""
     logprobs = host_log_softmax(logits)
     chosen = np.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]

@@ -18,7 +18,7 @@ import numpy as np
 from mlx_lm.generate import generation_stream, wired_limit
 
 from adapters.batching import DecodeBatch, Prefill, Row, Sampling
-from adapters.decode import teacher_forced_steps, vocab_on_host
+from adapters.decode import teacher_forced_steps, reductions_on_host
 from adapters.loader import LoadedModel, load
 from adapters.text import TextDeltas, verdict_token_ids
 from signals.step import STEP_FIELDS, VERDICT_FIELDS, finish, probe_values, step_reductions
@@ -314,9 +314,9 @@ class Engine:
 
     def _host_reduce(self):
         """The step's reductions (over the vocabulary and the block outputs), in NumPy, where they
-        are cheaper on the host (`vocab_on_host`): the step's log-softmax is then made there too;
+        are cheaper on the host (`reductions_on_host`): the step's log-softmax is then made there too;
         else None."""
-        if not vocab_on_host():
+        if not reductions_on_host():
             return None
         return lambda logprobs, token, hidden, prev: step_reductions(logprobs, hidden, token, prev, self._verdict_host)
 

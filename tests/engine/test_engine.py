@@ -107,7 +107,7 @@ def _no_cache_reference(path, ids, tokens):
 def test_signals_equal_no_cache_reference_with_eos(tiny_model_path, engines, arch, host_softmax, monkeypatch):
     from app.engine import core
 
-    monkeypatch.setattr(core, "vocab_on_host", lambda: host_softmax)
+    monkeypatch.setattr(core, "reductions_on_host", lambda: host_softmax)
     engine = engines(arch)
     ids = _prompt(engine.lm.tokenizer, 20)
     records, fin = engine.submit(GenerationJob(ids, N_TOKENS)).wait()

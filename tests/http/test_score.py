@@ -75,7 +75,7 @@ def test_score_equals_generate_on_own_output(default_engine, tmp_path, case, hos
     # to the same ids, and /score takes text). On a CPU both make the log-softmax on the host, /score
     # `host_chunk` positions at a time; with None, both make it on the device (as on a GPU).
     if host_chunk is None:
-        monkeypatch.setattr(core, "vocab_on_host", lambda: False)
+        monkeypatch.setattr(core, "reductions_on_host", lambda: False)
     else:
         monkeypatch.setattr(decode, "HOST_CHUNK", host_chunk)
     msgs = [{"role": "user", "content": "What is the capital of France?"}]
