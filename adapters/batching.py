@@ -92,6 +92,9 @@ class Prefill:
             else:
                 cache, rest = None, self.ids
         self.cache = cache if cache is not None else make_prompt_cache(self._model)
+        for layer in self.cache:  # newcomers admitted together are prefilled before any joins: keep them small
+            if type(layer) is KVCache:
+                layer.step = BATCH_KV_STEP
         self._rest, self.reused = rest, len(self.ids) - len(rest)
 
     def advance(self, budget: int) -> int:
@@ -116,7 +119,7 @@ class Prefill:
 
 def _compacted(cache: list) -> list:
     """A prompt's cache as the prompt cache keeps it: each `KVCache` layer's keys and values cut to
-    the tokens in it (they are allocated 256 tokens at a time), copied as `BatchKVCache.extract`
+    the tokens in it (they are allocated BATCH_KV_STEP tokens at a time), copied as `BatchKVCache.extract`
     copies them for `mlx_lm.server`; other kinds of layer, and a layer with at most one spare slot
     (as fetched from the prompt cache, less its last token), as they are."""
     kept, cut = [], []

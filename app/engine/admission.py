@@ -35,12 +35,12 @@ class WaitQueue:
         """The STOP marker heads the queue."""
         return bool(self._heap) and self._heap[0][2] is STOP
 
-    def take(self, fits, wait: bool = False):
-        """The head, when `fits(head)`; else None. With `wait`, first wait until something is queued.
-        The STOP marker is never taken (see `stopping`)."""
+    def take(self, fits, wait: bool = False, timeout: float | None = None):
+        """The head, when `fits(head)`; else None. With `wait`, first wait until something is queued
+        (at most `timeout` seconds, if given). The STOP marker is never taken (see `stopping`)."""
         with self._changed:
-            while wait and not self._heap:
-                self._changed.wait()
+            if wait:
+                self._changed.wait_for(lambda: self._heap, timeout)
             if self._heap and self._heap[0][2] is not STOP and fits(self._heap[0][2]):
                 return heapq.heappop(self._heap)[2]
             return None

@@ -20,6 +20,7 @@ from mlx_lm.generate import generation_stream, wired_limit
 from adapters.batching import DecodeBatch, Prefill, Row, Sampling
 from adapters.decode import teacher_forced_steps, reductions_on_host
 from adapters.loader import LoadedModel, load
+from adapters.memory import release_memory
 from adapters.text import TextDeltas, verdict_token_ids
 from signals.step import STEP_FIELDS, VERDICT_FIELDS, finish, probe_values, step_reductions
 
@@ -31,6 +32,7 @@ log = logging.getLogger("halluwatch.engine")
 
 PFAIL = STEP_FIELDS.index("pfail")
 N_SIGNALS = len(STEP_FIELDS) + len(VERDICT_FIELDS)  # the values before the probes'
+IDLE_RELEASE_S = 1.0  # idle this long, the engine returns freed memory to the system (adapters/memory.py)
 
 
 @dataclass
@@ -80,6 +82,7 @@ class Engine:
         self._prefills: list = []  # admitted, not yet in the batch
         self._scoring = False
         self._reduce = (None, None)  # (probe ids, reduce) of the running batch
+        self._released = False  # freed memory returned to the system since the last work
 
     def start(self) -> LoadedModel:
         """Start the thread and wait until the model is loaded; re-raise a load error."""
@@ -175,8 +178,18 @@ class Engine:
         return len(everyone) < self.max_batch_size
 
     def _admit(self) -> None:
-        """Take what fits from the queue (waiting for work while there is nothing to do)."""
-        while (work := self._waiting.take(self._fits, wait=not self.busy)) is not None:
+        """Take what fits from the queue, waiting for work while there is nothing to do; once idle
+        for IDLE_RELEASE_S, hand the memory the last work freed back to the system first."""
+        while True:
+            idle = not self.busy
+            work = self._waiting.take(self._fits, wait=idle, timeout=None if self._released else IDLE_RELEASE_S)
+            if work is None:
+                if self._released or not idle or len(self._waiting):  # not idle, or released already
+                    return
+                release_memory()
+                self._released = True
+                continue
+            self._released = False
             now = time.perf_counter()
             for job, handle in _members(work):
                 if job.cancelled.is_set():

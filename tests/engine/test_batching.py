@@ -98,8 +98,9 @@ def test_rows_joining_and_leaving_mid_batch_match_alone(tiny_model_path, monkeyp
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3_text"])
 def test_prompt_cache_keeps_only_the_tokens_kv(tiny_model_path, arch):
-    """A prefilled prompt's KV caches are allocated 256 tokens at a time; the prompt cache keeps
-    them cut to the prompt's tokens (its byte budget then holds several times more prompts), and a
+    """A prefilled prompt's KV caches are allocated as the batch's are, BATCH_KV_STEP tokens at a
+    time (mlx-lm's 256 would hold 32 newcomers prefilled together at 4× their size); the prompt
+    cache keeps them cut to the prompt's tokens (its byte budget then holds more prompts), and a
     prompt reusing them still gets what it gets alone (the test above)."""
     lm = load(str(tiny_model_path(arch)), precision="native")
     batch = DecodeBatch(lm, prefill_step_size=8, reuse_bytes=1 << 26)
@@ -110,8 +111,8 @@ def test_prompt_cache_keeps_only_the_tokens_kv(tiny_model_path, arch):
     expected = 0
     for layer in prefill.cache:
         k, v = layer.state[:2]
-        if type(layer) is KVCache:  # the plain layers: the 20 tokens it ran, where 256 were allocated
-            assert k.shape[2] == 256
+        if type(layer) is KVCache:  # the plain layers: the 20 tokens it ran, where 64 were allocated
+            assert k.shape[2] == batching.BATCH_KV_STEP == 64
             expected += 20 * (k.nbytes + v.nbytes) // k.shape[2]
         else:  # a sliding-window layer (gemma3) is kept as it is
             expected += k.nbytes + v.nbytes

@@ -6,7 +6,11 @@
    every step (the prototype's method) and applies the formulas in numpy, EOS step included,
    with the log-softmax and the reductions over the vocabulary on the device and on the host.
 3. Response scores are top-5 means; P_fail halting stops before appending the token.
+4. Idle for a moment, the engine hands the memory its work freed back to the system, once.
 """
+
+import threading
+import time
 
 import mlx.core as mx
 import numpy as np
@@ -19,7 +23,8 @@ from adapters import batching
 from adapters.batching import generate_steps
 from adapters.loader import load
 from adapters.text import verdict_token_ids
-from app.engine import Engine, GenerationJob
+from app.engine import Engine, GenerationJob, core
+from support.engines import running_engine
 from support.reference import probs, reference
 from signals.response import top_k_mean
 from signals.step import STEP_FIELDS, step_signals
@@ -201,3 +206,22 @@ def test_cancel_stops_after_the_step_in_progress(engines, monkeypatch, at):
     with pytest.raises(Cancelled):
         handle.wait()
     assert len(seen) == at + 2 and isinstance(seen[-1], Finished) and seen[-1].finish_reason == "cancelled"
+
+
+def test_idle_engine_releases_freed_memory_once(tiny_model_path, monkeypatch):
+    calls = []  # the threads that released (other tests' engines may be idle too)
+    monkeypatch.setattr(core, "IDLE_RELEASE_S", 0.05)
+    monkeypatch.setattr(core, "release_memory", lambda: calls.append(threading.current_thread()))
+    with running_engine(tiny_model_path("llama")) as engine:
+        def released(n: int) -> bool:
+            deadline = time.monotonic() + 5
+            while sum(t is engine._thread for t in calls) < n and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.3)  # and not again while it stays idle
+            return sum(t is engine._thread for t in calls) == n
+
+        assert released(1)  # idle after loading (what loading freed)
+        ids = _prompt(engine.lm.tokenizer, 5)
+        for n in (2, 3):
+            engine.submit(GenerationJob(ids, 4)).wait()
+            assert released(n)  # idle again after the work
