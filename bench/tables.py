@@ -3,11 +3,11 @@
 Each table sits between ``<!-- bench-table: KIND FILE… -->`` and ``<!-- /bench-table -->``. The
 FILEs (relative to the repository root) are results the benches wrote with ``--json``, committed
 under bench/results/. KIND is `overhead` (one result of bench/overhead.py), `calibration-speed`
-(one of bench/calibration_speed.py), `concurrency` (one of bench/concurrency.py), `label-free` (one
-of bench/labelfree.py), `robustness` (one row per result of bench/fuzz.py, bench/load.py or
-bench/soak.py) or `response-log` (bench/log_overhead.py, bench/log_durability.py). A result copied
-from an earlier docs table instead of written by a run carries "reconstructed_from", and its table
-says so.
+(one of bench/calibration_speed.py), `concurrency` (one of bench/concurrency.py), `idle-memory`
+(one of bench/idle_memory.py), `label-free` (one of bench/labelfree.py), `robustness` (one row
+per result of bench/fuzz.py, bench/load.py or bench/soak.py) or `response-log`
+(bench/log_overhead.py, bench/log_durability.py). A result copied from an earlier docs table
+instead of written by a run carries "reconstructed_from", and its table says so.
 
     python bench/tables.py            # rewrite the tables in docs/results.md
     python bench/tables.py --check    # exit 1 if docs/results.md is not what its result files say
@@ -230,9 +230,20 @@ def concurrency(results: list) -> str:
     return "\n".join(rows) + "\n\n" + memory + f"\nCommand: {provenance(r)}; {r['machine']}.\n"
 
 
+def idle_memory(results: list) -> str:
+    (r,) = results
+    rows = ["| model | arm | RSS before the first burst | peak of a burst | idle after a burst |", "|---|---|---|---|---|"]
+    for arm, s in r["summary"].items():
+        rows.append(f"| {r['model']} | {arm} | {s['start_mb']:.0f} MB | {s['peak_mb']:.0f} MB | {s['idle_mb']:.0f} MB |")
+    ratios = r["ratios"]
+    return ("\n".join(rows) + f"\n\nreleased ÷ kept: peak of a burst {ratios['peak_mb']:.3f}, idle after a burst "
+            f"{ratios['idle_mb']:.3f} (medians over the bursts after the first, {len(r['runs']['kept'])} runs per arm).\n"
+            f"\nCommand: {provenance(r)}; {r['machine']}.\n")
+
 
 KINDS = {"overhead": overhead, "calibration-speed": calibration_speed, "label-free": label_free,
-         "robustness": robustness, "response-log": response_log, "concurrency": concurrency}
+         "robustness": robustness, "response-log": response_log, "concurrency": concurrency,
+         "idle-memory": idle_memory}
 
 
 def render(doc: str) -> str:
