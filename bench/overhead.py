@@ -4,10 +4,11 @@ Same model file and prompt. With `--http`, a third arm: a halluwatch server (a s
 users run it) streaming the same greedy generation over HTTP (`POST /generate`, `stream: true`),
 its rate taken from the arrival times of the `token` events at the client; judged against
 `--http-goal` (ratio http ÷ plain). Each run's decode rate is (tokens − 1) / (time of last token − time
-of first token). The two arms run in `--runs` pairs whose order alternates (plain then ours, ours
-then plain, …: A B B A A B …), so that a drift of the machine's speed favours neither; each pair
-gives a ratio ours ÷ plain. Prints every pair, the median rates, the median of the per-pair ratios
-with its range and IQR, and PASS or FAIL against `--goal`. The exit status is 0 either way, unless
+of first token). The arms run in `--runs` rounds whose order changes (two arms: A B, B A, B A,
+A B, …; three: each rotation and its reverse in turn), so that neither a drift of the machine's
+speed nor one arm's wake (a server still writing its response log) favours an arm; each round gives
+a ratio ours ÷ plain (a "pair" in the output). Prints every round, the median rates, the median of
+the per-pair ratios with its range and IQR, and PASS or FAIL against `--goal`. The exit status is 0 either way, unless
 `--strict` (then 1 on FAIL).
 
     python bench/overhead.py [--model default|bench8|embedded|PATH] [--runs 7] [--max-tokens 128] [--probe]
@@ -146,14 +147,22 @@ def main(argv=None) -> int:
     return 1 if args.strict and not all(r["pass"] for r in ratios) else 0
 
 
+def _orders(names: list) -> list:
+    """Each rotation of `names`, then its reverse (A B C, C B A, B C A, A C B, C A B, B A C): a
+    drift of the machine's speed favours no arm, and over a cycle every arm runs first, and after
+    each other arm, equally often."""
+    rotations = [names[i:] + names[:i] for i in range(len(names))]
+    return [order for r in rotations for order in (r, r[::-1])]
+
+
 def _pairs(arms: dict, runs: int) -> list:
-    """`runs` rounds of every arm (after a short warm-up of each), the order reversed every other
-    round (A B C, C B A, …) so that a drift of the machine's speed favours none."""
+    """`runs` rounds of every arm (after a short warm-up of each), in the orders of `_orders` in turn."""
     for run in arms.values():
         run()
+    orders = _orders(list(arms))
     pairs = []
     for i in range(runs):
-        order = list(arms) if i % 2 == 0 else list(arms)[::-1]
+        order = orders[i % len(orders)]
         pair = {"order": " then ".join(order)}
         for arm in order:
             pair[arm], pair[f"{arm}_tokens"] = arms[arm]()

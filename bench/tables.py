@@ -232,12 +232,14 @@ def concurrency(results: list) -> str:
 
 def idle_memory(results: list) -> str:
     (r,) = results
-    rows = ["| model | arm | RSS before the first burst | peak of a burst | idle after a burst |", "|---|---|---|---|---|"]
+    rows = ["| model | arm | RSS before the first burst | peak of a burst | idle after a burst |",
+            "|---|---|---|---|---|"]
     for arm, s in r["summary"].items():
-        rows.append(f"| {r['model']} | {arm} | {s['start_mb']:.0f} MB | {s['peak_mb']:.0f} MB | {s['idle_mb']:.0f} MB |")
-    ratios = r["ratios"]
+        rows.append(f"| {r['model']} | {arm} | {s['start_mb']:.0f} MB | {s['peak_mb']:.0f} MB "
+                    f"| {s['idle_mb']:.0f} MB |")
+    ratios, runs = r["ratios"], len(r["runs"]["kept"])
     return ("\n".join(rows) + f"\n\nreleased ÷ kept: peak of a burst {ratios['peak_mb']:.3f}, idle after a burst "
-            f"{ratios['idle_mb']:.3f} (medians over the bursts after the first, {len(r['runs']['kept'])} runs per arm).\n"
+            f"{ratios['idle_mb']:.3f} (medians over the bursts after the first, {runs} runs per arm).\n"
             f"\nCommand: {provenance(r)}; {r['machine']}.\n")
 
 

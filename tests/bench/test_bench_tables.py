@@ -17,7 +17,8 @@ RESULTS = REPO_ROOT / "bench" / "results"
 def test_docs_tables_match_the_committed_results():
     doc = tables.DOC.read_text()
     kinds = sorted({m["kind"] for m in tables.BLOCK.finditer(doc)})  # a kind may have several tables
-    assert kinds == ["calibration-speed", "concurrency", "idle-memory", "label-free", "overhead", "response-log", "robustness"]
+    assert kinds == ["calibration-speed", "concurrency", "idle-memory", "label-free", "overhead", "response-log",
+                     "robustness"]
     assert tables.render(doc) == doc, "run python bench/tables.py"
 
 
