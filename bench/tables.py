@@ -4,7 +4,7 @@ Each table sits between ``<!-- bench-table: KIND FILE… -->`` and ``<!-- /bench
 FILEs (relative to the repository root) are results the benches wrote with ``--json``, committed
 under bench/results/. KIND is `overhead` (one result of bench/overhead.py), `calibration-speed`
 (one of bench/calibration_speed.py), `concurrency` (one of bench/concurrency.py), `idle-memory`
-(one of bench/idle_memory.py), `label-free` (one of bench/labelfree.py), `robustness` (one row
+(bench/idle_memory.py), `label-free` (one of bench/labelfree.py), `robustness` (one row
 per result of bench/fuzz.py, bench/load.py or bench/soak.py) or `response-log`
 (bench/log_overhead.py, bench/log_durability.py). A result copied from an earlier docs table
 instead of written by a run carries "reconstructed_from", and its table says so.
@@ -231,16 +231,17 @@ def concurrency(results: list) -> str:
 
 
 def idle_memory(results: list) -> str:
-    (r,) = results
-    rows = ["| model | arm | RSS before the first burst | peak of a burst | idle after a burst |",
-            "|---|---|---|---|---|"]
-    for arm, s in r["summary"].items():
-        rows.append(f"| {r['model']} | {arm} | {s['start_mb']:.0f} MB | {s['peak_mb']:.0f} MB "
-                    f"| {s['idle_mb']:.0f} MB |")
-    ratios, runs = r["ratios"], len(r["runs"]["kept"])
-    return ("\n".join(rows) + f"\n\nreleased ÷ kept: peak of a burst {ratios['peak_mb']:.3f}, idle after a burst "
-            f"{ratios['idle_mb']:.3f} (medians over the bursts after the first, {runs} runs per arm).\n"
-            f"\nCommand: {provenance(r)}; {r['machine']}.\n")
+    rows = ["| model | arm | RSS before the first burst | peak of a burst | idle after a burst | released ÷ kept |",
+            "|---|---|---|---|---|---|"]
+    for r in results:
+        ratios = r["ratios"]
+        for arm, s in r["summary"].items():
+            ratio = f"peak {ratios['peak_mb']:.3f}, idle {ratios['idle_mb']:.3f}" if arm == "released" else ""
+            rows.append(f"| {r['model']} | {arm} | {s['start_mb']:.0f} MB | {s['peak_mb']:.0f} MB "
+                        f"| {s['idle_mb']:.0f} MB | {ratio} |")
+    runs = "".join(f"Command: {provenance(r)}; {r['machine']}; {len(r['runs']['kept'])} runs per arm.\n"
+                   for r in results)
+    return "\n".join(rows) + "\n\nMedians over the bursts after the first.\n\n" + runs
 
 
 KINDS = {"overhead": overhead, "calibration-speed": calibration_speed, "label-free": label_free,
