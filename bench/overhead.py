@@ -14,7 +14,8 @@ the per-pair ratios with its range and IQR, and PASS or FAIL against `--goal`. T
     python bench/overhead.py [--model default|bench8|embedded|PATH] [--runs 7] [--max-tokens 128] [--probe]
                              [--goal 0.97] [--http] [--http-goal 0.93] [--strict] [--json PATH]
 
-With --probe the engine also applies the probe of the model's calibrated params (calibrated_params/).
+With --probe the engine also runs the probes a server runs on every request to the model (those of
+each calibration it loads; a server always does, so compare --http runs with it).
 `bench8` and `embedded` are bench/concurrency.py's bench models (float32 mlx-lm folders).
 """
 
@@ -54,8 +55,8 @@ def plain_run(lm, ids, max_tokens) -> tuple:
     return decode_rate(stamps), len(stamps)
 
 
-def engine_run(engine, ids, max_tokens, probe=None) -> tuple:
-    handle = engine.submit(GenerationJob(ids, max_tokens, probes=(probe,) if probe else ()))
+def engine_run(engine, ids, max_tokens, probes=()) -> tuple:
+    handle = engine.submit(GenerationJob(ids, max_tokens, probes=probes))
     stamps = []
     emit = handle.emit
 
@@ -86,13 +87,23 @@ def ratio_of(pairs: list, arm: str, goal: float) -> dict:
                  ("≥", goal))
 
 
+def served_probes(lm) -> tuple:
+    """The probes a server runs on every request to this model: those of each calibration it loads."""
+    from app.assessment import job_probes
+    from app.calibration.params import resolve
+    from app.settings import Settings
+
+    return job_probes(resolve(Settings(), lm.fingerprint).calibrations)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="default")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--runs", type=int, default=7, help="pairs of runs (one plain, one halluwatch)")
     ap.add_argument("--max-tokens", type=int, default=128)
-    ap.add_argument("--probe", action="store_true", help="also apply the calibrated params' probe")
+    ap.add_argument("--probe", action="store_true",
+                    help="the engine also runs the probes a server runs (every loaded calibration's)")
     ap.add_argument("--goal", type=float, default=0.97, help="PASS when the median ratio is at least this")
     ap.add_argument("--http", action="store_true", help="also time a halluwatch server streaming over HTTP")
     ap.add_argument("--http-goal", type=float, default=0.93, help="PASS at a median http/plain ratio of at least this")
@@ -108,16 +119,11 @@ def main(argv=None) -> int:
     lm_ours = engine.start()
     plain = load(args.model, args.precision, with_taps=False)  # a separate copy, on this thread
     ids = encode_prompt(plain, PROMPT, None, True, args.max_tokens)
-    probe = None
-    if args.probe:
-        from app.calibration.params import find_params
-
-        params = find_params(lm_ours.model_id, REPO / "calibrated_params")
-        if params is None or params.probe is None:
-            sys.exit(f"no calibrated params with a probe for {lm_ours.model_id}")
-        probe = params.probe
+    probes = served_probes(lm_ours) if args.probe else ()
+    if args.probe and not probes:
+        sys.exit(f"no calibrated params with probes for {lm_ours.model_id}")
     arms = {"plain": lambda: plain_run(plain, ids, args.max_tokens),
-            "ours": lambda: engine_run(engine, ids, args.max_tokens, probe)}
+            "ours": lambda: engine_run(engine, ids, args.max_tokens, probes)}
     with tempfile.TemporaryDirectory(prefix="halluwatch-overhead-") as work:
         server = None
         if args.http:
@@ -134,12 +140,12 @@ def main(argv=None) -> int:
     ratios = [ratio_of(pairs, "ours", args.goal)] + ([ratio_of(pairs, "http", args.http_goal)] if args.http else [])
     print(f"\nmodel {lm_ours.model_id} ({lm_ours.dtype}, BLAS {lm_ours.blas}), prompt {len(ids)} tokens; {machine()}")
     print(f"median decode: plain mlx_lm.stream_generate {med['plain']:.2f} tok/s, "
-          f"halluwatch engine with all signals{' and the probe' if probe else ''} {med['ours']:.2f} tok/s"
+          f"halluwatch engine with all signals{f' and {len(probes)} probes' if probes else ''} {med['ours']:.2f} tok/s"
           + (f", halluwatch server streaming over HTTP {med['http']:.2f} tok/s" if args.http else ""))
     for ratio in ratios:
         print(describe(ratio))
     result = {"model": lm_ours.model_id, "dtype": lm_ours.dtype, "blas": lm_ours.blas, "prompt_tokens": len(ids),
-              "max_tokens": args.max_tokens, "probe": bool(probe), "plain_tok_s": med["plain"],
+              "max_tokens": args.max_tokens, "probes": len(probes), "plain_tok_s": med["plain"],
               "ours_tok_s": med["ours"], "ratio": ratios[0], "pairs": pairs}
     if args.http:
         result.update(http_tok_s=med["http"], http_ratio=ratios[1])
