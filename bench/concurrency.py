@@ -143,10 +143,10 @@ def start(server: str, model: Path, work: Path, args) -> tuple:
     raise RuntimeError(f"{server} did not start (see {work / (server + '.log')})")
 
 
-def rss_mb(proc, field: str = "VmHWM") -> float | None:
-    """The process's peak (VmHWM) or current (VmRSS) resident set, MB (Linux)."""
+def rss_mb(pid, field: str = "VmHWM") -> float | None:
+    """The peak (VmHWM) or current (VmRSS) resident set of process `pid` ("self": this one), MB (Linux)."""
     try:
-        for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
@@ -302,11 +302,11 @@ def run_level(procs: dict, urls: dict, ids: dict, sequential: dict, clients: int
         order = SERVERS if k % 2 == 0 else SERVERS[::-1]
         for s in order:
             reset_peak_rss(procs[s])
-            before = rss_mb(procs[s], "VmRSS")
+            before = rss_mb(procs[s].pid, "VmRSS")
             watch = dict.fromkeys(GAUGES, 0.0) if s == "halluwatch" else None
             answers, seconds = asyncio.run(run_clients(urls[s], ids[s], clients, args.requests, args.max_tokens,
                                                        watch))
-            runs[s].append((answers, seconds, before, rss_mb(procs[s]), watch))
+            runs[s].append((answers, seconds, before, rss_mb(procs[s].pid), watch))
         rounds.append({"first": order[0], **{s: summary(*runs[s][-1][:2], sequential[s]) for s in SERVERS}})
     row = {"clients": clients, "rounds": rounds}
     for s, done in runs.items():

@@ -31,14 +31,9 @@ for _p in (REPO / "bench", REPO, REPO / "tests"):
 
 import adapters  # noqa: E402,F401  (first: preloads OpenBLAS before mlx)
 from benchlib import add_json_option, exit_now, write_json  # noqa: E402
-from concurrency import PROMPTS, bench_model  # noqa: E402
+from concurrency import PROMPTS, bench_model, rss_mb  # noqa: E402
 
 ARMS = ("released", "kept")
-
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
 
 
 def run_arm(args) -> dict:
@@ -52,7 +47,7 @@ def run_arm(args) -> dict:
 
     def watch():
         while True:
-            peak[0] = max(peak[0], rss_mb())
+            peak[0] = max(peak[0], rss_mb("self", "VmRSS"))
             time.sleep(0.01)
 
     engine = Engine(str(bench_model(args.model, Settings().home)), precision="native",
@@ -60,16 +55,16 @@ def run_arm(args) -> dict:
     tokenizer = engine.start().tokenizer
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": f"{PROMPTS[i % len(PROMPTS)]} ({i})"}],
                                              add_generation_prompt=True) for i in range(args.clients)]
-    out = {"start": rss_mb(), "peaks": [], "idle": []}
+    out = {"start": rss_mb("self", "VmRSS"), "peaks": [], "idle": []}
     threading.Thread(target=watch, daemon=True).start()
     for _ in range(args.bursts):
-        peak[0] = rss_mb()
+        peak[0] = rss_mb("self", "VmRSS")
         handles = [engine.submit(GenerationJob(prompt_ids=list(p), max_tokens=args.max_tokens)) for p in prompts]
         for h in handles:
             h.wait()
         out["peaks"].append(peak[0])
         time.sleep(args.gap)
-        out["idle"].append(rss_mb())
+        out["idle"].append(rss_mb("self", "VmRSS"))
     engine.stop()
     return out
 
