@@ -30,6 +30,14 @@ def spread(values: list, statistic: str) -> dict:
             "min": min(values), "max": max(values), "n": len(values)}
 
 
+def round_orders(names: list) -> list:
+    """Each rotation of `names`, then its reverse (A B C, C B A, B C A, A C B, C A B, B A C; two arms:
+    A B, B A, B A, A B): a drift of the machine's speed favours no arm, and over a cycle every arm
+    runs first, and after each other arm, equally often. Round i takes order i modulo their number."""
+    rotations = [names[i:] + names[:i] for i in range(len(names))]
+    return [order for r in rotations for order in (r, r[::-1])]
+
+
 def judge(figure: dict, label: str, goal: tuple | None = None) -> dict:
     """`figure` (a `spread`) named `label` and, with a goal such as ("≥", 0.97), judged against it:
     adds "goal" ("≥ 0.97") and "pass"."""

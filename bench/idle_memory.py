@@ -7,9 +7,10 @@ requests submitted at once (greedy, `--max-tokens` each, distinct prompts), wait
 then lets the engine idle for `--gap` seconds (longer than its idle delay, `IDLE_RELEASE_S`). It
 samples its RSS every 10 ms: the peak during each burst, and the RSS at the end of each gap. The arm
 `kept` replaces the release with nothing; `released` is the engine as it is. Arms alternate
-(released, kept, kept, released, …) for `--runs` pairs. Printed per arm: the medians over runs of
-the RSS before the first burst, of the peak of the bursts after the first (the first fills the
-allocators) and of the idle RSS after them; then the ratios released ÷ kept.
+(released, kept, kept, released, …: benchlib's `round_orders`) for `--runs` pairs. Printed per
+arm: the medians over runs of the RSS before the first burst, of the peak of the bursts after the
+first (the first fills the allocators) and of the idle RSS after them; then the ratios released ÷
+kept.
 
     python bench/idle_memory.py [--model embedded|bench8] [--runs 2] [--bursts 4] [--clients 32]
                                 [--max-tokens 32] [--gap 1.5] [--prompt-cache-mb 512] [--json PATH]
@@ -30,10 +31,15 @@ for _p in (REPO / "bench", REPO, REPO / "tests"):
         sys.path.insert(0, str(_p))
 
 import adapters  # noqa: E402,F401  (first: preloads OpenBLAS before mlx)
-from benchlib import add_json_option, exit_now, write_json  # noqa: E402
+from benchlib import add_json_option, exit_now, round_orders, write_json  # noqa: E402
 from concurrency import PROMPTS, bench_model, rss_mb  # noqa: E402
 
 ARMS = ("released", "kept")
+
+
+def rss() -> float:
+    """This process's resident set, MB."""
+    return rss_mb("self", "VmRSS")
 
 
 def run_arm(args) -> dict:
@@ -47,7 +53,7 @@ def run_arm(args) -> dict:
 
     def watch():
         while True:
-            peak[0] = max(peak[0], rss_mb("self", "VmRSS"))
+            peak[0] = max(peak[0], rss())
             time.sleep(0.01)
 
     engine = Engine(str(bench_model(args.model, Settings().home)), precision="native",
@@ -55,16 +61,16 @@ def run_arm(args) -> dict:
     tokenizer = engine.start().tokenizer
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": f"{PROMPTS[i % len(PROMPTS)]} ({i})"}],
                                              add_generation_prompt=True) for i in range(args.clients)]
-    out = {"start": rss_mb("self", "VmRSS"), "peaks": [], "idle": []}
+    out = {"start": rss(), "peaks": [], "idle": []}
     threading.Thread(target=watch, daemon=True).start()
     for _ in range(args.bursts):
-        peak[0] = rss_mb("self", "VmRSS")
+        peak[0] = rss()
         handles = [engine.submit(GenerationJob(prompt_ids=list(p), max_tokens=args.max_tokens)) for p in prompts]
         for h in handles:
             h.wait()
         out["peaks"].append(peak[0])
         time.sleep(args.gap)
-        out["idle"].append(rss_mb("self", "VmRSS"))
+        out["idle"].append(rss())
     engine.stop()
     return out
 
@@ -91,8 +97,9 @@ def main() -> None:
              str(args.clients), "--max-tokens", str(args.max_tokens), "--gap", str(args.gap),
              "--prompt-cache-mb", str(args.prompt_cache_mb)]
     runs = {arm: [] for arm in ARMS}
+    orders = round_orders(list(ARMS))
     for i in range(args.runs):
-        for arm in ARMS if i % 2 == 0 else ARMS[::-1]:
+        for arm in orders[i % len(orders)]:
             done = subprocess.run(child + ["--arm", arm], capture_output=True, text=True, check=True)
             result = json.loads(done.stdout.strip().splitlines()[-1])
             runs[arm].append(result)

@@ -38,7 +38,7 @@ from adapters.loader import load  # noqa: E402
 from app.engine import Engine, GenerationJob, StepRecord  # noqa: E402
 from app.prompts import encode_prompt  # noqa: E402
 import httpx  # noqa: E402
-from benchlib import add_json_option, describe, exit_now, judge, machine, spread, write_json  # noqa: E402
+from benchlib import add_json_option, describe, exit_now, judge, machine, round_orders, spread, write_json  # noqa: E402
 from concurrency import BUILDERS, bench_model, start  # noqa: E402
 
 PROMPT = "Tell me a long story about a dragon who learns to cook, with many details."
@@ -153,19 +153,11 @@ def main(argv=None) -> int:
     return 1 if args.strict and not all(r["pass"] for r in ratios) else 0
 
 
-def _orders(names: list) -> list:
-    """Each rotation of `names`, then its reverse (A B C, C B A, B C A, A C B, C A B, B A C): a
-    drift of the machine's speed favours no arm, and over a cycle every arm runs first, and after
-    each other arm, equally often."""
-    rotations = [names[i:] + names[:i] for i in range(len(names))]
-    return [order for r in rotations for order in (r, r[::-1])]
-
-
 def _pairs(arms: dict, runs: int) -> list:
-    """`runs` rounds of every arm (after a short warm-up of each), in the orders of `_orders` in turn."""
+    """`runs` rounds of every arm (after a short warm-up of each), in `round_orders` in turn."""
     for run in arms.values():
         run()
-    orders = _orders(list(arms))
+    orders = round_orders(list(arms))
     pairs = []
     for i in range(runs):
         order = orders[i % len(orders)]
