@@ -11,11 +11,12 @@ a ratio ours ÷ plain (a "pair" in the output). Prints every round, the median r
 the per-pair ratios with its range and IQR, and PASS or FAIL against `--goal`. The exit status is 0 either way, unless
 `--strict` (then 1 on FAIL).
 
-    python bench/overhead.py [--model default|bench8|embedded|PATH] [--runs 7] [--max-tokens 128] [--probe]
+    python bench/overhead.py [--model default|bench8|embedded|PATH] [--runs 7] [--max-tokens 128] [--no-probes]
                              [--goal 0.97] [--http] [--http-goal 0.93] [--strict] [--json PATH]
 
-With --probe the engine also runs the probes a server runs on every request to the model (those of
-each calibration it loads; a server always does, so compare --http runs with it).
+The engine runs the probes a server runs on every request to the model (those of each calibration
+it loads for the model; none for a model without params), so the in-process and HTTP arms do the
+same work; `--no-probes` leaves them out of the in-process arm (the signals alone).
 `bench8` and `embedded` are bench/concurrency.py's bench models (float32 mlx-lm folders).
 """
 
@@ -102,8 +103,8 @@ def main(argv=None) -> int:
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--runs", type=int, default=7, help="pairs of runs (one plain, one halluwatch)")
     ap.add_argument("--max-tokens", type=int, default=128)
-    ap.add_argument("--probe", action="store_true",
-                    help="the engine also runs the probes a server runs (every loaded calibration's)")
+    ap.add_argument("--no-probes", action="store_true",
+                    help="the in-process engine skips the probes a server runs (every loaded calibration's)")
     ap.add_argument("--goal", type=float, default=0.97, help="PASS when the median ratio is at least this")
     ap.add_argument("--http", action="store_true", help="also time a halluwatch server streaming over HTTP")
     ap.add_argument("--http-goal", type=float, default=0.93, help="PASS at a median http/plain ratio of at least this")
@@ -119,9 +120,7 @@ def main(argv=None) -> int:
     lm_ours = engine.start()
     plain = load(args.model, args.precision, with_taps=False)  # a separate copy, on this thread
     ids = encode_prompt(plain, PROMPT, None, True, args.max_tokens)
-    probes = served_probes(lm_ours) if args.probe else ()
-    if args.probe and not probes:
-        sys.exit(f"no calibrated params with probes for {lm_ours.model_id}")
+    probes = () if args.no_probes else served_probes(lm_ours)
     arms = {"plain": lambda: plain_run(plain, ids, args.max_tokens),
             "ours": lambda: engine_run(engine, ids, args.max_tokens, probes)}
     with tempfile.TemporaryDirectory(prefix="halluwatch-overhead-") as work:
