@@ -14,10 +14,12 @@ _HOME = {
     "GridSearchCV": "sklearn.model_selection",
     "StratifiedKFold": "sklearn.model_selection",
     "cross_val_score": "sklearn.model_selection",
+    "auc": "sklearn.metrics",
     "average_precision_score": "sklearn.metrics",
     "brier_score_loss": "sklearn.metrics",
     "precision_recall_curve": "sklearn.metrics",
     "roc_auc_score": "sklearn.metrics",
+    "roc_curve": "sklearn.metrics",
     "ks_2samp": "scipy.stats",
 }
 

@@ -14,10 +14,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
-from sklearn.metrics import auc, roc_curve  # noqa: E402
 
 from signals.statistics import joint_probability  # noqa: E402
-from signals import detectors  # noqa: E402
+from signals import detectors, lazy  # noqa: E402
 from signals.quadrant import LABELS  # noqa: E402
 
 # The seed detectors' threshold rules, as the seed-signal tables name them.
@@ -48,10 +47,10 @@ def roc_figure(records: list[dict], params: dict, path: Path, scores: dict | Non
         scores = {"hbar": -hbar, "pri": pri, "joint": joint_probability(hbar, pri, params["joint_model_weights"])}
     with _figure(path, figsize=(7, 6)) as (fig, ax):
         for name, score in scores.items():
-            fpr, tpr, _ = roc_curve(labels, score)
+            fpr, tpr, _ = lazy.roc_curve(labels, score)
             seed = detectors.get(name).seed
             ax.plot(fpr, tpr, lw=2.2 if seed else 1.4, ls="-" if seed or detectors.is_probe(name) else "--",
-                    label=f"{name}: AUROC {auc(fpr, tpr):.3f}")
+                    label=f"{name}: AUROC {lazy.auc(fpr, tpr):.3f}")
         ax.plot([0, 1], [0, 1], "k:", lw=1, label="chance")
         ax.set(xlabel="false positive rate", ylabel="true positive rate (hallucinations found)",
                title=f"ROC, n = {len(records)}", xlim=(0, 1), ylim=(0, 1.01))
