@@ -16,7 +16,7 @@ import numpy as np
 
 from signals import lazy
 from signals.probe import POSITIONS, fit_probe, out_of_fold_logits, second_moment_in, source_balanced_weights
-from signals.statistics import fit_joint, joint_logit
+from signals.statistics import auroc, fit_joint, joint_logit
 
 
 class Feature:
@@ -38,7 +38,7 @@ class Feature:
     def fit(self, features: dict, labels: np.ndarray, states: dict, seed: int, groups=None) -> dict:
         if self.direction is not None:
             return {"direction": self.direction}
-        return {"direction": 1 if lazy.roc_auc_score(labels, features[self.name]) >= 0.5 else -1}
+        return {"direction": 1 if auroc(labels, features[self.name]) >= 0.5 else -1}
 
     def score(self, entry: dict, features: dict, joint_weights: dict | None = None) -> np.ndarray:
         return entry.get("direction", 1) * np.asarray(features[self.name], dtype=float)

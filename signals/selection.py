@@ -12,7 +12,7 @@ import numpy as np
 from signals import lazy
 from signals import detectors as registry
 from signals.probe import sigmoid
-from signals.statistics import bootstrap_auroc_difference, detector_metrics
+from signals.statistics import auroc, bootstrap_auroc_difference, detector_metrics
 
 CV_FOLDS = 5
 MIN_PER_CLASS = 2 * CV_FOLDS  # so that the fits inside each fold can run their own CV
@@ -103,7 +103,7 @@ def _cross_scores(names: list, features: dict, states: dict, labels: np.ndarray,
             fitted = detector.fit(part[0], labels[train], part[1], seed, None if groups is None else groups[train])
             score = _fitted_score(detector, fitted, *rest)
             oof[name][test] = score
-            fold_auroc[name].append(float(lazy.roc_auc_score(labels[test], score)))
+            fold_auroc[name].append(float(auroc(labels[test], score)))
     return oof, fold_auroc
 
 
