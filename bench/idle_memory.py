@@ -10,7 +10,11 @@ samples its RSS every 10 ms: the peak during each burst, and the RSS at the end 
 (released, kept, kept, released, …: benchlib's `round_orders`) for `--runs` pairs. Printed per
 arm: the medians over runs of the RSS before the first burst, of the peak of the bursts after the
 first (the first fills the allocators) and of the idle RSS after them; then the ratios released ÷
-kept.
+kept. Then what a burst's peak is made of (medians of the bursts' peaks, each read on its own): MLX's
+memory in use (`mx.get_active_memory`: the weights, taken before the first burst, the running
+batch's KV caches and the prompt cache's, as the engine counts them, and the step's temporaries)
+and in its buffer cache (`mx.get_cache_memory`); the rest of the RSS is outside MLX (the
+interpreter, the libraries, Python objects).
 
     python bench/idle_memory.py [--model embedded|bench8] [--runs 2] [--bursts 4] [--clients 32]
                                 [--max-tokens 32] [--gap 1.5] [--prompt-cache-mb 512] [--json PATH]
@@ -33,8 +37,10 @@ for _p in (REPO / "bench", REPO, REPO / "tests"):
 import adapters  # noqa: E402,F401  (first: preloads OpenBLAS before mlx)
 from benchlib import add_json_option, exit_now, round_orders, write_json  # noqa: E402
 from concurrency import PROMPTS, bench_model, rss_mb  # noqa: E402
+from tables import memory_parts_line  # noqa: E402
 
 ARMS = ("released", "kept")
+PARTS = ("rss", "mlx_active", "mlx_cache", "kv", "prompt_cache")  # peaks sampled during a burst, MB
 
 
 def rss() -> float:
@@ -44,16 +50,22 @@ def rss() -> float:
 
 def run_arm(args) -> dict:
     """One arm in this process: {"start": MB, "peaks": [MB per burst], "idle": [MB per gap]}."""
+    import mlx.core as mx
+
     from app.engine import Engine, GenerationJob, core
     from app.settings import Settings
 
     if args.arm == "kept":
         core.release_memory = lambda: None
-    peak = [0.0]
+    peak = dict.fromkeys(PARTS, 0.0)
 
     def watch():
         while True:
-            peak[0] = max(peak[0], rss())
+            now = {"rss": rss(), "mlx_active": mx.get_active_memory() / 2**20,
+                   "mlx_cache": mx.get_cache_memory() / 2**20, "kv": engine.kv_cache_bytes / 2**20,
+                   "prompt_cache": engine.prompt_cache_bytes / 2**20}
+            for k, v in now.items():
+                peak[k] = max(peak[k], v)
             time.sleep(0.01)
 
     engine = Engine(str(bench_model(args.model, Settings().home)), precision="native",
@@ -61,14 +73,17 @@ def run_arm(args) -> dict:
     tokenizer = engine.start().tokenizer
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": f"{PROMPTS[i % len(PROMPTS)]} ({i})"}],
                                              add_generation_prompt=True) for i in range(args.clients)]
-    out = {"start": rss(), "peaks": [], "idle": []}
+    out = {"start": rss(), "weights": mx.get_active_memory() / 2**20, "peaks": [], "idle": [],
+           "parts": {k: [] for k in PARTS if k != "rss"}}
     threading.Thread(target=watch, daemon=True).start()
     for _ in range(args.bursts):
-        peak[0] = rss()
+        peak.update(dict.fromkeys(PARTS, 0.0))
         handles = [engine.submit(GenerationJob(prompt_ids=list(p), max_tokens=args.max_tokens)) for p in prompts]
         for h in handles:
             h.wait()
-        out["peaks"].append(peak[0])
+        out["peaks"].append(peak["rss"])
+        for k, values in out["parts"].items():
+            values.append(peak[k])
         time.sleep(args.gap)
         out["idle"].append(rss())
     engine.stop()
@@ -113,7 +128,11 @@ def main() -> None:
     for arm, s in summary.items():
         print(f"{arm:10s} {s['start_mb']:11.0f} {s['peak_mb']:11.0f} {s['idle_mb']:11.0f}")
     ratios = {k: summary["released"][k] / summary["kept"][k] for k in ("peak_mb", "idle_mb")}
-    print(f"released ÷ kept: burst peak {ratios['peak_mb']:.3f}, idle after {ratios['idle_mb']:.3f}")
+    print(f"released ÷ kept: burst peak {ratios['peak_mb']:.3f}, idle after {ratios['idle_mb']:.3f}\n")
+    for arm, rs in runs.items():
+        summary[arm]["parts_mb"] = parts = {"weights": statistics.median(r["weights"] for r in rs)} | {
+            k: statistics.median(v for r in rs for v in r["parts"][k][1:]) for k in PARTS if k != "rss"}
+        print(f"{arm}: {memory_parts_line(summary[arm]['peak_mb'], parts)}")
     if args.json:
         write_json(args.json, "idle_memory", {"model": args.model, "summary": summary, "ratios": ratios,
                                               "runs": runs})

@@ -230,6 +230,14 @@ def concurrency(results: list) -> str:
     return "\n".join(rows) + "\n\n" + memory + f"\nCommand: {provenance(r)}; {r['machine']}.\n"
 
 
+def memory_parts_line(peak_mb: float, parts: dict) -> str:
+    """One line: a burst's peak RSS against what MLX holds at its peak."""
+    return (f"burst peak {peak_mb:.0f} MB RSS; MLX in use at most {parts['mlx_active']:.0f} MB (weights "
+            f"{parts['weights']:.0f}, KV caches of the running batch {parts['kv']:.0f} and of the prompt cache "
+            f"{parts['prompt_cache']:.0f} at most), MLX buffer cache at most {parts['mlx_cache']:.0f} MB; outside "
+            f"MLX about {peak_mb - parts['mlx_active'] - parts['mlx_cache']:.0f} MB")
+
+
 def idle_memory(results: list) -> str:
     rows = ["| model | arm | RSS before the first burst | peak of a burst | idle after a burst | released ÷ kept |",
             "|---|---|---|---|---|---|"]
@@ -241,7 +249,9 @@ def idle_memory(results: list) -> str:
                         f"| {s['idle_mb']:.0f} MB | {ratio} |")
     runs = "".join(f"Command: {provenance(r)}; {r['machine']}; {len(r['runs']['kept'])} runs per arm.\n"
                    for r in results)
-    return "\n".join(rows) + "\n\nMedians over the bursts after the first.\n\n" + runs
+    parts = "".join(f"- {r['model']}, {arm}: {memory_parts_line(s['peak_mb'], s['parts_mb'])}\n"
+                    for r in results for arm, s in r["summary"].items() if "parts_mb" in s)
+    return "\n".join(rows) + "\n\nMedians over the bursts after the first.\n\n" + parts + "\n" * bool(parts) + runs
 
 
 KINDS = {"overhead": overhead, "calibration-speed": calibration_speed, "label-free": label_free,
