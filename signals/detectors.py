@@ -16,7 +16,8 @@ import numpy as np
 
 from signals import lazy
 from signals.probe import POSITIONS, fit_probe, out_of_fold_logits, second_moment_in, source_balanced_weights
-from signals.statistics import auroc, fit_joint, joint_logit
+from signals.ranking import auroc
+from signals.statistics import fit_joint, joint_logit
 
 
 class Feature:

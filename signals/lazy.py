@@ -1,8 +1,8 @@
 """The scikit-learn and SciPy names the fitting code uses, imported on first use.
 
 Serving only applies fitted weights (NumPy); importing scikit-learn (with SciPy) costs a process
-about 100 MB of resident memory and a second at start. So fitting code writes `lazy.roc_auc_score`,
-`lazy.LogisticRegression`, …, and the import happens when a calibration or a drift check first
+about 100 MB of resident memory and a second at start. So fitting code writes
+`lazy.LogisticRegression`, `lazy.StratifiedKFold`, …, and the import happens when a calibration or a drift check first
 needs it (PEP 562 module `__getattr__`).
 """
 
@@ -18,7 +18,6 @@ _HOME = {
     "average_precision_score": "sklearn.metrics",
     "brier_score_loss": "sklearn.metrics",
     "precision_recall_curve": "sklearn.metrics",
-    "roc_auc_score": "sklearn.metrics",
     "roc_curve": "sklearn.metrics",
     "ks_2samp": "scipy.stats",
 }

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from signals import lazy
+from signals.ranking import auroc
 
 POSITIONS = ("prompt_end", "last_step", "answer_mean")
 # What calibration saves per sample (in this order): the states at each position, then the mean of
@@ -162,15 +163,15 @@ def fit_layer_probes(states: np.ndarray, labels, seed: int = 42, cv_folds: int =
     layer_auroc, layer_c = [], []
     for layer in range(states.shape[1]):
         x = states[:, layer, :].astype(np.float64)
-        auroc = np.empty((len(Cs), len(folds)))
+        fold_auroc = np.empty((len(Cs), len(folds)))
         for k, (train, test) in enumerate(folds):
             scaler = lazy.StandardScaler().fit(x[train])
             x_train, x_test = scaler.transform(x[train]), scaler.transform(x[test])
             for j, c in enumerate(Cs):
                 model = _logreg(c).fit(x_train, labels[train], sample_weight=_weight(sample_weight, train))
-                auroc[j, k] = lazy.roc_auc_score(labels[test], model.decision_function(x_test),
-                                                 sample_weight=_weight(sample_weight, test))
-        mean = auroc.mean(axis=1)
+                fold_auroc[j, k] = auroc(labels[test], model.decision_function(x_test),
+                                         sample_weight=_weight(sample_weight, test))
+        mean = fold_auroc.mean(axis=1)
         best = int(np.argmax(mean))
         layer_auroc.append(float(mean[best]))
         layer_c.append(float(Cs[best]))
@@ -228,7 +229,7 @@ def layer_test_auroc(train_states, train_labels, test_states, test_labels, layer
         scaler = lazy.StandardScaler().fit(x)
         model = _logreg(c).fit(scaler.transform(x), train_labels, sample_weight=sample_weight)
         test = scaler.transform(np.asarray(test_states)[:, layer, :].astype(np.float64))
-        out.append(float(lazy.roc_auc_score(test_labels, model.decision_function(test))))
+        out.append(auroc(test_labels, model.decision_function(test)))
     return out
 
 

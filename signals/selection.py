@@ -12,7 +12,8 @@ import numpy as np
 from signals import lazy
 from signals import detectors as registry
 from signals.probe import sigmoid
-from signals.statistics import auroc, bootstrap_auroc_difference, detector_metrics
+from signals.ranking import auroc
+from signals.statistics import bootstrap_auroc_difference, detector_metrics
 
 CV_FOLDS = 5
 MIN_PER_CLASS = 2 * CV_FOLDS  # so that the fits inside each fold can run their own CV

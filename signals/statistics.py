@@ -12,6 +12,7 @@ import numpy as np
 
 from signals import lazy
 from signals.probe import sigmoid
+from signals.ranking import auroc
 from signals.quadrant import Thresholds, quadrant
 
 DETECTORS = ("hbar", "pri", "joint")
@@ -33,24 +34,6 @@ def threshold_at_recall(scores, labels, min_recall: float = MIN_RECALL) -> tuple
     candidates = np.flatnonzero(recall >= min_recall)  # never empty: the lowest threshold has recall 1
     best = candidates[precision[candidates] == precision[candidates].max()].max()
     return float(thresholds[best]), float(precision[best]), float(recall[best])
-
-
-def auroc(labels, scores) -> float:
-    """AUROC of `scores` for binary `labels` (1 = positive): the Mann–Whitney statistic with tied
-    scores counted half, which is what `roc_auc_score` computes, without its per-call input checks
-    (the bootstraps call it thousands of times; those checks cost 100 times the arithmetic)."""
-    scores, labels = np.asarray(scores, dtype=float), np.asarray(labels)
-    if not np.isfinite(scores).all():
-        raise ValueError("AUROC: the scores contain NaN or infinity")
-    positive = labels == 1
-    n_pos = int(np.count_nonzero(positive))
-    n_neg = len(labels) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError("AUROC is undefined when only one class is present")
-    _, tie, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)
-    ranks = ((ends - counts + 1 + ends) / 2)[tie]  # 1-based ranks, ties given their mean
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def _bootstrap_ci(statistic, labels, n_boot: int, seed: int, level: float) -> list[float]:

@@ -13,6 +13,7 @@ from threadpoolctl import threadpool_limits
 
 from signals import detectors, selection
 from signals import statistics as stats
+from signals.ranking import auroc
 from signals.probe import STATE_ROWS, layer_test_auroc, source_balanced_weights
 
 from ..engine import Engine
@@ -201,7 +202,7 @@ def _length_check(samples: list, train: list, labels, scores: dict, detectors: d
     find length rather than hallucination. Reports the model-free reference "words in the judged
     answer" (direction from the training samples `train`) and adds to each detector its AUROC over
     pairs whose answers have the same number of words."""
-    direction = 1 if stats.auroc([s.label for s in train], _words(train)) >= 0.5 else -1
+    direction = 1 if auroc([s.label for s in train], _words(train)) >= 0.5 else -1
     words = _words(samples)
     pairs = 0
     for name, d in detectors.items():

@@ -12,7 +12,6 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 
 from signals.statistics import (
     DETECTORS,
-    auroc,
     bootstrap_auroc_ci,
     bootstrap_auroc_difference,
     calibrate,
@@ -212,26 +211,6 @@ def test_joint_probability_hand_values():
     with np.errstate(over="raise", invalid="raise", divide="raise"):
         p = joint_probability([1.0, 0.0, -1000.0, 1000.0], [1.0, 0.0, -500.0, 500.0], w)
     assert p == pytest.approx([0.5, 1 / (1 + math.e ** 3), 0.0, 1.0], rel=1e-12, abs=1e-300)
-
-
-# --- AUROC -------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("levels", [3, 20, None])  # heavy ties, some ties, continuous scores
-def test_auroc_equals_scikit_learns_with_ties(levels):
-    rng = np.random.default_rng(levels or 0)
-    for n in (7, 50, 333):
-        labels = rng.integers(0, 2, n)
-        labels[:2] = [0, 1]
-        scores = rng.integers(0, levels, n).astype(float) if levels else rng.normal(size=n)
-        assert auroc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
-        assert auroc(labels, -scores) == pytest.approx(1 - auroc(labels, scores), abs=1e-12)
-
-
-def test_auroc_refuses_one_class_and_non_finite_scores():
-    with pytest.raises(ValueError, match="one class"):
-        auroc([1, 1, 1], [0.1, 0.2, 0.3])
-    with pytest.raises(ValueError, match="NaN"):
-        auroc([0, 1, 1], [0.1, float("nan"), 0.3])
 
 
 # --- bootstrap ---------------------------------------------------------------------------------
