@@ -40,7 +40,7 @@ from concurrency import PROMPTS, bench_model, rss_mb  # noqa: E402
 from tables import memory_parts_line  # noqa: E402
 
 ARMS = ("released", "kept")
-PARTS = ("rss", "mlx_active", "mlx_cache", "kv", "prompt_cache")  # peaks sampled during a burst, MB
+PARTS = ("mlx_active", "mlx_cache", "kv", "prompt_cache")  # sampled beside the RSS during a burst, MB
 
 
 def rss() -> float:
@@ -57,7 +57,7 @@ def run_arm(args) -> dict:
 
     if args.arm == "kept":
         core.release_memory = lambda: None
-    peak = dict.fromkeys(PARTS, 0.0)
+    peak = dict.fromkeys(("rss", *PARTS), 0.0)
 
     def watch():
         while True:
@@ -74,10 +74,10 @@ def run_arm(args) -> dict:
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": f"{PROMPTS[i % len(PROMPTS)]} ({i})"}],
                                              add_generation_prompt=True) for i in range(args.clients)]
     out = {"start": rss(), "weights": mx.get_active_memory() / 2**20, "peaks": [], "idle": [],
-           "parts": {k: [] for k in PARTS if k != "rss"}}
+           "parts": {k: [] for k in PARTS}}
     threading.Thread(target=watch, daemon=True).start()
     for _ in range(args.bursts):
-        peak.update(dict.fromkeys(PARTS, 0.0))
+        peak.update(dict.fromkeys(peak, 0.0))
         handles = [engine.submit(GenerationJob(prompt_ids=list(p), max_tokens=args.max_tokens)) for p in prompts]
         for h in handles:
             h.wait()
@@ -131,7 +131,7 @@ def main() -> None:
     print(f"released ÷ kept: burst peak {ratios['peak_mb']:.3f}, idle after {ratios['idle_mb']:.3f}\n")
     for arm, rs in runs.items():
         summary[arm]["parts_mb"] = parts = {"weights": statistics.median(r["weights"] for r in rs)} | {
-            k: statistics.median(v for r in rs for v in r["parts"][k][1:]) for k in PARTS if k != "rss"}
+            k: statistics.median(v for r in rs for v in r["parts"][k][1:]) for k in PARTS}
         print(f"{arm}: {memory_parts_line(summary[arm]['peak_mb'], parts)}")
     if args.json:
         write_json(args.json, "idle_memory", {"model": args.model, "summary": summary, "ratios": ratios,

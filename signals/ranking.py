@@ -17,7 +17,7 @@ def auroc(labels, scores, sample_weight=None) -> float:
     weight = np.ones(len(scores)) if sample_weight is None else np.asarray(sample_weight, dtype=float)
     positive = labels == 1
     w_pos, w_neg = weight[positive].sum(), weight[~positive].sum()
-    if not positive.any() or positive.all() or w_pos <= 0 or w_neg <= 0:
+    if w_pos <= 0 or w_neg <= 0:
         raise ValueError("AUROC is undefined when only one class is present")
     _, tie = np.unique(scores, return_inverse=True)
     neg_at = np.bincount(tie, weights=np.where(positive, 0.0, weight))  # negative weight per distinct score

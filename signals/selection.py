@@ -104,7 +104,7 @@ def _cross_scores(names: list, features: dict, states: dict, labels: np.ndarray,
             fitted = detector.fit(part[0], labels[train], part[1], seed, None if groups is None else groups[train])
             score = _fitted_score(detector, fitted, *rest)
             oof[name][test] = score
-            fold_auroc[name].append(float(auroc(labels[test], score)))
+            fold_auroc[name].append(auroc(labels[test], score))
     return oof, fold_auroc
 
 

@@ -248,7 +248,7 @@ def detector_metrics(score: np.ndarray, labels: np.ndarray, n_boot: int, seed: i
     """AUROC, its bootstrap CI, PR-AUC and the best threshold at recall ≥ 0.9 on the score scale."""
     threshold, precision, _ = threshold_at_recall(score, labels)
     return {
-        "auroc": float(auroc(labels, score)),
+        "auroc": auroc(labels, score),
         "auroc_ci": bootstrap_auroc_ci(score, labels, n_boot=n_boot, seed=seed),
         "pr_auc": float(lazy.average_precision_score(labels, score)),
         "threshold": threshold,
